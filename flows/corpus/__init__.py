@@ -1,0 +1,1 @@
+"""Ingest internals: corpus readers, row validation, stable ids, the demo corpus."""

@@ -1,0 +1,48 @@
+"""Where stairs keeps its state, and how Prefect is set up before any flow runs.
+
+One environment variable, STAIRS_HOME, relocates everything: catalog database, shards, models,
+response cache and (unless the user points Prefect elsewhere) Prefect's own home.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_HOME = Path("~/.stairs")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def stairs_home() -> Path:
+    home = Path(os.environ.get("STAIRS_HOME", DEFAULT_HOME)).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def catalog_url() -> str:
+    """STAIRS_CATALOG_URL takes any SQLAlchemy URL (postgresql+psycopg://...); SQLite by default."""
+    url = os.environ.get("STAIRS_CATALOG_URL")
+    return url or f"sqlite:///{stairs_home() / 'catalog.db'}"
+
+
+def shards_root() -> Path:
+    return stairs_home() / "shards"
+
+
+def models_root() -> Path:
+    return stairs_home() / "models"
+
+
+def configure_prefect() -> None:
+    """Defaults that make Prefect work offline with no server, without overriding the user.
+
+    With no PREFECT_API_URL, Prefect starts a temporary local server per process. Analytics off:
+    these machines have no internet and the telemetry call otherwise errors and holds a lock.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The temporary server migrates its database on first start; on 2 busy cores that can take
+    # longer than Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
+        os.environ["PREFECT_HOME"] = str(stairs_home() / "prefect")

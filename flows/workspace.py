@@ -1,0 +1,91 @@
+"""The workspace a stage runs in: the catalog, the shard store, and the run/stage bookkeeping
+every stage shares (start, finish, fail, reuse of identical finished work)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from storage.catalog import Catalog
+from storage.shards import ShardStore
+from storage.tables import Run, Shard, Stage
+
+
+@dataclass
+class StageRun:
+    """Handed to a stage body: the Stage row, plus a summary dict saved when the body ends."""
+
+    stage: Stage
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> int:
+        return self.stage.id
+
+
+@dataclass
+class Workspace:
+    catalog: Catalog
+    store: ShardStore
+
+    @classmethod
+    def open(cls) -> "Workspace":
+        catalog = Catalog()
+        return cls(catalog=catalog, store=ShardStore(catalog))
+
+    def start_run(self, spec, command: str) -> Run:
+        return self.catalog.create_run(
+            curriculum=spec.name, path=str(spec.source or ""), spec_json=spec.spec_json(),
+            spec_hash=spec.fingerprint(), command=command)
+
+    @contextmanager
+    def stage(self, run_id: str, name: str, *, round_index: int | None = None,
+              fingerprint: str | None = None, params: dict | None = None) -> Iterator[StageRun]:
+        """Record a stage around its body: completed with its summary, or failed/stopped with
+        the error. Shards the body wrote before failing stay registered (nothing is lost)."""
+        stage = self.catalog.start_stage(run_id, name, round_index=round_index,
+                                         fingerprint=fingerprint, params=params)
+        run = StageRun(stage)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            self.catalog.finish_stage(stage.id, "stopped", summary=run.summary,
+                                      error="interrupted")
+            raise
+        except BaseException as e:
+            self.catalog.finish_stage(stage.id, "failed", summary=run.summary,
+                                      error=f"{type(e).__name__}: {e}")
+            raise
+        run.stage = self.catalog.finish_stage(stage.id, "completed", summary=run.summary)
+
+    def reuse(self, run_id: str, name: str, fingerprint: str, *,
+              round_index: int | None = None) -> Stage | None:
+        """If identical work finished before (any run), record it in this run and return it."""
+        done = self.catalog.find_stage(name, fingerprint)
+        if done is None:
+            return None
+        if done.run_id == run_id and done.round_index == round_index:
+            return done
+        origin_id = done.reused_from_id or done.id
+        stage = Stage(run_id=run_id, name=name, round_index=round_index, fingerprint=fingerprint,
+                      reused_from_id=origin_id, status="completed",
+                      params_json=done.params_json, summary_json=done.summary_json,
+                      finished_at=done.finished_at)
+        return self.catalog.add(stage)
+
+    def shards(self, stage: Stage, kind: str | None = None) -> list[Shard]:
+        """A stage's shards, following reuse back to the stage that wrote them."""
+        return self.catalog.shards(stage.reused_from_id or stage.id, kind)
+
+    def latest_stage(self, name: str, *, run_id: str | None = None,
+                     round_index: int | None = None) -> Stage | None:
+        stages = [s for s in self.catalog.stages(run_id) if s.name == name
+                  and s.status == "completed"] if run_id else []
+        if round_index is not None:
+            stages = [s for s in stages if s.round_index == round_index]
+        return stages[-1] if stages else None
+
+    def summary(self, stage: Stage) -> dict:
+        return json.loads(stage.summary_json or "{}")
