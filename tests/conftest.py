@@ -1,0 +1,40 @@
+"""Test defaults: every test gets its own STAIRS_HOME (catalog, shards, models, cache) in a
+temporary folder, and Prefect runs offline with analytics off. Tests marked gpu skip without CUDA."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(autouse=True)
+def stairs_home(tmp_path, monkeypatch):
+    home = tmp_path / "stairs-home"
+    monkeypatch.setenv("STAIRS_HOME", str(home))
+    monkeypatch.delenv("STAIRS_CATALOG_URL", raising=False)
+    return home
+
+
+@pytest.fixture
+def workspace(stairs_home):
+    from flows.workspace import Workspace
+
+    return Workspace.open()
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
