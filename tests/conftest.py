@@ -26,6 +26,9 @@ def workspace(stairs_home):
 
 
 def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return  # importing torch costs seconds; only pay it when a gpu test is collected
     try:
         import torch
 
@@ -35,6 +38,5 @@ def pytest_collection_modifyitems(config, items):
     if has_gpu:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu_items:
+        item.add_marker(skip)
