@@ -69,18 +69,31 @@ def server_command(host: str = "127.0.0.1", port: int = 4200) -> tuple[list[str]
     return _prefect("server", "start", "--host", host, "--port", str(port)), env
 
 
-def ensure_work_pool(name: str, env: dict[str, str]) -> bool:
-    """Create a `process` work pool unless one of that name exists. True when created."""
-    probe = subprocess.run(_prefect("work-pool", "inspect", name), env=env, cwd=PROJECT_ROOT,
-                           capture_output=True, text=True)
-    if probe.returncode == 0:
-        return False
-    made = subprocess.run(_prefect("work-pool", "create", name, "--type", "process"), env=env,
-                          cwd=PROJECT_ROOT, capture_output=True, text=True)
-    if made.returncode != 0 and "already exists" not in (made.stdout + made.stderr):
-        raise RuntimeError(f"could not create work pool {name!r} at {env['PREFECT_API_URL']}:\n"
-                           f"{probe.stdout}{probe.stderr}{made.stdout}{made.stderr}")
-    return made.returncode == 0
+def ensure_work_pool(name: str, api_url: str, pool_type: str = "process") -> bool:
+    """Create the work pool unless one of that name exists. True when created. An existing pool
+    is left as the operator configured it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.process import ProcessWorker
+
+    if pool_type != "process":
+        raise ValueError(f"create {pool_type!r} pools with `prefect work-pool create`")
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), \
+            get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            pass
+        try:
+            client.create_work_pool(WorkPoolCreate(
+                name=name, type=pool_type,
+                base_job_template=ProcessWorker.get_default_base_job_template()))
+        except ObjectAlreadyExists:  # created by someone else meanwhile
+            return False
+    return True
 
 
 def deploy_command(pool: str | None = None, names: list[str] | None = None,
@@ -101,7 +114,7 @@ def deploy(pool: str | None = None, names: list[str] | None = None, api_url: str
     """`prefect deploy --prefect-file deploy/prefect.yaml --all` from the project root, after
     making sure the work pool exists. Returns prefect's exit code."""
     env = prefect_env(api_url)
-    ensure_work_pool(pool or pool_name(prefect_file), env)
+    ensure_work_pool(pool or pool_name(prefect_file), env["PREFECT_API_URL"])
     return subprocess.call(deploy_command(pool, names, prefect_file), env=env, cwd=PROJECT_ROOT)
 
 

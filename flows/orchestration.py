@@ -41,12 +41,12 @@ def map_step(fn: Callable, items, *, name: str | None = None, **kwargs) -> list:
     results in item order. Inside a flow run each call is its own task, submitted to the flow's
     task runner, so a Dask or Ray runner spreads them over a cluster and the UI shows one named
     task run per batch ("generate-batch-0", ...). Outside a flow run: a plain loop."""
-    items = list(items)
-    if not in_flow_run():
-        return [fn(item, **kwargs) for item in items]
     as_task = getattr(fn, "task", None)
     if as_task is None:
         raise TypeError(f"{getattr(fn, '__name__', fn)!r} is not a @step; map_step needs one")
+    items = list(items)
+    if not in_flow_run():
+        return [fn(item, **kwargs) for item in items]
     label = name or as_task.name
     futures = [as_task.with_options(task_run_name=f"{label}-{i}").submit(item, **kwargs)
                for i, item in enumerate(items)]
@@ -103,7 +103,7 @@ def task_runner():
 
 # -- teacher endpoints ---------------------------------------------------------------------------
 DEFAULT_TEACHER_SLOTS = 4
-_known_limits: set[str] = set()
+_known_limits: set[tuple[str, str]] = set()  # (API URL, limit name) seen to exist
 
 
 def teacher_limit_name(endpoint: str) -> str:
@@ -121,12 +121,14 @@ def teacher_limit_name(endpoint: str) -> str:
 def ensure_limit(name: str, slots: int) -> None:
     """Create the global concurrency limit if it does not exist yet. An existing limit keeps the
     size an operator set in the UI (`prefect gcl update NAME --limit N`): we never resize it."""
-    if name in _known_limits:
-        return
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.settings import get_current_settings
 
+    seen = (str(get_current_settings().api.url), name)
+    if seen in _known_limits:
+        return
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
@@ -136,7 +138,7 @@ def ensure_limit(name: str, slots: int) -> None:
                     GlobalConcurrencyLimitCreate(name=name, limit=slots))
             except ObjectAlreadyExists:  # another run created it between our read and create
                 pass
-    _known_limits.add(name)
+    _known_limits.add(seen)
 
 
 @contextmanager

@@ -268,3 +268,101 @@ def test_run_form_in_headless_chromium_shows_the_parameter_form(stack, tmp_path)
         assert text in dom, f"{text!r} not on the run form; DOM starts: {dom[:2000]}"
     assert shot.exists() and shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+# -- in-process flows against the module's server ------------------------------------------------
+import cloudpickle  # noqa: E402
+from prefect import flow  # noqa: E402
+
+from flows.orchestration import map_step, step, task_runner, teacher_slot  # noqa: E402
+
+# Dask workers are other processes: ship this module's steps by value, not by import path.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture
+def in_process(stack, monkeypatch):
+    """Flows run in this process talk to the module's server (and so do Dask workers we spawn,
+    through the environment), never to a temporary one."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    monkeypatch.setenv("PREFECT_API_URL", stack.api)
+    with temporary_settings(updates={PREFECT_API_URL: stack.api}):
+        yield stack
+        # Send queued logs and events while the server is still up; otherwise they retry
+        # against a stopped server when the interpreter exits.
+        APILogHandler().flush()
+        EventsWorker.drain_all(timeout=10)
+
+
+@step(name="whoami")
+def whoami(index: int) -> int:
+    return os.getpid()
+
+
+@flow(name="fan-out")
+def fan_out(n: int) -> list[int]:
+    return map_step(whoami, range(n), name="batch")
+
+
+def flow_run_tasks(stack: Stack, flow_run_id: str) -> list[dict]:
+    return api(stack, "POST", "/task_runs/filter",
+               json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+
+
+def test_map_step_on_a_local_dask_cluster(in_process, monkeypatch):
+    pytest.importorskip("prefect_dask", reason="the dask extra: pip install 'stairs[dask]'")
+    monkeypatch.setenv("STAIRS_TASK_RUNNER", "dask")
+    monkeypatch.setenv("STAIRS_MAX_WORKERS", "1")
+    state = fan_out.with_options(task_runner=task_runner())(4, return_state=True)
+    pids = state.result()
+    assert len(pids) == 4 and os.getpid() not in pids  # ran in the cluster's worker processes
+    tasks = flow_run_tasks(in_process, str(state.state_details.flow_run_id))
+    assert sorted(t["name"] for t in tasks) == ["batch-0", "batch-1", "batch-2", "batch-3"]
+    assert {t["state_type"] for t in tasks} == {"COMPLETED"}
+
+
+ENDPOINT = "http://127.0.0.1:9/v1"  # never contacted: the slot guards the request, not the URL
+
+
+@step(name="teacher-request")
+def hold_slot(index: int) -> tuple[float, float, str | None]:
+    with teacher_slot(ENDPOINT, slots=1) as limit:
+        start = time.monotonic()
+        time.sleep(0.4)
+        return start, time.monotonic(), limit
+
+
+@flow(name="two-requests")
+def two_requests() -> list:
+    return map_step(hold_slot, range(3))
+
+
+def test_teacher_slot_serializes_requests_to_one_endpoint(in_process):
+    spans = two_requests.with_options(task_runner=task_runner())()
+    assert {limit for *_, limit in spans} == {"teacher-127.0.0.1-9-v1"}
+    spans = sorted((a, b) for a, b, _ in spans)
+    # With one slot, no two requests to the endpoint overlap, though three threads were free.
+    assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:]))
+    limit = api(in_process, "GET", "/v2/concurrency_limits/teacher-127.0.0.1-9-v1").json()
+    assert limit["limit"] == 1 and limit["active_slots"] == 0
+
+
+@flow(name="report-progress")
+def report_progress(total: int) -> str:
+    from flows.artifacts import progress
+
+    bar = progress("generate", "batches", total=total, min_interval_s=0)
+    for _ in range(total):
+        bar.advance()
+    return str(bar.artifact_id)
+
+
+def test_progress_artifact_reaches_100(in_process):
+    artifact_id = report_progress(5)
+    art = api(in_process, "GET", f"/artifacts/{artifact_id}").json()
+    assert art["type"] == "progress" and art["key"] == "generate-batches-progress"
+    assert float(art["data"]) == 100.0
