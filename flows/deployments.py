@@ -125,21 +125,44 @@ def worker_command(pool: str | None = None, limit: int | None = None) -> list[st
     return cmd
 
 
+def import_flow(entrypoint: str):
+    """'flows/ingest.py:ingest_flow' -> the flow, imported as the package module flows.ingest
+    (Prefect's loader would load the file a second time under another module name).
+
+    The runner ships the flow to its run process with cloudpickle, which copies a decorated
+    function by value with only the globals its code uses: a `params` annotation kept as a
+    string (PEP 563) would not resolve there. So the annotations are resolved here, once."""
+    import importlib
+    import typing
+
+    path, _, attr = entrypoint.partition(":")
+    module = path.removesuffix(".py").replace("/", ".")
+    flow = getattr(importlib.import_module(module), attr)
+    flow.fn.__annotations__ = typing.get_type_hints(flow.fn)
+    return flow
+
+
 def serve_flows(names: list[str] | None = None, prefect_file: Path = PREFECT_FILE) -> None:
-    """Serve every deployment of deploy/prefect.yaml from this process (`flow.serve`): no work
-    pool and no worker, the runs execute here. Blocks until interrupted."""
-    from prefect import serve
-    from prefect.flows import load_flow_from_entrypoint
+    """Serve every deployment of deploy/prefect.yaml from this process: no work pool and no
+    worker, the runs execute here. Blocks until interrupted."""
+    import asyncio
+
+    from prefect.runner import Runner
 
     os.chdir(PROJECT_ROOT)  # entrypoints and default curricula are relative to the project root
-    deployments = []
+    runner = Runner(name="stairs-serve-flows", pause_on_shutdown=True)
+    served = []
     for e in deployment_entries(prefect_file):
         if names and e["name"] not in names:
             continue
-        flow = load_flow_from_entrypoint(e["entrypoint"])
-        deployments.append(flow.to_deployment(
-            name=e["name"], description=e.get("description"), tags=e.get("tags"),
-            parameters=e.get("parameters") or {}))
-    if not deployments:
+        # add_flow (unlike prefect.serve's add_deployment) keeps the flow object in this runner,
+        # so runs start from it even when `prefect deploy` registered the same deployment
+        # before with pull steps; serving takes the deployment over from the work pool.
+        runner.add_flow(import_flow(e["entrypoint"]), name=e["name"],
+                        description=e.get("description"), tags=e.get("tags"),
+                        parameters=e.get("parameters") or {})
+        served.append(e["name"])
+    if not served:
         raise ValueError(f"no deployment named {names} in {prefect_file}")
-    serve(*deployments)
+    print(f"serving {', '.join(served)} (Ctrl-C stops)", flush=True)
+    asyncio.run(runner.start())

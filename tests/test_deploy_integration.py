@@ -89,6 +89,7 @@ class Stack:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_API_URL": self.api,
             "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
             "PREFECT_LOGGING_LEVEL": "INFO",
             "STAIRS_HOME": str(self.home),
             "PYTHONPATH": str(ROOT),
@@ -128,14 +129,22 @@ def stack(tmp_path_factory):
         deploy = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--api-url", s.api],
                                 cwd=ROOT, env=s.env, capture_output=True, text=True, timeout=180)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-        s.start("worker", [sys.executable, "-m", "flows.cli", "worker", "--api-url", s.api])
+        s.worker = s.start("worker", [sys.executable, "-m", "flows.cli", "worker",
+                                      "--api-url", s.api])
         yield s
     finally:
         s.stop_all()
 
 
 def api(stack: Stack, method: str, path: str, **kw) -> httpx.Response:
-    return httpx.request(method, stack.api + path, timeout=30, **kw)
+    # Like Prefect's own client (and a user clicking again): retry the 503 the server answers
+    # while its SQLite database is busy with another writer.
+    for attempt in range(6):
+        r = httpx.request(method, stack.api + path, timeout=30, **kw)
+        if r.status_code != 503:
+            return r
+        time.sleep(0.5 * 2 ** attempt)
+    return r
 
 
 def deployment_id(stack: Stack, flow: str, name: str) -> str:
@@ -163,7 +172,8 @@ def wait_for_run(stack: Stack, run_id: str, timeout: float = 150) -> dict:
     try:
         return wait_until(finished, timeout, f"flow run {run_id}", interval=1)
     except TimeoutError:
-        raise AssertionError("run did not finish; worker log:\n" + stack.log("worker")) from None
+        raise AssertionError("run did not finish; worker log:\n" + stack.log("worker")
+                             + "\nserve log:\n" + stack.log("serve")) from None
 
 
 @pytest.fixture(scope="module")
@@ -366,3 +376,22 @@ def test_progress_artifact_reaches_100(in_process):
     art = api(in_process, "GET", f"/artifacts/{artifact_id}").json()
     assert art["type"] == "progress" and art["key"] == "generate-batches-progress"
     assert float(art["data"]) == 100.0
+
+
+# Last on purpose: it stops the worker, and serving re-registers the `ingest` deployment.
+def test_serve_flows_runs_a_deployment_without_a_worker(stack, tiny_curriculum):
+    stop(stack.worker)  # from here on only the serving process can execute runs
+    server = stack.start("serve", [sys.executable, "-m", "flows.cli", "serve-flows",
+                                   "--name", "ingest", "--api-url", stack.api])
+
+    def served():
+        assert server.poll() is None, stack.log("serve")
+        return "serving ingest" in stack.log("serve")
+
+    wait_until(served, 120, "stairs serve-flows", interval=1)
+    dep_id = deployment_id(stack, "ingest", "ingest")
+    r = quick_run(stack, dep_id, {"params": {"curriculum": str(tiny_curriculum)}})
+    assert r.status_code == 201, r.text
+    run = wait_for_run(stack, r.json()["id"])
+    assert run["state_type"] == "COMPLETED", (run["state"], stack.log("serve"))
+    stop(server)
