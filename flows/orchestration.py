@@ -3,6 +3,10 @@
 `step` makes a function a Prefect task when it runs inside a flow run (so it shows in the UI with
 its own state, retries and logs) and a plain call outside one: unit tests, notebooks and the
 stage functions reused by other stages do not need a Prefect server for pure logic.
+
+Also here: `map_step` (one named task per batch, spread by the flow's task runner),
+`task_runner()` (thread pool, Dask or Ray, chosen by environment) and `teacher_slot` (a global
+concurrency limit per teacher endpoint). docs/deploy.md shows how they fit together.
 """
 
 from __future__ import annotations
