@@ -97,9 +97,9 @@ class Stack:
         self.env.pop("STAIRS_CATALOG_URL", None)
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "wb")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        with open(self.tmp / f"{name}.log", "wb") as log:  # the child keeps its own handle
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
