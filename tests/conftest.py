@@ -15,6 +15,7 @@ def stairs_home(tmp_path, monkeypatch):
     home = tmp_path / "stairs-home"
     monkeypatch.setenv("STAIRS_HOME", str(home))
     monkeypatch.delenv("STAIRS_CATALOG_URL", raising=False)
+    monkeypatch.delenv("STAIRS_SHARDS_URL", raising=False)
     return home
 
 
