@@ -71,6 +71,44 @@ def ingest(curriculum: Path = CurriculumArg, as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
+def generate(curriculum: Path = CurriculumArg, run_id: Optional[str] = typer.Option(
+        None, "--run", help="Generate inside this run (default: resume the curriculum's "
+        "unfinished generate run, else start one)."), as_json: bool = JsonOpt) -> None:
+    """Ask the teacher to rewrite the corpus (ingesting first when needed): generated shards."""
+    _load(curriculum)
+    configure_prefect()
+    from flows.generate import generate_flow
+    from flows.teachers import TeacherUnreachable
+
+    try:
+        result = generate_flow(curriculum=str(curriculum), run_id=run_id)
+    except TeacherUnreachable as e:
+        err.print(f"[red]teacher unreachable[/red] {e}")
+        raise typer.Exit(3) from None
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(generate_report(result))
+
+
+def generate_report(r: dict) -> str:
+    lines = [f"run [bold]{r['run_id']}[/bold]: {r.get('rows_written', 0)} rows from "
+             f"{r.get('requests', 0)} requests to {r.get('teacher')} "
+             f"({r.get('cache_hits', 0)} cache hits, {r.get('sent', 0)} sent, "
+             f"{r.get('resumed_requests', 0)} resumed)"
+             + (" [dim](reused finished stage)[/dim]" if r.get("reused_stage") else ""),
+             f"  tokens: {r.get('prompt_tokens', 0)} in, {r.get('completion_tokens', 0)} out"
+             + (f", cost ${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else "")]
+    for reason, n in (r.get("errors_by_reason") or {}).items():
+        lines.append(f"  error {n:>6}  {reason}")
+    if not r.get("complete", True):
+        why = "budget reached" if r.get("budget_exhausted") else \
+            f"{r.get('unanswered', 0)} requests unanswered"
+        lines.append(f"  [yellow]incomplete[/yellow] ({why}): run the same command to resume")
+    return "\n".join(lines)
+
+
+@app.command()
 def run(curriculum: Path = CurriculumArg, new: bool = typer.Option(
         False, "--new", help="Start a fresh run instead of resuming an unfinished one."),
         as_json: bool = JsonOpt) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import flow
 
 from flows import spec as spec_mod
+from flows.generate import generate
 from flows.ingest import ingest
 from flows.workspace import Workspace
 
@@ -33,6 +34,9 @@ def staircase_flow(curriculum: str, new: bool = False) -> dict:
     run_id = resume_or_start(ws, spec, new=new)
     try:
         ingest(spec, ws, run_id)
+        # Round 0 is taught by the curriculum's teacher; later rounds by the promoted student
+        # (passed as `teacher=`) once the train/quantize/promote stages exist.
+        generate(spec, ws, run_id, round_index=0)
     except BaseException as e:
         status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
         ws.catalog.finish_run(run_id, status, error=f"{type(e).__name__}: {e}")
