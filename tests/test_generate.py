@@ -218,3 +218,35 @@ def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tmp_path, worksp
     assert sum(srv.received.values()) == result["requests"] + resent
     assert received_at_kill >= 30
     assert result["resumed_requests"] + result["cache_hits"] >= 30 - 4
+
+
+def test_ctrl_c_keeps_everything_answered(tmp_path, workspace, stairs_home):
+    with FakeOpenAI(latency=0.03) as srv:
+        path = write_curriculum(tmp_path, srv.base_url, rows=80,
+                                teacher={"concurrency": 4}, generate={"batch_rows": 1000})
+        code = ("import sys; from flows.generate import generate_flow; "
+                "generate_flow.fn(sys.argv[1])")
+        env = {**os.environ, "STAIRS_HOME": str(stairs_home), "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, cwd=ROOT,
+                                stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while sum(srv.answered.values()) < 20:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        assert b"KeyboardInterrupt" in stderr
+        run = workspace.catalog.runs()[0]
+        assert run.status == "stopped"
+        stage = [s for s in workspace.catalog.stages(run.id) if s.name == "generate"][-1]
+        assert stage.status == "stopped"
+        # batch_rows is 1000: these rows were flushed by the interrupt, not by a full batch.
+        kept = workspace.store.scan(workspace.shards(stage, "generated")).collect()
+        assert kept.height >= 20 - 4
+
+        result = generate_flow.fn(str(path))
+    assert result["run_id"] == run.id and result["complete"]
+    assert result["resumed_requests"] == kept.height
+    resent = sum(n - 1 for n in srv.received.values() if n > 1)
+    assert resent <= 4
+    assert generated(workspace, run.id)["id"].n_unique() == result["requests"]

@@ -91,6 +91,9 @@ class FakeOpenAI:
             body += msg.get("body", b"")
             if not msg.get("more_body"):
                 break
+        if path.endswith("/stats"):  # for benches running the server in another process
+            return await self._json(send, 200, {"received": sum(self.received.values()),
+                                                "distinct": len(self.received)})
         if path.endswith("/models"):
             return await self._json(send, 200, {"object": "list", "data": [
                 {"id": "fake", "object": "model", "created": 0, "owned_by": "tests"}]})
