@@ -145,6 +145,7 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
     finally:
         # Runs on success, errors and Ctrl-C alike: whatever was answered becomes a shard.
         writer.flush()
+        cache.close()
         progress.close()
         elapsed = time.monotonic() - started
         usage = teacher.usage

@@ -27,12 +27,14 @@ def run_generate(path: Path, ws, **kw):
     return run_id, generate(spec, ws, run_id, progress_bar=False, **kw)
 
 
-def test_every_row_arrives_exactly_once_under_faults(tmp_path, workspace):
+@pytest.mark.parametrize("client", ["fast", "openai"])
+def test_every_row_arrives_exactly_once_under_faults(tmp_path, workspace, client):
     faults = Faults(rate_limit=0.12, retry_after=0.05, server_error=0.08, disconnect=0.06,
                     malformed=0.06, slow=0.04, slow_s=0.8, seed=3)
     with FakeOpenAI(latency=0.005, faults=faults) as srv:
         path = write_curriculum(tmp_path, srv.base_url, rows=60,
-                                teacher={"timeout": 0.3, "concurrency": 8, "samples": 2})
+                                teacher={"timeout": 0.3, "concurrency": 8, "samples": 2,
+                                         "client": client})
         run_id, summary = run_generate(path, workspace)
     df = generated(workspace, run_id)
     assert summary["complete"] and summary["unanswered"] == 0
@@ -99,11 +101,12 @@ def test_token_budget_and_cost(tmp_path, workspace):
     assert df["prompt_tokens"].sum() == s["prompt_tokens"]
 
 
-def test_unreachable_teacher_fails_fast_with_a_clear_message(tmp_path, workspace):
+@pytest.mark.parametrize("client", ["fast", "openai"])
+def test_unreachable_teacher_fails_fast_with_a_clear_message(tmp_path, workspace, client):
     from fakes.openai_server import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    path = write_curriculum(tmp_path, url, rows=5)
+    path = write_curriculum(tmp_path, url, rows=5, teacher={"client": client})
     started = time.monotonic()
     with pytest.raises(TeacherUnreachable, match="cannot reach http://127.0.0.1"):
         run_generate(path, workspace)

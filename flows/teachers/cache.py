@@ -22,6 +22,8 @@ class ResponseCacheStore:
         self.hits = 0
         self.misses = 0
         self.written = 0
+        self._conn = None
+        self._insert = insert(ResponseCache.__table__)
 
     def lookup(self, keys: list[str]) -> dict[str, Reply]:
         found: dict[str, Reply] = {}
@@ -39,12 +41,20 @@ class ResponseCacheStore:
         if reply.error is not None:
             return
         row = {"key": key, "backend": backend, "model": model, "response_json": reply.to_json(),
-               "created_at": utcnow(),
-               "prompt_tokens": reply.prompt_tokens,
+               "created_at": utcnow(), "prompt_tokens": reply.prompt_tokens,
                "completion_tokens": reply.completion_tokens}
+        # One open connection and one short transaction per answer: committed before the next
+        # answer is handled, so a kill loses nothing that arrived.
+        if self._conn is None:
+            self._conn = self.engine.connect()
         try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(ResponseCache.__table__).values(**row))
+            self._conn.execute(self._insert, row)
+            self._conn.commit()
             self.written += 1
         except IntegrityError:
-            pass  # another run answered the same request first: same content, keep theirs
+            self._conn.rollback()  # another run answered the same request first: keep theirs
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -2,8 +2,9 @@
 `vllm serve`, llama.cpp's server (the `llamacpp` backend drives this one too).
 
 Bounded concurrency with AIMD adaptation, optional requests/tokens per minute, retries with
-backoff that honours Retry-After, per-request timeouts. The openai client's own retries are off
-(max_retries=0) so every retry goes through our limiter and is counted.
+backoff that honours Retry-After, per-request timeouts, a cheap reachability check before the
+first request. Requests go through flows/teachers/transport.py (aiohttp by default, or the
+openai SDK with its own retries off, so every retry goes through our limiter and is counted).
 """
 
 from __future__ import annotations
@@ -12,16 +13,9 @@ import asyncio
 import os
 from typing import AsyncIterator, Iterable
 
-import httpx
-import openai
-
-from flows.teachers.aio import run_coroutine
 from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage
-from flows.teachers.limits import AdaptiveLimit, PerMinute, backoff_delay, parse_retry_after
-
-# Statuses worth retrying; 429 and 503 also mean "slow down" (AIMD cut).
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-SATURATION_STATUS = {429, 503}
+from flows.teachers.limits import AdaptiveLimit, PerMinute, backoff_delay
+from flows.teachers.transport import TRANSPORTS, Rejected, Retryable
 
 
 def api_key(env_name: str | None) -> str:
@@ -43,19 +37,13 @@ def _estimate_tokens(req: Request) -> int:
     return chars // 4 + req.sampling.max_tokens
 
 
-def _logprobs(choice) -> list | None:
-    lp = getattr(choice, "logprobs", None)
-    content = getattr(lp, "content", None) if lp is not None else None
+def _logprobs(choice: dict) -> list | None:
+    content = (choice.get("logprobs") or {}).get("content")
     if not content:
         return None
-    return [{"token": t.token, "logprob": t.logprob,
-             "top": [[c.token, c.logprob] for c in (t.top_logprobs or [])]} for t in content]
-
-
-class _Retryable(Exception):
-    def __init__(self, why: str, retry_after: float | None = None, saturated: bool = False):
-        super().__init__(why)
-        self.retry_after, self.saturated = retry_after, saturated
+    return [{"token": t.get("token"), "logprob": t.get("logprob"),
+             "top": [[c.get("token"), c.get("logprob")] for c in t.get("top_logprobs") or []]}
+            for t in content]
 
 
 class OpenAITeacher:
@@ -69,36 +57,13 @@ class OpenAITeacher:
         # The endpoint is part of the identity: "default" served by two servers is two models.
         self.identity = identity or f"openai:{self.base_url or 'api.openai.com'}:{spec.model}"
         self.usage = Usage()
-        self.client: openai.AsyncOpenAI | None = None
+        self.transport = None
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def _client(self) -> openai.AsyncOpenAI:
-        # One client per event loop: httpx connections belong to the loop that opened them.
-        limits = httpx.Limits(max_connections=self.spec.concurrency + 8,
-                              max_keepalive_connections=self.spec.concurrency + 8)
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key(self.spec.api_key_env),
-                                  max_retries=0, timeout=self.spec.timeout,
-                                  http_client=httpx.AsyncClient(limits=limits))
-
     def start(self) -> None:
-        run_coroutine(self._check())
-
-    async def _check(self) -> None:
-        """Fail fast: one cheap call before any real request."""
-        client = self._client()
-        try:
-            await client.with_options(timeout=min(self.spec.timeout, 15.0)).models.list()
-        except openai.APIConnectionError as e:
-            raise TeacherUnreachable(
-                f"teacher {self.name}: cannot reach {self.base_url or 'api.openai.com'} "
-                f"({type(e).__name__}: {e.__cause__ or e}); is the server running?") from None
-        except openai.AuthenticationError:
-            raise TeacherUnreachable(f"teacher {self.name}: the endpoint rejected the API key "
-                                     f"from ${self.spec.api_key_env}") from None
-        except openai.APIStatusError:
-            pass  # reachable; some servers simply have no /models
-        finally:
-            await client.close()
+        """Nothing to start for a remote endpoint: stream() checks that it answers (one cheap
+        call, in the same event loop and connection pool as the requests) before the first
+        request, and only when there is something to send."""
 
     def close(self) -> None:
         pass
@@ -122,28 +87,19 @@ class OpenAITeacher:
 
     async def _attempt(self, req: Request) -> Reply:
         try:
-            resp = await self.client.chat.completions.create(**self._params(req))
-        except openai.APITimeoutError:
-            raise _Retryable("timeout", saturated=True) from None
-        except openai.APIConnectionError as e:
-            raise _Retryable(f"connection: {e.__cause__ or e}") from None
-        except openai.APIStatusError as e:
-            if e.status_code in RETRY_STATUS:
-                raise _Retryable(f"http {e.status_code}", parse_retry_after(e.response.headers),
-                                 saturated=e.status_code in SATURATION_STATUS) from None
-            return Reply(error=f"request_failed: http {e.status_code}: {str(e)[:200]}")
-        except (ValueError, KeyError, TypeError, openai.APIResponseValidationError) as e:
-            raise _Retryable(f"malformed response: {type(e).__name__}") from None
-        choices = getattr(resp, "choices", None)
-        if not choices or getattr(choices[0], "message", None) is None:
-            raise _Retryable("malformed response: no choices")
-        choice = choices[0]
-        msg = choice.message
-        usage = getattr(resp, "usage", None)
-        return Reply(text=msg.content or getattr(msg, "refusal", None) or "",
-                     finish_reason=choice.finish_reason,
-                     prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                     completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            body = await self.transport.chat(self._params(req))
+        except Rejected as e:
+            return Reply(error=f"request_failed: {e}")
+        try:
+            choice = body["choices"][0]
+            msg = choice["message"]
+        except (TypeError, KeyError, IndexError):
+            raise Retryable("malformed response: no choices") from None
+        usage = body.get("usage") or {}
+        return Reply(text=msg.get("content") or msg.get("refusal") or "",
+                     finish_reason=choice.get("finish_reason"),
+                     prompt_tokens=usage.get("prompt_tokens") or 0,
+                     completion_tokens=usage.get("completion_tokens") or 0,
                      logprobs=_logprobs(choice))
 
     async def _one(self, req: Request, limit: AdaptiveLimit) -> tuple[Request, Reply]:
@@ -153,8 +109,8 @@ class OpenAITeacher:
                 reply = await self._attempt(req)
                 limit.success()
                 return req, reply
-            except _Retryable as r:
-                kind = str(r).split(":")[0]
+            except Retryable as r:
+                kind = r.kind
                 self.usage.errors[kind] = self.usage.errors.get(kind, 0) + 1
                 if r.saturated:
                     limit.saturated()
@@ -175,11 +131,13 @@ class OpenAITeacher:
         spec = self.spec
         limit = AdaptiveLimit(spec.concurrency, adaptive=spec.adaptive)
         rpm, tpm = PerMinute(spec.rpm), PerMinute(spec.tpm)
-        self.client = self._client()
+        self.transport = TRANSPORTS[spec.client](self.base_url, api_key(spec.api_key_env),
+                                                 spec.timeout, spec.concurrency)
         source = iter(requests)
         tasks: set[asyncio.Task] = set()
         exhausted = False
         try:
+            await self.transport.check(self.name)
             while True:
                 # Fill free slots; the loop is single-threaded, so no lock is needed here.
                 while not exhausted and len(tasks) < limit.limit:
@@ -206,4 +164,4 @@ class OpenAITeacher:
                 await asyncio.gather(*tasks, return_exceptions=True)
             self.usage.concurrency_min = limit.lowest
             self.usage.concurrency_final = limit.limit
-            await self.client.close()
+            await self.transport.close()
