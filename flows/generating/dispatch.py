@@ -51,7 +51,6 @@ def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_s
             tally.cached_prompt_tokens += reply.prompt_tokens
             tally.cached_completion_tokens += reply.completion_tokens
         else:
-            cache.put(req.key, teacher.backend, teacher.identity, reply)
             tally.prompt_tokens += reply.prompt_tokens
             tally.completion_tokens += reply.completion_tokens
         rows = build_rows(req, reply)
@@ -73,7 +72,7 @@ def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_s
     if misses:
         budget = Budget(budget_spec.max_requests, budget_spec.max_total_tokens, tally,
                         teacher.usage)
-        with_teacher(teacher, lambda: _send(teacher, misses, record, budget))
+        with_teacher(teacher, lambda: _send(teacher, misses, record, budget, cache))
     return tally
 
 
@@ -84,9 +83,12 @@ def with_teacher(teacher, body) -> None:
         body()
 
 
-def _send(teacher, misses, record, budget) -> None:
+def _send(teacher, misses, record, budget, cache) -> None:
     async def loop():
-        async for req, reply in teacher.stream(misses, stop=budget.reached):
-            record(req, reply, cached=False)
+        async for answers in teacher.stream(misses, stop=budget.reached):
+            # Cache first: from here on a crash costs nothing for these answers.
+            cache.put(teacher.backend, teacher.identity, [(q.key, a) for q, a in answers])
+            for req, reply in answers:
+                record(req, reply, cached=False)
 
     run_coroutine(loop())

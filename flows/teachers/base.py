@@ -1,7 +1,8 @@
 """The one interface every teacher backend speaks.
 
 A backend takes `Request`s (rendered chat messages plus sampling settings for one sample) and
-yields `(request, Reply)` pairs as answers arrive, in any order. Per-request failures are Replies
+yields lists of `(request, Reply)` pairs as answers arrive (everything that arrived together, in
+any order). Per-request failures are Replies
 with `error` set ("request_failed: ..."), never exceptions; only a teacher that cannot be
 reached at all raises `TeacherUnreachable`, so one bad prompt never sinks a run.
 """
@@ -105,6 +106,7 @@ class Teacher(Protocol):
     def close(self) -> None:
         """Release everything start() took. Safe to call twice and after a failed start."""
 
-    def stream(self, requests: Iterable[Request], *, stop=None) -> AsyncIterator[tuple[Request, Reply]]:
-        """Answer the requests, yielding as answers arrive. `stop()` returning True means: send
+    def stream(self, requests: Iterable[Request], *, stop=None
+               ) -> AsyncIterator[list[tuple[Request, Reply]]]:
+        """Answer the requests, yielding batches of answers as they arrive. `stop()` returning True means: send
         nothing new (budget reached); requests already in flight still finish."""

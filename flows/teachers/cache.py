@@ -37,22 +37,33 @@ class ResponseCacheStore:
                     found[key] = Reply.from_json(blob)
         return found
 
-    def put(self, key: str, backend: str, model: str, reply: Reply) -> None:
-        if reply.error is not None:
+    def put(self, backend: str, model: str, answers: list[tuple[str, Reply]]) -> None:
+        """Store answers that arrived together, in one transaction, committed before the next
+        batch is handled: a kill loses nothing that arrived."""
+        now = utcnow()
+        rows = [{"key": key, "backend": backend, "model": model,
+                 "response_json": reply.to_json(), "created_at": now,
+                 "prompt_tokens": reply.prompt_tokens,
+                 "completion_tokens": reply.completion_tokens}
+                for key, reply in answers if reply.error is None]
+        if not rows:
             return
-        row = {"key": key, "backend": backend, "model": model, "response_json": reply.to_json(),
-               "created_at": utcnow(), "prompt_tokens": reply.prompt_tokens,
-               "completion_tokens": reply.completion_tokens}
-        # One open connection and one short transaction per answer: committed before the next
-        # answer is handled, so a kill loses nothing that arrived.
         if self._conn is None:
             self._conn = self.engine.connect()
         try:
-            self._conn.execute(self._insert, row)
+            self._conn.execute(self._insert, rows)
             self._conn.commit()
-            self.written += 1
         except IntegrityError:
-            self._conn.rollback()  # another run answered the same request first: keep theirs
+            # Another run answered one of these first (same content): store the rest singly.
+            self._conn.rollback()
+            for row in rows:
+                try:
+                    self._conn.execute(self._insert, row)
+                    self._conn.commit()
+                except IntegrityError:
+                    self._conn.rollback()
+                    continue
+        self.written += len(rows)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -84,11 +84,11 @@ class TransformersTeacher:
         return rows
 
     async def stream(self, requests: Iterable[Request], *, stop=None
-                     ) -> AsyncIterator[tuple[Request, Reply]]:
+                     ) -> AsyncIterator[list[tuple[Request, Reply]]]:
         for req in requests:
             if stop is not None and stop():
                 return
             self.usage.requests += 1
             # A worker thread keeps the event loop free to record answers as they arrive.
             reply = await asyncio.to_thread(self.generate_one, req)
-            yield req, reply
+            yield [(req, reply)]

@@ -127,7 +127,7 @@ class OpenAITeacher:
                 await asyncio.sleep(backoff_delay(attempt, r.retry_after))
 
     async def stream(self, requests: Iterable[Request], *, stop=None
-                     ) -> AsyncIterator[tuple[Request, Reply]]:
+                     ) -> AsyncIterator[list[tuple[Request, Reply]]]:
         spec = self.spec
         limit = AdaptiveLimit(spec.concurrency, adaptive=spec.adaptive)
         rpm, tpm = PerMinute(spec.rpm), PerMinute(spec.tpm)
@@ -135,6 +135,9 @@ class OpenAITeacher:
                                                  spec.timeout, spec.concurrency)
         source = iter(requests)
         tasks: set[asyncio.Task] = set()
+        # Finished tasks land here through a done-callback: O(1) per answer, where
+        # asyncio.wait(FIRST_COMPLETED) would re-arm every in-flight task on each answer.
+        finished: asyncio.Queue[asyncio.Task] = asyncio.Queue()
         exhausted = False
         try:
             await self.transport.check(self.name)
@@ -151,12 +154,18 @@ class OpenAITeacher:
                     await rpm.take(1)
                     await tpm.take(_estimate_tokens(req))
                     self.usage.requests += 1
-                    tasks.add(asyncio.create_task(self._one(req, limit)))
+                    task = asyncio.create_task(self._one(req, limit))
+                    task.add_done_callback(finished.put_nowait)
+                    tasks.add(task)
                 if not tasks:
                     break
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    yield t.result()
+                # Everything that finished by now goes out as one batch: the caller then records
+                # it in one cache transaction instead of one per answer.
+                batch = [await finished.get()]
+                while not finished.empty():
+                    batch.append(finished.get_nowait())
+                tasks.difference_update(batch)
+                yield [t.result() for t in batch]
         finally:
             for t in tasks:
                 t.cancel()

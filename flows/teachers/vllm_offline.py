@@ -71,7 +71,7 @@ class VLLMTeacher:
         return reply
 
     async def stream(self, requests: Iterable[Request], *, stop=None
-                     ) -> AsyncIterator[tuple[Request, Reply]]:
+                     ) -> AsyncIterator[list[tuple[Request, Reply]]]:
         import asyncio
 
         batch: list[Request] = []
@@ -86,5 +86,4 @@ class VLLMTeacher:
             outputs = await asyncio.to_thread(
                 self.llm.chat, [r.messages for r in batch],
                 [self._sampling_params(r) for r in batch], use_tqdm=False)
-            for req, output in zip(batch, outputs):
-                yield req, self._reply(output)
+            yield [(req, self._reply(output)) for req, output in zip(batch, outputs)]
