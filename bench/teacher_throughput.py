@@ -92,6 +92,54 @@ def child(curriculum: str) -> None:
                       "peak_rss_mb": after.ru_maxrss / 1024}))
 
 
+def bare(url: str, n: int, concurrency: int) -> None:
+    """The machine's ceiling: a bare aiohttp loop, same requests, no cache/rows/shards."""
+    import asyncio
+
+    import aiohttp
+
+    from flows.corpus import demo
+
+    rows = list(demo.generate(n, seed=7, people=2, colors=2, max_count=9, tasks=["sum"]))
+
+    async def main():
+        sem = asyncio.Semaphore(concurrency)
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=concurrency + 8)) as s:
+            async def one(row):
+                async with sem:
+                    body = {"model": "fake", "max_tokens": 64, "messages": [
+                        {"role": "user", "content": row["passage"] + " " + row["question"]}]}
+                    async with s.post(f"{url}/chat/completions", json=body) as r:
+                        return (await r.json())["choices"][0]["message"]["content"]
+            await asyncio.gather(*(one(r) for r in rows))
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"teach_s": wall, "cpu_s": (after.ru_utime + after.ru_stime)
+                      - (before.ru_utime + before.ru_stime),
+                      "peak_rss_mb": after.ru_maxrss / 1024}))
+
+
+def bench_bare(url: str, args) -> dict:
+    reps = []
+    for _ in range(args.repeats):
+        out = subprocess.run([sys.executable, __file__, "--bare", url, "--requests",
+                              str(args.requests), "--concurrency", str(args.concurrency)],
+                             capture_output=True, text=True, check=True, cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        reps.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    wall = statistics.median(r["teach_s"] for r in reps)
+    return {"tool": "bare aiohttp loop (ceiling: no cache, rows or shards)",
+            "completions_per_s": args.requests / wall,
+            "cpu_s": statistics.median(r["cpu_s"] for r in reps),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in reps),
+            "reps": [round(r["teach_s"], 3) for r in reps]}
+
+
 def run_child(curriculum: Path, home: Path) -> dict:
     env = {**os.environ, "STAIRS_HOME": str(home), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, __file__, "--child", str(curriculum)], env=env,
@@ -150,6 +198,7 @@ def bench_peer(name: str, runner: str, url: str, args, tmp: Path) -> dict | None
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child")
+    ap.add_argument("--bare")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency", type=float, default=0.2)
@@ -158,12 +207,15 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
+    if args.bare:
+        bare(args.bare, args.requests, args.concurrency)
+        return
     ideal = args.concurrency / args.latency
     server, url = start_server(args.latency)
     try:
         with tempfile.TemporaryDirectory(prefix="stairs-bench-") as d:
             tmp = Path(d)
-            results = [bench_stairs(url, args, tmp)]
+            results = [bench_stairs(url, args, tmp), bench_bare(url, args)]
             missing = []
             for name, runner in PEERS.items():
                 r = bench_peer(name, runner, url, args, tmp)
@@ -176,7 +228,7 @@ def main() -> None:
         server.wait()
     print(f"workload: {args.requests} requests, concurrency {args.concurrency}, latency "
           f"{args.latency * 1000:.0f} ms -> ideal {ideal:.0f} completions/s; "
-          f"{os.cpu_count()} CPU cores")
+          f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end")
     print("| tool | completions/s | % of ideal | client CPU s | peak RSS MB | re-sent on rerun "
           "| re-sent on 1-row edit |")
     print("|---|---|---|---|---|---|---|")

@@ -253,3 +253,17 @@ def test_ctrl_c_keeps_everything_answered(tmp_path, workspace, stairs_home):
     resent = sum(n - 1 for n in srv.received.values() if n > 1)
     assert resent <= 4
     assert generated(workspace, run.id)["id"].n_unique() == result["requests"]
+
+
+def test_batch_api_path_answers_everything_once(tmp_path, workspace):
+    with FakeOpenAI() as srv:
+        path = write_curriculum(tmp_path, srv.base_url, rows=12,
+                                teacher={"batch_api": True, "samples": 2})
+        run_id, s = run_generate(path, workspace)
+        assert s["complete"] and s["rows_written"] == s["requests"] == 2 * s["source_rows"]
+        assert len(srv.batches) == 1 and max(srv.received.values()) == 1
+        df = generated(workspace, run_id)
+        assert (df["answer"] == df["gold_answer"]).all()
+        # Unchanged rerun: everything from the cache, no new batch.
+        run_generate(path, workspace)
+        assert len(srv.batches) == 1

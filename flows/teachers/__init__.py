@@ -29,6 +29,10 @@ def make_teacher(spec, *, base_dir: Path | None = None) -> Teacher:
     module, _, cls = BACKENDS[spec.backend].partition(":")
     factory = getattr(importlib.import_module(module), cls)
     if spec.backend == "openai":
+        if spec.batch_api:
+            from flows.teachers.batch_api import OpenAIBatchTeacher
+
+            return OpenAIBatchTeacher(spec)
         return factory(spec)
     return factory(spec, base_dir=base_dir)
 

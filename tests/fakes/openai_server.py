@@ -69,6 +69,8 @@ class FakeOpenAI:
     answered: Counter = field(default_factory=Counter)  # content key -> 200s sent
     statuses: Counter = field(default_factory=Counter)
     auth_headers: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)  # Batch API files: id -> bytes
+    batches: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self._rng = random.Random(self.faults.seed)
@@ -97,9 +99,11 @@ class FakeOpenAI:
         if path.endswith("/models"):
             return await self._json(send, 200, {"object": "list", "data": [
                 {"id": "fake", "object": "model", "created": 0, "owned_by": "tests"}]})
+        headers = dict(scope["headers"])
+        if "/files" in path or "/batches" in path:
+            return await self._batch_api(send, scope["method"], path, headers, body)
         if not path.endswith("/chat/completions"):
             return await self._json(send, 404, {"error": {"message": "not found"}})
-        headers = dict(scope["headers"])
         self.auth_headers.append(headers.get(b"authorization", b"").decode())
         request = json.loads(body)
         key = content_key(request["messages"], request.get("seed"))
@@ -123,12 +127,15 @@ class FakeOpenAI:
         await send({"type": "http.response.body", "body": payload})
 
     async def _answer(self, send, request, key):
+        self.answered[key] += 1
+        await self._json(send, 200, self.completion(request))
+
+    def completion(self, request: dict) -> dict:
         user = request["messages"][-1]["content"]
         text, finish = solve(user), "stop"
         for needle, (scripted, reason) in self.script.items():
             if needle in user:
                 text, finish = scripted, reason
-        self.answered[key] += 1
         prompt_tokens = sum(len(m["content"]) for m in request["messages"]) // 4
         choice = {"index": 0, "finish_reason": finish,
                   "message": {"role": "assistant", "content": text}}
@@ -138,11 +145,59 @@ class FakeOpenAI:
                 {"token": w, "logprob": -0.1, "bytes": None,
                  "top_logprobs": [{"token": w, "logprob": -0.1, "bytes": None}] * k}
                 for w in text.split()[:8]]}
-        await self._json(send, 200, {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-            "model": request.get("model", "fake"), "choices": [choice],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
-                      "total_tokens": prompt_tokens + len(text.split())}})
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                "model": request.get("model", "fake"), "choices": [choice],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
+                          "total_tokens": prompt_tokens + len(text.split())}}
+
+    # -- Batch API: files in, a batch that completes when first polled, files out --------------
+    async def _batch_api(self, send, method: str, path: str, headers: dict, body: bytes):
+        if method == "POST" and path.endswith("/files"):
+            content = _multipart_file(headers.get(b"content-type", b"").decode(), body)
+            file_id = f"file-{len(self.files)}"
+            self.files[file_id] = content
+            return await self._json(send, 200, _file(file_id, len(content), "batch"))
+        if method == "POST" and path.endswith("/batches"):
+            request = json.loads(body)
+            batch_id = f"batch-{len(self.batches)}"
+            self.batches[batch_id] = {"input": request["input_file_id"], "polls": 0}
+            return await self._json(send, 200, self._batch_doc(batch_id))
+        if method == "GET" and "/batches/" in path:
+            batch_id = path.rsplit("/", 1)[1]
+            batch = self.batches[batch_id]
+            batch["polls"] += 1
+            if batch["polls"] >= 2 and "output" not in batch:  # "in_progress" on the 1st poll
+                out = []
+                for line in self.files[batch["input"]].decode().splitlines():
+                    item = json.loads(line)
+                    body_ = item["body"]
+                    key = content_key(body_["messages"], body_.get("seed"))
+                    self.received[key] += 1
+                    self.answered[key] += 1
+                    out.append(json.dumps({"id": "r", "custom_id": item["custom_id"],
+                                           "response": {"status_code": 200,
+                                                        "body": self.completion(body_)},
+                                           "error": None}))
+                file_id = f"file-{len(self.files)}"
+                self.files[file_id] = ("\n".join(out) + "\n").encode()
+                batch["output"] = file_id
+            return await self._json(send, 200, self._batch_doc(batch_id))
+        if method == "GET" and path.endswith("/content"):
+            file_id = path.split("/")[-2]
+            payload = self.files[file_id]
+            self.statuses[200] += 1
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"application/octet-stream"),
+                (b"content-length", str(len(payload)).encode())]})
+            return await send({"type": "http.response.body", "body": payload})
+        return await self._json(send, 404, {"error": {"message": f"no route {method} {path}"}})
+
+    def _batch_doc(self, batch_id: str) -> dict:
+        b = self.batches[batch_id]
+        return {"id": batch_id, "object": "batch", "endpoint": "/v1/chat/completions",
+                "input_file_id": b["input"], "completion_window": "24h", "created_at": 0,
+                "status": "completed" if "output" in b else "in_progress",
+                "output_file_id": b.get("output"), "error_file_id": None}
 
     async def _rate_limit(self, send, request, key):
         await self._json(send, 429, {"error": {"message": "slow down", "type": "rate_limit"}},
@@ -201,6 +256,24 @@ class FakeOpenAI:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _multipart_file(content_type: str, body: bytes) -> bytes:
+    """The uploaded file of a multipart/form-data body (the stdlib email parser reads it)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "file":
+            return part.get_payload(decode=True)
+    raise ValueError("no file part in the upload")
+
+
+def _file(file_id: str, size: int, purpose: str) -> dict:
+    return {"id": file_id, "object": "file", "bytes": size, "created_at": 0,
+            "filename": "upload.jsonl", "purpose": purpose, "status": "processed"}
 
 
 def content_key(messages, seed) -> str:
