@@ -94,9 +94,9 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     """Run (resume, or reuse) the generate stage of one round; returns its summary. `teacher` is
     a TeacherSpec or a made teacher (the staircase passes last round's student); default: the
     curriculum's."""
-    from flows.prompting import load_template
+    from flows.prompting.check import generate_template
 
-    template = load_template(spec.generate.template, prompts_dir=_prompts_dir(spec))
+    template = generate_template(spec)
     tspec = teacher if isinstance(teacher, TeacherSpec) else spec.teacher
     if teacher is None or isinstance(teacher, TeacherSpec):
         teacher = make_teacher(tspec, base_dir=spec.base_dir)
@@ -165,10 +165,6 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
         complete=not t.budget_exhausted and t.unanswered == 0
         and t.answered == len(todo))
     return dict(st.summary)
-
-
-def _prompts_dir(spec: Curriculum) -> Path | None:
-    return spec.resolve(spec.generate.prompts_dir) if spec.generate.prompts_dir else None
 
 
 def resume_or_start(ws: Workspace, spec: Curriculum) -> str:

@@ -138,8 +138,9 @@ class TeacherSpec(Strict):
 # -- generate -----------------------------------------------------------------------------------
 class GenerateSpec(Strict):
     template: str = Field("rationale", description="Prompt template name in prompts/.")
-    prompts_dir: Path | None = Field(None, description="Folder of your own templates (relative "
-                                     "to the curriculum file); default: the shipped prompts/.")
+    prompts_dir: Path | None = Field(
+        None, description="Folder of prompt templates (<name>.yaml); default: the project's "
+        "prompts/. Relative paths are resolved against the curriculum file's folder.")
     max_rows: int | None = Field(None, ge=1, description="Use only the first N train rows "
                                  "(by corpus order): quick trials.")
     batch_rows: int = Field(256, ge=1, le=1_000_000, description="Rows per generated shard "
