@@ -9,8 +9,8 @@ The fake OpenAI-compatible server (tests/fakes/openai_server.py) runs in its own
 concurrency / latency. Each repetition runs the whole generate stage (cache lookups, cache
 writes, row parsing, shard writes) in a fresh subprocess with a fresh STAIRS_HOME; we report
 medians. Then, in the same home: a rerun (must send 0) and a one-row corpus edit (must send 1).
-Peer tools (distilabel, curator, data-designer) run from /work/bench-venvs/<name>/ when those
-venvs exist, on the same server and workload.
+Peer tools (distilabel, curator, data-designer) run through bench/peers/<tool>_runner.py with
+/work/bench-venvs/<tool>/bin/python when that venv exists, on the same server and rows.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def bench_bare(url: str, args) -> dict:
         reps.append(json.loads(out.stdout.strip().splitlines()[-1]))
     wall = statistics.median(r["teach_s"] for r in reps)
     return {"tool": "bare aiohttp loop (ceiling: no cache, rows or shards)",
-            "completions_per_s": args.requests / wall,
+            "completions_per_s": args.requests / wall, "wall_s": wall,
             "cpu_s": statistics.median(r["cpu_s"] for r in reps),
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in reps),
             "reps": [round(r["teach_s"], 3) for r in reps]}
@@ -174,7 +174,7 @@ def bench_stairs(url: str, args, tmp: Path) -> dict:
     resent_edit = received(url) - n1
     teach = statistics.median(r["teach_s"] for r in reps)
     return {"tool": "stairs", "completions_per_s": args.requests / teach,
-            "teach_s": teach, "cpu_s": statistics.median(r["cpu_s"] for r in reps),
+            "teach_s": teach, "wall_s": statistics.median(r["wall_s"] for r in reps), "cpu_s": statistics.median(r["cpu_s"] for r in reps),
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in reps),
             "resent_rerun": resent_rerun, "resent_edit": resent_edit,
             "rerun_wall_s": rerun["wall_s"], "edit_wall_s": edited["wall_s"],
@@ -182,17 +182,40 @@ def bench_stairs(url: str, args, tmp: Path) -> dict:
 
 
 def bench_peer(name: str, runner: str, url: str, args, tmp: Path) -> dict | None:
+    """A peer on the same server and rows: a run, an unchanged rerun, a one-row edit, each
+    counted by what the server received."""
     venv_python = PEER_ROOT / name / "bin" / "python"
-    script = PEER_ROOT / runner
+    script = ROOT / "bench" / "peers" / runner
     if not venv_python.exists() or not script.exists():
         return None
-    out = subprocess.run([str(venv_python), str(script), "--base-url", url,
-                          "--requests", str(args.requests), "--concurrency",
-                          str(args.concurrency), "--workdir", str(tmp / name)],
-                         capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        return {"tool": name, "error": out.stderr.strip()[-300:]}
-    return {"tool": name, **json.loads(out.stdout.strip().splitlines()[-1])}
+    from gen_helpers import demo_jsonl
+
+    folder = tmp / name
+    folder.mkdir()
+    corpus = demo_jsonl(folder / "corpus.jsonl", args.requests, seed=7)
+
+    def once() -> tuple[dict, int]:
+        before = received(url)
+        out = subprocess.run([str(venv_python), str(script), "--base-url", url, "--corpus",
+                              str(corpus), "--concurrency", str(args.concurrency),
+                              "--workdir", str(folder / "work")],
+                             capture_output=True, text=True, timeout=1800)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr.strip()[-400:])
+        return json.loads(out.stdout.strip().splitlines()[-1]), received(url) - before
+
+    try:
+        first, sent = once()
+        _, resent_rerun = once()
+        edit_one_row(corpus)
+        _, resent_edit = once()
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        return {"tool": name, "error": str(e)[-300:]}
+    return {"tool": name, "completions_per_s": args.requests / first["wall_s"],
+            "wall_s": first["wall_s"],
+            "cpu_s": first["cpu_s"], "peak_rss_mb": first["peak_rss_mb"], "sent": sent,
+            "resent_rerun": resent_rerun, "resent_edit": resent_edit,
+            "note": "wall time of the whole pipeline run (includes its startup)"}
 
 
 def main() -> None:
@@ -229,19 +252,21 @@ def main() -> None:
     print(f"workload: {args.requests} requests, concurrency {args.concurrency}, latency "
           f"{args.latency * 1000:.0f} ms -> ideal {ideal:.0f} completions/s; "
           f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end")
-    print("| tool | completions/s | % of ideal | client CPU s | peak RSS MB | re-sent on rerun "
-          "| re-sent on 1-row edit |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tool | completions/s | % of ideal | end-to-end s | client CPU s | peak RSS MB "
+          "| re-sent on rerun | re-sent on 1-row edit |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            print(f"| {r['tool']} | failed: {r['error']} | | | | | |")
+            print(f"| {r['tool']} | failed: {r['error']} | | | | | | |")
             continue
         print(f"| {r['tool']} | {r['completions_per_s']:.1f} | "
-              f"{100 * r['completions_per_s'] / ideal:.1f}% | {r['cpu_s']:.2f} | "
+              f"{100 * r['completions_per_s'] / ideal:.1f}% | {r['wall_s']:.2f} | "
+              f"{r['cpu_s']:.2f} | "
               f"{r['peak_rss_mb']:.0f} | {r.get('resent_rerun', 'n/a')} | "
               f"{r.get('resent_edit', 'n/a')} |")
     if missing:
-        print(f"not run (no venv/runner under {PEER_ROOT}): {', '.join(missing)}")
+        print(f"not run (no venv under {PEER_ROOT} or no bench/peers runner): "
+              f"{', '.join(missing)}")
     print(json.dumps(results))
 
 
