@@ -15,6 +15,10 @@ from rich.table import Table
 
 from flows.settings import configure_prefect
 
+# Before anything imports prefect: Prefect freezes its settings (home, server timeouts) when it
+# is first imported, and loading a curriculum runs stage checks whose modules may import it.
+configure_prefect()
+
 app = typer.Typer(help="stairs: turn big language models into small ones.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 out = Console()

@@ -21,7 +21,6 @@ from pathlib import Path
 from prefect import flow
 from prefect.cache_policies import NO_CACHE
 
-from flows import checks
 from flows.generating.dispatch import dispatch
 from flows.generating.progress import Progress
 from flows.generating.resume import adopt, earlier_attempts
@@ -196,24 +195,3 @@ def generate_flow(curriculum: str, run_id: str | None = None) -> dict:
                               error=None if summary.get("complete") else "incomplete: "
                               "budget reached or requests left unanswered; run again to resume")
     return {"run_id": run_id, **summary}
-
-
-@checks.register
-def check_teacher(spec: Curriculum) -> list[str]:
-    """The teacher's model must exist and its API key variable be set, before any request."""
-    from flows.teachers.models import ModelNotFound, resolve_model
-
-    t = spec.teacher
-    problems = []
-    if t.backend in ("llamacpp", "transformers"):
-        try:
-            resolve_model(t.model, base_dir=spec.base_dir)
-        except (ModelNotFound, FileNotFoundError) as e:
-            problems.append(str(e))
-    if t.api_key_env is not None:
-        import os
-
-        if not os.environ.get(t.api_key_env):
-            problems.append(f"teacher.api_key_env: environment variable {t.api_key_env} is "
-                            "not set")
-    return problems
