@@ -96,7 +96,8 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     from flows.prompting.check import generate_template
 
     template = generate_template(spec)
-    tspec = teacher if isinstance(teacher, TeacherSpec) else spec.teacher
+    tspec = teacher if isinstance(teacher, TeacherSpec) else getattr(teacher, "spec",
+                                                                      spec.teacher)
     if teacher is None or isinstance(teacher, TeacherSpec):
         teacher = make_teacher(tspec, base_dir=spec.base_dir)
     ingest_stage, shards = corpus_shards(spec, ws, run_id)

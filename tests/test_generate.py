@@ -267,3 +267,36 @@ def test_batch_api_path_answers_everything_once(tmp_path, workspace):
         # Unchanged rerun: everything from the cache, no new batch.
         run_generate(path, workspace)
         assert len(srv.batches) == 1
+
+
+def test_a_later_round_with_another_teacher_is_its_own_stage(tmp_path, workspace):
+    with FakeOpenAI() as first, FakeOpenAI() as second:
+        path = write_curriculum(tmp_path, first.base_url, rows=6)
+        spec = spec_mod.load(path)
+        run_id = workspace.start_run(spec, "generate").id
+        generate(spec, workspace, run_id, progress_bar=False)
+        student = spec.teacher.model_copy(update={"base_url": second.base_url,
+                                                  "model": "student"})
+        s1 = generate(spec, workspace, run_id, round_index=1, teacher=student,
+                      progress_bar=False)
+    assert s1["teacher"] == "openai:student" and s1["cache_misses"] == s1["requests"]
+    assert sum(second.received.values()) == s1["requests"]
+    df = generated(workspace, run_id, round_index=1)
+    assert df["round"].unique().to_list() == [1]
+    assert generated(workspace, run_id, round_index=0).height == df.height
+
+
+def test_catalog_model_reference_resolves_to_its_file(workspace, stairs_home):
+    from flows.teachers.models import ModelNotFound, resolve_model
+    from storage.tables import Model
+
+    gguf = stairs_home / "models" / "student-q4.gguf"
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    gguf.write_bytes(b"GGUF" + bytes(16))
+    model = workspace.catalog.add(Model(name="s", kind="quantized", format="gguf",
+                                        path="student-q4.gguf"))
+    assert resolve_model(f"catalog:{model.id}") == gguf
+    with pytest.raises(ModelNotFound, match="no model 999"):
+        resolve_model("catalog:999")
+    with pytest.raises(ModelNotFound, match="not 'smollm2-135m'"):
+        resolve_model("no/such/file.gguf")
