@@ -300,3 +300,10 @@ def test_catalog_model_reference_resolves_to_its_file(workspace, stairs_home):
         resolve_model("catalog:999")
     with pytest.raises(ModelNotFound, match="not 'smollm2-135m'"):
         resolve_model("no/such/file.gguf")
+
+
+def test_a_rejected_key_stops_the_run_instead_of_writing_error_rows(tmp_path, workspace):
+    with FakeOpenAI(reject_auth=True) as srv:
+        path = write_curriculum(tmp_path, srv.base_url, rows=5)
+        with pytest.raises(TeacherUnreachable, match="http 401"):
+            run_generate(path, workspace)

@@ -38,7 +38,14 @@ class Rejected(Exception):
     """The endpoint refused this request for good (400 context too long, 404 model...)."""
 
 
+# Statuses that will be the same for every request (bad key, no such model): stop the run
+# instead of writing one error row per request.
+FATAL_STATUS = {401, 403, 404}
+
+
 def _status_error(status: int, headers, text: str) -> Exception:
+    if status in FATAL_STATUS:
+        return TeacherUnreachable(f"the endpoint answered http {status}: {text[:300]}")
     if status in RETRY_STATUS:
         return Retryable(f"http {status}", parse_retry_after(headers),
                          saturated=status in SATURATION_STATUS)

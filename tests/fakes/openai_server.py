@@ -69,6 +69,7 @@ class FakeOpenAI:
     answered: Counter = field(default_factory=Counter)  # content key -> 200s sent
     statuses: Counter = field(default_factory=Counter)
     auth_headers: list = field(default_factory=list)
+    reject_auth: bool = False  # answer chat requests with 401 (a revoked key)
     files: dict = field(default_factory=dict)  # Batch API files: id -> bytes
     batches: dict = field(default_factory=dict)
 
@@ -105,6 +106,8 @@ class FakeOpenAI:
         if not path.endswith("/chat/completions"):
             return await self._json(send, 404, {"error": {"message": "not found"}})
         self.auth_headers.append(headers.get(b"authorization", b"").decode())
+        if self.reject_auth:
+            return await self._json(send, 401, {"error": {"message": "invalid api key"}})
         request = json.loads(body)
         key = content_key(request["messages"], request.get("seed"))
         self.received[key] += 1
