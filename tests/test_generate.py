@@ -307,3 +307,24 @@ def test_a_rejected_key_stops_the_run_instead_of_writing_error_rows(tmp_path, wo
         path = write_curriculum(tmp_path, srv.base_url, rows=5)
         with pytest.raises(TeacherUnreachable, match="http 401"):
             run_generate(path, workspace)
+
+
+def test_batch_killed_while_waiting_is_picked_up_not_paid_twice(tmp_path, workspace,
+                                                                 stairs_home):
+    with FakeOpenAI(hold_batches=True) as srv:
+        path = write_curriculum(tmp_path, srv.base_url, rows=10, teacher={"batch_api": True})
+        code = ("import sys; from flows.generate import generate_flow; "
+                "generate_flow.fn(sys.argv[1])")
+        env = {**os.environ, "STAIRS_HOME": str(stairs_home), "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while not srv.batches or next(iter(srv.batches.values()))["polls"] < 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        srv.hold_batches = False
+        result = generate_flow.fn(str(path))
+    assert result["complete"] and result["rows_written"] == result["requests"]
+    assert len(srv.batches) == 1  # the submitted batch was found again, not resubmitted
+    assert max(srv.received.values()) == 1

@@ -69,6 +69,7 @@ class FakeOpenAI:
     answered: Counter = field(default_factory=Counter)  # content key -> 200s sent
     statuses: Counter = field(default_factory=Counter)
     auth_headers: list = field(default_factory=list)
+    hold_batches: bool = False  # batches stay "in_progress" (a job that takes hours)
     reject_auth: bool = False  # answer chat requests with 401 (a revoked key)
     files: dict = field(default_factory=dict)  # Batch API files: id -> bytes
     batches: dict = field(default_factory=dict)
@@ -169,7 +170,7 @@ class FakeOpenAI:
             batch_id = path.rsplit("/", 1)[1]
             batch = self.batches[batch_id]
             batch["polls"] += 1
-            if batch["polls"] >= 2 and "output" not in batch:  # "in_progress" on the 1st poll
+            if batch["polls"] >= 2 and "output" not in batch and not self.hold_batches:  # "in_progress" on the 1st poll
                 out = []
                 for line in self.files[batch["input"]].decode().splitlines():
                     item = json.loads(line)
