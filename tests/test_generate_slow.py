@@ -56,3 +56,28 @@ def test_transformers_teacher_keeps_logits_as_top_k_logprobs(workspace):
     steps = json.loads(df["logprobs"][0])
     assert len(steps) == df["completion_tokens"][0]
     assert len(steps[0]["top"]) == 3 and steps[0]["top"][0][1] >= steps[0]["top"][-1][1]
+
+
+def test_llamacpp_server_dies_with_a_killed_stairs_process(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("from flows.spec import TeacherSpec; from flows.teachers import make_teacher; "
+            "import time; t = make_teacher(TeacherSpec()); t.start(); print('up', flush=True); "
+            "time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(root),
+                                 "STAIRS_HOME": str(tmp_path)})
+    assert proc.stdout.readline().strip() == b"up"
+    server = [p for p in psutil.Process(proc.pid).children(recursive=True)
+              if "llama_cpp.server" in " ".join(p.cmdline())]
+    assert len(server) == 1
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(server, timeout=15)
+    assert not alive, "the llama.cpp server outlived a kill -9 of its parent"
