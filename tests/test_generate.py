@@ -328,3 +328,21 @@ def test_batch_killed_while_waiting_is_picked_up_not_paid_twice(tmp_path, worksp
     assert result["complete"] and result["rows_written"] == result["requests"]
     assert len(srv.batches) == 1  # the submitted batch was found again, not resubmitted
     assert max(srv.received.values()) == 1
+
+
+def test_structured_output_sends_the_templates_json_schema(tmp_path, workspace):
+    from flows.prompting import load_template
+
+    schema = load_template("disentangle").json_schema
+    reply = json.dumps({"facts": ["Ana has 2 red kites."], "questions": [
+        {"question": "How many kites does Ana have?", "rationale": "Ana has 2.", "answer": "2"}]})
+    with FakeOpenAI(script={"": (reply, "stop")}) as srv:
+        path = write_curriculum(tmp_path, srv.base_url, rows=3,
+                                teacher={"structured_output": True},
+                                generate={"template": "disentangle"})
+        run_id, s = run_generate(path, workspace)
+    assert srv.formats and all(f == {"type": "json_schema", "json_schema": {
+        "name": "row", "schema": schema}} for f in srv.formats)
+    df = generated(workspace, run_id)
+    assert s["complete"] and df["question"].to_list() == ["How many kites does Ana have?"] * 3
+    assert df["gold_answer"].null_count() == 3  # the teacher's own question has no gold answer

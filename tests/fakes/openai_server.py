@@ -69,6 +69,7 @@ class FakeOpenAI:
     answered: Counter = field(default_factory=Counter)  # content key -> 200s sent
     statuses: Counter = field(default_factory=Counter)
     auth_headers: list = field(default_factory=list)
+    formats: list = field(default_factory=list)  # response_format of each chat request
     hold_batches: bool = False  # batches stay "in_progress" (a job that takes hours)
     reject_auth: bool = False  # answer chat requests with 401 (a revoked key)
     files: dict = field(default_factory=dict)  # Batch API files: id -> bytes
@@ -110,6 +111,7 @@ class FakeOpenAI:
         if self.reject_auth:
             return await self._json(send, 401, {"error": {"message": "invalid api key"}})
         request = json.loads(body)
+        self.formats.append(request.get("response_format"))
         key = content_key(request["messages"], request.get("seed"))
         self.received[key] += 1
         await asyncio.sleep(self.latency)
