@@ -63,8 +63,9 @@ def ingest(curriculum: Path = CurriculumArg, as_json: bool = JsonOpt) -> None:
     _load(curriculum)
     configure_prefect()
     from flows.ingest import ingest_flow
+    from flows.params import StageParams
 
-    result = ingest_flow(curriculum=str(curriculum))
+    result = ingest_flow(StageParams(curriculum=str(curriculum)))
     if as_json:
         _emit_json(result)
         return
@@ -82,10 +83,11 @@ def generate(curriculum: Path = CurriculumArg, run_id: Optional[str] = typer.Opt
     _load(curriculum)
     configure_prefect()
     from flows.generate import generate_flow
+    from flows.params import StageParams
     from flows.teachers import TeacherUnreachable
 
     try:
-        result = generate_flow(curriculum=str(curriculum), run_id=run_id)
+        result = generate_flow(StageParams(curriculum=str(curriculum), run_id=run_id))
     except TeacherUnreachable as e:
         err.print(f"[red]teacher unreachable[/red] {e}")
         raise typer.Exit(3) from None
@@ -120,9 +122,10 @@ def run(curriculum: Path = CurriculumArg, new: bool = typer.Option(
     _load(curriculum)
     configure_prefect()
     from flows.runinfo import run_details
+    from flows.params import StaircaseParams
     from flows.staircase import staircase_flow
 
-    result = staircase_flow(curriculum=str(curriculum), new=new)
+    result = staircase_flow(StaircaseParams(curriculum=str(curriculum), new=new))
     details = run_details(_workspace(), result["run_id"])
     if as_json:
         _emit_json({**result, **details})
@@ -230,6 +233,60 @@ def prompts_render(template: str = typer.Argument(..., help="Template name, e.g.
         for m in r["messages"]:
             out.print(f"[cyan]{m['role']}[/cyan]", highlight=False)
             out.print(m["content"], markup=False, highlight=False, soft_wrap=True)
+
+
+PoolOpt = typer.Option(None, "--pool", help="Work pool (default: the one in deploy/prefect.yaml).")
+ApiOpt = typer.Option(None, "--api-url", help="Prefect API (default: PREFECT_API_URL, else "
+                      "the local `stairs server` at http://127.0.0.1:4200/api).")
+
+
+@app.command()
+def server(host: str = typer.Option("127.0.0.1", help="Address to bind."),
+           port: int = typer.Option(4200, help="Port for the API and the UI.")) -> None:
+    """Start a Prefect server with its UI (prefect server start; state under STAIRS_HOME)."""
+    import subprocess
+
+    from flows.deployments import server_command
+
+    cmd, env = server_command(host, port)
+    out.print(f"Prefect UI and API on http://{host}:{port} (Ctrl-C stops it)")
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+@app.command()
+def deploy(pool: Optional[str] = PoolOpt, api_url: Optional[str] = ApiOpt,
+           name: Optional[list[str]] = typer.Option(
+               None, "--name", help="Only this deployment (repeatable); default: all.")) -> None:
+    """Register the deployments of deploy/prefect.yaml (prefect deploy --all) and create the
+    process work pool if it is missing."""
+    from flows.deployments import deploy as run_deploy
+
+    code = run_deploy(pool=pool, names=name or None, api_url=api_url)
+    raise typer.Exit(code)
+
+
+@app.command()
+def worker(pool: Optional[str] = PoolOpt, api_url: Optional[str] = ApiOpt,
+           limit: Optional[int] = typer.Option(None, help="Most flow runs at once.")) -> None:
+    """Start a worker that runs the deployments' flow runs (prefect worker start --pool)."""
+    import subprocess
+
+    from flows.deployments import PROJECT_ROOT, prefect_env, worker_command
+
+    raise typer.Exit(subprocess.call(worker_command(pool, limit), env=prefect_env(api_url),
+                                     cwd=PROJECT_ROOT))
+
+
+@app.command("serve-flows")
+def serve_flows(api_url: Optional[str] = ApiOpt, name: Optional[list[str]] = typer.Option(
+        None, "--name", help="Only this deployment (repeatable); default: all.")) -> None:
+    """Serve every deployment from this process (flow.serve): no work pool, no worker."""
+    import os
+
+    from flows.deployments import prefect_env, serve_flows as run_serve
+
+    os.environ.update(prefect_env(api_url))
+    run_serve(names=name or None)
 
 
 def _print_details(d: dict) -> None:

@@ -26,7 +26,8 @@ from flows.generating.progress import Progress
 from flows.generating.resume import adopt, earlier_attempts
 from flows.generating.rows import build_rows
 from flows.generating.writer import ShardWriter
-from flows.orchestration import step
+from flows.orchestration import step, task_runner
+from flows.params import StageParams
 from flows.spec import Curriculum, TeacherSpec
 from flows.teachers import Request, Sampling, make_teacher, request_key
 from flows.teachers.cache import ResponseCacheStore
@@ -130,8 +131,7 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
     writer = ShardWriter(ws.store, st.stage, parents, batch_rows=spec.generate.batch_rows,
                          flush_seconds=spec.generate.flush_seconds)
     cache = ResponseCacheStore(ws.catalog)
-    progress = Progress(len(todo), f"generate {template.name} with {teacher.name}",
-                        bar=progress_bar)
+    progress = Progress(len(todo), template.name, teacher.name, bar=progress_bar)
 
     def rows_of(req, reply):
         return build_rows(source=req.tag, request=req, reply=reply, template=template,
@@ -175,15 +175,14 @@ def resume_or_start(ws: Workspace, spec: Curriculum) -> str:
     return ws.start_run(spec, "generate").id
 
 
-@flow(name="generate", log_prints=True)
-def generate_flow(curriculum: str, run_id: str | None = None) -> dict:
-    """Generate training rows for a curriculum (resumes its unfinished generate run)."""
-    from flows import spec as spec_mod
-
-    spec = spec_mod.load(Path(curriculum))
+@flow(name="generate", log_prints=True, task_runner=task_runner())
+def generate_flow(params: StageParams) -> dict:
+    """Generate training rows for a curriculum: resumes its unfinished generate run, or the run
+    given as `run_id`."""
+    spec = params.load()
     ws = Workspace.open()
-    own_run = run_id is None
-    run_id = run_id or resume_or_start(ws, spec)
+    own_run = params.run_id is None
+    run_id = params.run_id or resume_or_start(ws, spec)
     try:
         summary = generate(spec, ws, run_id)
     except BaseException as e:

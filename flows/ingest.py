@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 from prefect import flow
@@ -21,7 +20,10 @@ from flows.corpus.readers import read_corpus
 from flows.corpus.rows import (
     CORPUS_SCHEMA, RAW_KEEP, REJECTS_SCHEMA, Reject, content_id, split_of, validate,
 )
-from flows.orchestration import step
+from flows import artifacts
+from flows.artifacts import artifact_key
+from flows.orchestration import step, task_runner
+from flows.params import StageParams
 from flows.spec import Curriculum, CorpusSpec
 from flows.workspace import Workspace
 
@@ -54,7 +56,8 @@ def _records(spec: Curriculum):
         yield path.name, line, record, error, raw
 
 
-@step(name="read-and-validate")
+# Pure reading: safe to retry (a corpus on a network filesystem can hiccup).
+@step(name="read-and-validate", retries=1, retry_delay_seconds=2)
 def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
     corpus = spec.corpus
     has_questions = corpus.format != "text"
@@ -108,16 +111,22 @@ def ingest(spec: Curriculum, ws: Workspace, run_id: str) -> dict:
             "eval_rows": len(evals), "rejected": len(rejects),
             "rejects_by_reason": dict(Counter(r["reason"] for r in rejects).most_common()),
         })
+    artifacts.table(artifact_key("ingest", spec.name, "summary"),
+                    [{"train_rows": len(train), "eval_rows": len(evals), "rejected": len(rejects)}],
+                    description=f"Ingest of run {run_id}")
+    if rejects:
+        artifacts.table(artifact_key("ingest", spec.name, "rejects"),
+                        artifacts.counts_table(st.summary["rejects_by_reason"]),
+                        description=f"Rejected corpus rows by reason, run {run_id}")
     return st.summary
 
 
-@flow(name="ingest", log_prints=True)
-def ingest_flow(curriculum: str, run_id: str | None = None) -> dict:
-    """Ingest the corpus a curriculum names. Parameters: the curriculum file, optionally a run."""
-    from flows import spec as spec_mod
-
-    spec = spec_mod.load(Path(curriculum))
+@flow(name="ingest", log_prints=True, task_runner=task_runner())
+def ingest_flow(params: StageParams) -> dict:
+    """Ingest the corpus a curriculum names, as a run of its own or a stage of an existing run."""
+    spec = params.load()
     ws = Workspace.open()
+    run_id = params.run_id
     own_run = run_id is None
     run_id = run_id or ws.start_run(spec, "ingest").id
     try:

@@ -3,12 +3,18 @@
 `step` makes a function a Prefect task when it runs inside a flow run (so it shows in the UI with
 its own state, retries and logs) and a plain call outside one: unit tests, notebooks and the
 stage functions reused by other stages do not need a Prefect server for pure logic.
+
+Also here: `map_step` (one named task per batch, spread by the flow's task runner),
+`task_runner()` (thread pool, Dask or Ray, chosen by environment) and `teacher_slot` (a global
+concurrency limit per teacher endpoint). docs/deploy.md shows how they fit together.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, TypeVar
+import re
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 from prefect import task
 from prefect.context import FlowRunContext
@@ -32,3 +38,133 @@ def step(fn: F | None = None, **task_options) -> F:
         return call  # type: ignore[return-value]
 
     return wrap(fn) if fn is not None else wrap
+
+
+def map_step(fn: Callable, items, *, name: str | None = None, **kwargs) -> list:
+    """Run a `step` once per item (a generation batch, a curation partition) and return the
+    results in item order. Inside a flow run each call is its own task, submitted to the flow's
+    task runner, so a Dask or Ray runner spreads them over a cluster and the UI shows one named
+    task run per batch ("generate-batch-0", ...). Outside a flow run: a plain loop."""
+    as_task = getattr(fn, "task", None)
+    if as_task is None:
+        raise TypeError(f"{getattr(fn, '__name__', fn)!r} is not a @step; map_step needs one")
+    items = list(items)
+    if not in_flow_run():
+        return [fn(item, **kwargs) for item in items]
+    label = name or as_task.name
+    futures = [as_task.with_options(task_run_name=f"{label}-{i}").submit(item, **kwargs)
+               for i, item in enumerate(items)]
+    return [f.result() for f in futures]
+
+
+# -- task runners ------------------------------------------------------------------------------
+TASK_RUNNERS = ("thread", "dask", "ray")
+
+
+def task_runner():
+    """The task runner stage flows use, chosen by environment so one deployment runs on a laptop
+    or a cluster unchanged:
+
+    STAIRS_TASK_RUNNER          thread (default) | dask | ray
+    STAIRS_TASK_RUNNER_ADDRESS  dask: scheduler address (tcp://host:8786); ray: cluster address
+                                (ray://host:10001). Empty: a local cluster started per flow run.
+    STAIRS_MAX_WORKERS          thread pool size, or workers of the local Dask cluster.
+    """
+    import os
+
+    kind = os.environ.get("STAIRS_TASK_RUNNER", "thread").strip().lower() or "thread"
+    address = os.environ.get("STAIRS_TASK_RUNNER_ADDRESS") or None
+    workers_env = os.environ.get("STAIRS_MAX_WORKERS")
+    try:
+        workers = int(workers_env) if workers_env else None
+    except ValueError:
+        raise ValueError(f"STAIRS_MAX_WORKERS must be an integer, got {workers_env!r}") from None
+    if kind == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise RuntimeError("STAIRS_TASK_RUNNER=dask needs the dask extra: "
+                               "pip install 'stairs[dask]'") from None
+        if address:
+            return DaskTaskRunner(address=address)
+        # A local cluster bound to loopback, one thread per worker process (tasks hold the GIL).
+        return DaskTaskRunner(cluster_kwargs={
+            "n_workers": workers or 2, "threads_per_worker": 1, "processes": True,
+            "host": "127.0.0.1", "dashboard_address": None})
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            raise RuntimeError("STAIRS_TASK_RUNNER=ray needs the ray extra: "
+                               "pip install 'stairs[ray]'") from None
+        return RayTaskRunner(address=address) if address else RayTaskRunner()
+    raise ValueError(f"STAIRS_TASK_RUNNER must be one of {', '.join(TASK_RUNNERS)}; got {kind!r}")
+
+
+# -- teacher endpoints ---------------------------------------------------------------------------
+DEFAULT_TEACHER_SLOTS = 4
+_known_limits: set[tuple[str, str]] = set()  # (API URL, limit name) seen to exist
+
+
+def teacher_limit_name(endpoint: str) -> str:
+    """One global concurrency limit per teacher endpoint, named after its host, port and path:
+    'http://10.0.0.5:8000/v1' -> 'teacher-10.0.0.5-8000-v1'. Prefect bans '/' in names."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    where = (parts.netloc or "") + (parts.path or "")
+    if not where:
+        where = endpoint
+    return "teacher-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", where).strip("-") or "default")
+
+
+def ensure_limit(name: str, slots: int) -> None:
+    """Create the global concurrency limit if it does not exist yet. An existing limit keeps the
+    size an operator set in the UI (`prefect gcl update NAME --limit N`): we never resize it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.settings import get_current_settings
+
+    seen = (str(get_current_settings().api.url), name)
+    if seen in _known_limits:
+        return
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            except ObjectAlreadyExists:  # another run created it between our read and create
+                pass
+    _known_limits.add(seen)
+
+
+@contextmanager
+def teacher_slot(endpoint: str, *, slots: int | None = None,
+                 timeout_seconds: float | None = None) -> Iterator[str | None]:
+    """Hold one slot of the endpoint's global concurrency limit around one teacher request (or
+    one batch), so every flow run on every worker shares the endpoint's capacity: two scheduled
+    runs never overload one vLLM server together.
+
+    `slots` sizes the limit when it is first created (default: STAIRS_TEACHER_SLOTS, else 4).
+    Outside a flow run it is a no-op, so unit tests and plain calls need no Prefect server.
+    Yields the limit's name (None when no limit applied)."""
+    import os
+
+    if not in_flow_run():
+        yield None
+        return
+    from prefect.concurrency.sync import concurrency
+
+    name = teacher_limit_name(endpoint)
+    size = slots if slots is not None else int(os.environ.get("STAIRS_TEACHER_SLOTS",
+                                                              DEFAULT_TEACHER_SLOTS))
+    ensure_limit(name, size)
+    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+        yield name

@@ -29,6 +29,12 @@ def shards_root() -> Path:
     return stairs_home() / "shards"
 
 
+def shards_location() -> str | Path:
+    """STAIRS_SHARDS_URL puts shards on any fsspec filesystem (s3://bucket/prefix, gs://...);
+    the local folder STAIRS_HOME/shards by default."""
+    return os.environ.get("STAIRS_SHARDS_URL") or shards_root()
+
+
 def models_root() -> Path:
     return stairs_home() / "models"
 

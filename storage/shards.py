@@ -7,6 +7,15 @@ through the catalog, so an unregistered file is never read. `sweep()` removes le
 
 Files use the Arrow IPC *file* format: Polars scans it lazily and pyarrow memory-maps it, so
 both the LazyFrame and the Hugging Face Dataset views read it without copying.
+
+Shards can also live on any fsspec filesystem (`STAIRS_SHARDS_URL=s3://bucket/stairs/shards`,
+`gs://...`, `memory://...`; the filesystem's package, e.g. s3fs, must be installed). There the
+same guarantee holds differently: the file is written and checksummed in a local spool, uploaded
+under the hidden temporary name, then moved to its final name. On object stores an object only
+becomes visible once its upload or server-side copy completes, so the final name is never
+half-written; a killed writer leaves at most a temporary object, which `sweep()` removes. Reads
+from a remote store load the shard into memory (no memory map over the network). The catalog
+keeps paths relative to the root, so the same catalog works wherever the root points.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import hashlib
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -53,15 +63,45 @@ def to_arrow(data: pa.Table | pl.DataFrame | list[dict]) -> pa.Table:
     return pa.Table.from_pylist(list(data))
 
 
+def _remote_fs(root: str | Path):
+    """(fsspec filesystem, path) for a URL that is not a local folder; None for local roots."""
+    if "://" not in str(root):
+        return None
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(root))
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return None
+    return fs, path.rstrip("/")
+
+
 class ShardStore:
-    def __init__(self, catalog: Catalog, root: Path | None = None):
-        from flows.settings import shards_root
+    def __init__(self, catalog: Catalog, root: Path | str | None = None):
+        from flows.settings import shards_location
 
         self.catalog = catalog
-        self.root = Path(root) if root else shards_root()
-        self.root.mkdir(parents=True, exist_ok=True)
+        location = root if root else shards_location()
+        remote = _remote_fs(location)
+        self.fs = remote[0] if remote else None
+        if remote:
+            self.root = remote[1]
+            self.fs.makedirs(self.root, exist_ok=True)
+        else:
+            if str(location).startswith("file://"):
+                import fsspec
 
-    def path(self, shard: Shard) -> Path:
+                location = fsspec.core.url_to_fs(str(location))[1]
+            self.root = Path(location)
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def remote(self) -> bool:
+        return self.fs is not None
+
+    def path(self, shard: Shard) -> Path | str:
+        """A local Path, or the shard's full URL on a remote filesystem."""
+        if self.remote:
+            return self.fs.unstrip_protocol(f"{self.root}/{shard.path}")
         return self.root / shard.path
 
     def write(self, data: pa.Table | pl.DataFrame | list[dict], *, stage: Stage, kind: str,
@@ -70,6 +110,9 @@ class ShardStore:
         if schema is not None:
             table = table.cast(schema) if table.num_rows else schema.empty_table()
         stage_dir = f"{stage.name}" + (f"-r{stage.round_index}" if stage.round_index is not None else "")
+        if self.remote:
+            return self._write_remote(table, stage=stage, kind=kind, parents=parents,
+                                      relative=f"{stage.run_id}/{stage.id:05d}-{stage_dir}")
         folder = self.root / stage.run_id / f"{stage.id:05d}-{stage_dir}"
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{kind}-{secrets.token_hex(4)}.arrow"
@@ -87,19 +130,51 @@ class ShardStore:
                       arrow_schema=json.dumps(_schema_dict(table.schema)))
         return self.catalog.register_shard(shard, list(parents))
 
+    def _write_remote(self, table: pa.Table, *, stage: Stage, kind: str,
+                      parents: Iterable[Shard], relative: str) -> Shard:
+        name = f"{kind}-{secrets.token_hex(4)}.arrow"
+        folder = f"{self.root}/{relative}"
+        tmp, final = f"{folder}/{TMP_PREFIX}{name}", f"{folder}/{name}"
+        with tempfile.TemporaryDirectory(prefix="stairs-spool-") as spool_dir:
+            spool = Path(spool_dir) / name
+            with open(spool, "wb") as raw:
+                with ipc.new_file(raw, table.schema) as writer:
+                    writer.write_table(table, max_chunksize=64 * 1024)
+            size, checksum = spool.stat().st_size, sha256_file(spool)
+            self.fs.makedirs(folder, exist_ok=True)
+            self.fs.put_file(str(spool), tmp)
+        if self.fs.size(tmp) != size:
+            self.fs.rm_file(tmp)
+            raise OSError(f"upload of shard {final} is incomplete ({self.fs.size(tmp)} of "
+                          f"{size} bytes)")
+        self.fs.mv(tmp, final)
+        shard = Shard(run_id=stage.run_id, stage_id=stage.id, kind=kind,
+                      path=f"{relative}/{name}", rows=table.num_rows, bytes=size,
+                      checksum=checksum, arrow_schema=json.dumps(_schema_dict(table.schema)))
+        return self.catalog.register_shard(shard, list(parents))
+
     # -- reading ---------------------------------------------------------------------------
+    def _read(self, shard: Shard) -> pa.Table:
+        if self.remote:
+            with self.fs.open(f"{self.root}/{shard.path}", "rb") as f:
+                return ipc.open_file(pa.BufferReader(f.read())).read_all()
+        return ipc.open_file(pa.memory_map(str(self.path(shard)))).read_all()
+
     def table(self, shards: Iterable[Shard]) -> pa.Table:
-        """All shards as one Arrow table backed by memory maps (no copy of the data)."""
-        tables = [ipc.open_file(pa.memory_map(str(self.path(s)))).read_all() for s in shards]
+        """All shards as one Arrow table backed by memory maps (no copy of the data); read into
+        memory from a remote store."""
+        tables = [self._read(s) for s in shards]
         if not tables:
             return pa.table({})
         return pa.concat_tables(tables, promote_options="default")
 
     def scan(self, shards: Iterable[Shard]) -> pl.LazyFrame:
-        paths = [str(self.path(s)) for s in shards]
-        if not paths:
+        shards = list(shards)
+        if not shards:
             return pl.LazyFrame()
-        return pl.scan_ipc(paths)
+        if self.remote:
+            return pl.from_arrow(self.table(shards)).lazy()
+        return pl.scan_ipc([str(self.path(s)) for s in shards])
 
     def dataset(self, shards: Iterable[Shard]):
         """A Hugging Face `datasets.Dataset` over the memory-mapped shards, without a copy."""
@@ -110,12 +185,27 @@ class ShardStore:
         return datasets.Dataset(InMemoryTable(self.table(shards)))
 
     def verify(self, shard: Shard) -> bool:
+        if self.remote:
+            key = f"{self.root}/{shard.path}"
+            if not self.fs.exists(key):
+                return False
+            h = hashlib.sha256()
+            with self.fs.open(key, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+            return h.hexdigest() == shard.checksum
         path = self.path(shard)
         return path.exists() and sha256_file(path) == shard.checksum
 
-    def sweep(self) -> list[Path]:
+    def sweep(self) -> list[Path | str]:
         """Delete temporary files left by writers that died mid-write; returns what it removed."""
         removed = []
+        if self.remote:
+            for key in self.fs.find(self.root):
+                if key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+                    self.fs.rm_file(key)
+                    removed.append(key)
+            return removed
         for tmp in self.root.rglob(f"{TMP_PREFIX}*"):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)

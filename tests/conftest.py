@@ -15,6 +15,7 @@ def stairs_home(tmp_path, monkeypatch):
     home = tmp_path / "stairs-home"
     monkeypatch.setenv("STAIRS_HOME", str(home))
     monkeypatch.delenv("STAIRS_CATALOG_URL", raising=False)
+    monkeypatch.delenv("STAIRS_SHARDS_URL", raising=False)
     return home
 
 
@@ -26,6 +27,9 @@ def workspace(stairs_home):
 
 
 def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return  # importing torch costs seconds; only pay it when a gpu test is collected
     try:
         import torch
 
@@ -35,6 +39,5 @@ def pytest_collection_modifyitems(config, items):
     if has_gpu:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu_items:
+        item.add_marker(skip)

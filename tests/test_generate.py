@@ -15,6 +15,7 @@ import pytest
 from fakes.openai_server import FakeOpenAI, Faults
 from flows import spec as spec_mod
 from flows.generate import generate, generate_flow
+from flows.params import StageParams
 from flows.teachers import TeacherUnreachable
 from gen_helpers import generated, write_curriculum
 
@@ -198,7 +199,8 @@ def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tmp_path, worksp
         path = write_curriculum(tmp_path, srv.base_url, rows=80,
                                 teacher={"concurrency": 4}, generate={"batch_rows": 7})
         code = ("import sys; from flows.generate import generate_flow; "
-                "generate_flow.fn(sys.argv[1])")
+                "from flows.params import StageParams; "
+                "generate_flow.fn(StageParams(curriculum=sys.argv[1]))")
         env = {**os.environ, "STAIRS_HOME": str(stairs_home), "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, cwd=ROOT)
         deadline = time.monotonic() + 60
@@ -210,7 +212,7 @@ def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tmp_path, worksp
         proc.wait()
         received_at_kill = sum(srv.received.values())
 
-        result = generate_flow.fn(str(path))  # resumes the killed run
+        result = generate_flow.fn(StageParams(curriculum=str(path)))  # resumes the killed run
     run_id = result["run_id"]
     assert result["complete"]
     df = generated(workspace, run_id)
@@ -228,7 +230,8 @@ def test_ctrl_c_keeps_everything_answered(tmp_path, workspace, stairs_home):
         path = write_curriculum(tmp_path, srv.base_url, rows=80,
                                 teacher={"concurrency": 4}, generate={"batch_rows": 1000})
         code = ("import sys; from flows.generate import generate_flow; "
-                "generate_flow.fn(sys.argv[1])")
+                "from flows.params import StageParams; "
+                "generate_flow.fn(StageParams(curriculum=sys.argv[1]))")
         env = {**os.environ, "STAIRS_HOME": str(stairs_home), "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, cwd=ROOT,
                                 stderr=subprocess.PIPE)
@@ -247,7 +250,7 @@ def test_ctrl_c_keeps_everything_answered(tmp_path, workspace, stairs_home):
         kept = workspace.store.scan(workspace.shards(stage, "generated")).collect()
         assert kept.height >= 20 - 4
 
-        result = generate_flow.fn(str(path))
+        result = generate_flow.fn(StageParams(curriculum=str(path)))
     assert result["run_id"] == run.id and result["complete"]
     assert result["resumed_requests"] == kept.height
     resent = sum(n - 1 for n in srv.received.values() if n > 1)
@@ -314,7 +317,8 @@ def test_batch_killed_while_waiting_is_picked_up_not_paid_twice(tmp_path, worksp
     with FakeOpenAI(hold_batches=True) as srv:
         path = write_curriculum(tmp_path, srv.base_url, rows=10, teacher={"batch_api": True})
         code = ("import sys; from flows.generate import generate_flow; "
-                "generate_flow.fn(sys.argv[1])")
+                "from flows.params import StageParams; "
+                "generate_flow.fn(StageParams(curriculum=sys.argv[1]))")
         env = {**os.environ, "STAIRS_HOME": str(stairs_home), "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, cwd=ROOT)
         deadline = time.monotonic() + 60
@@ -324,7 +328,7 @@ def test_batch_killed_while_waiting_is_picked_up_not_paid_twice(tmp_path, worksp
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         srv.hold_batches = False
-        result = generate_flow.fn(str(path))
+        result = generate_flow.fn(StageParams(curriculum=str(path)))
     assert result["complete"] and result["rows_written"] == result["requests"]
     assert len(srv.batches) == 1  # the submitted batch was found again, not resubmitted
     assert max(srv.received.values()) == 1

@@ -31,5 +31,5 @@ def test_stairs_generate_runs_as_a_flow_with_a_progress_artifact(tmp_path, stair
     result = json.loads(out.stdout)
     assert result["complete"] and result["rows_written"] == result["requests"] > 0
     db = sqlite3.connect(stairs_home / "prefect" / "prefect.db")
-    rows = db.execute("select type, data from artifact where key = 'generate-progress'").fetchall()
+    rows = db.execute("select type, data from artifact where key = 'generate-rationale-progress'").fetchall()
     assert rows and rows[-1][0] == "progress" and float(rows[-1][1]) == 100.0

@@ -1,22 +1,16 @@
-"""Progress of a generate run: a rich bar on a terminal, and a Prefect progress artifact when
-running inside a flow run (visible in the UI). Both are throttled: the hot loop only counts."""
+"""Progress of a generate run: a rich bar on a terminal, and the Prefect progress artifact
+(flows/artifacts.py) when running inside a flow run. The hot loop only counts; both throttle."""
 
 from __future__ import annotations
 
 import sys
-import time
 
-from flows.orchestration import in_flow_run
-
-ARTIFACT_EVERY_S = 2.0
+from flows import artifacts
 
 
 class Progress:
-    def __init__(self, total: int, label: str, *, bar: bool | None = None):
-        self.total, self.done = total, 0
+    def __init__(self, total: int, template: str, teacher: str, *, bar: bool | None = None):
         self._bar = self._task = None
-        self._artifact = None
-        self._last_artifact = 0.0
         if bar if bar is not None else sys.stderr.isatty():
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,
                                        TextColumn, TimeRemainingColumn)
@@ -24,30 +18,16 @@ class Progress:
             self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeRemainingColumn(), transient=False)
             self._bar.start()
-            self._task = self._bar.add_task(label, total=total)
-        if in_flow_run():
-            from prefect.artifacts import create_progress_artifact
-
-            self._artifact = create_progress_artifact(
-                progress=0.0, key="generate-progress",
-                description=f"{label}: requests answered (cache hits included)")
+            self._task = self._bar.add_task(f"generate {template} with {teacher}", total=total)
+        # Key "generate-<template>-progress": one artifact per stage and template in the UI.
+        self._artifact = artifacts.progress("generate", template, total=total)
 
     def advance(self, n: int = 1) -> None:
-        self.done += n
+        self._artifact.advance(n)
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done)
-        if self._artifact is not None and time.monotonic() - self._last_artifact > ARTIFACT_EVERY_S:
-            self._push()
-
-    def _push(self) -> None:
-        from prefect.artifacts import update_progress_artifact
-
-        self._last_artifact = time.monotonic()
-        percent = 100.0 * self.done / self.total if self.total else 100.0
-        update_progress_artifact(artifact_id=self._artifact, progress=percent)
+            self._bar.advance(self._task, n)
 
     def close(self) -> None:
-        if self._artifact is not None:
-            self._push()
+        self._artifact.finish()
         if self._bar is not None:
             self._bar.stop()

@@ -1,0 +1,31 @@
+import os
+
+from flows import settings
+
+
+def test_stairs_home_relocates_everything(stairs_home):
+    assert settings.stairs_home() == stairs_home.resolve()
+    assert settings.catalog_url() == f"sqlite:///{stairs_home.resolve() / 'catalog.db'}"
+    assert settings.shards_root().parent == stairs_home.resolve()
+    assert settings.models_root().parent == stairs_home.resolve()
+
+
+def test_catalog_url_override(monkeypatch):
+    monkeypatch.setenv("STAIRS_CATALOG_URL", "postgresql+psycopg://u@127.0.0.1:5/db")
+    assert settings.catalog_url() == "postgresql+psycopg://u@127.0.0.1:5/db"
+
+
+def test_prefect_defaults_offline_and_under_home(monkeypatch, stairs_home):
+    for var in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+        monkeypatch.delenv(var, raising=False)
+    settings.configure_prefect()
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert os.environ["PREFECT_HOME"] == str(stairs_home.resolve() / "prefect")
+
+
+def test_users_prefect_server_is_respected(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    settings.configure_prefect()
+    assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+    assert "PREFECT_HOME" not in os.environ
