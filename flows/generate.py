@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 
 from prefect import flow
 from prefect.cache_policies import NO_CACHE

@@ -63,7 +63,6 @@ def test_llamacpp_server_dies_with_a_killed_stairs_process(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
