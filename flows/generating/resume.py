@@ -4,7 +4,6 @@ registers them too, so downstream stages read one complete stage) and skips thei
 
 from __future__ import annotations
 
-
 from storage.tables import Shard
 
 
