@@ -15,6 +15,10 @@ from rich.table import Table
 
 from flows.settings import configure_prefect
 
+# Before anything imports prefect: Prefect freezes its settings (home, server timeouts) when it
+# is first imported, and loading a curriculum runs stage checks whose modules may import it.
+configure_prefect()
+
 app = typer.Typer(help="stairs: turn big language models into small ones.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 out = Console()
@@ -69,6 +73,45 @@ def ingest(curriculum: Path = CurriculumArg, as_json: bool = JsonOpt) -> None:
               f"{result['eval_rows']} eval rows, {result['rejected']} rejected")
     for reason, n in result["rejects_by_reason"].items():
         out.print(f"  rejected {n:>6}  {reason}")
+
+
+@app.command()
+def generate(curriculum: Path = CurriculumArg, run_id: Optional[str] = typer.Option(
+        None, "--run", help="Generate inside this run (default: resume the curriculum's "
+        "unfinished generate run, else start one)."), as_json: bool = JsonOpt) -> None:
+    """Ask the teacher to rewrite the corpus (ingesting first when needed): generated shards."""
+    _load(curriculum)
+    configure_prefect()
+    from flows.generate import generate_flow
+    from flows.params import StageParams
+    from flows.teachers import TeacherUnreachable
+
+    try:
+        result = generate_flow(StageParams(curriculum=str(curriculum), run_id=run_id))
+    except TeacherUnreachable as e:
+        err.print(f"[red]teacher unreachable[/red] {e}")
+        raise typer.Exit(3) from None
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(generate_report(result))
+
+
+def generate_report(r: dict) -> str:
+    lines = [f"run [bold]{r['run_id']}[/bold]: {r.get('rows_written', 0)} rows from "
+             f"{r.get('requests', 0)} requests to {r.get('teacher')} "
+             f"({r.get('cache_hits', 0)} cache hits, {r.get('sent', 0)} sent, "
+             f"{r.get('resumed_requests', 0)} resumed)"
+             + (" [dim](reused finished stage)[/dim]" if r.get("reused_stage") else ""),
+             f"  tokens: {r.get('prompt_tokens', 0)} in, {r.get('completion_tokens', 0)} out"
+             + (f", cost ${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else "")]
+    for reason, n in (r.get("errors_by_reason") or {}).items():
+        lines.append(f"  error {n:>6}  {reason}")
+    if not r.get("complete", True):
+        why = "budget reached" if r.get("budget_exhausted") else \
+            f"{r.get('unanswered', 0)} requests unanswered"
+        lines.append(f"  [yellow]incomplete[/yellow] ({why}): run the same command to resume")
+    return "\n".join(lines)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -73,12 +74,65 @@ class CorpusSpec(Strict):
 
 
 # -- teacher (the teacher/generate stage reads these) -----------------------------------------
+class CostSpec(Strict):
+    """Prices for the cost estimate in the generate summary (USD per million tokens)."""
+
+    prompt_per_million: float = Field(0.0, ge=0.0, description="USD per 1M prompt tokens.")
+    completion_per_million: float = Field(0.0, ge=0.0, description="USD per 1M completion tokens.")
+
+
 class TeacherSpec(Strict):
     backend: Literal["openai", "vllm", "llamacpp", "transformers"] = "llamacpp"
     model: str = Field("smollm2-135m", description="Model name, GGUF path, or catalog model id.")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint (backend openai).")
     api_key_env: str | None = Field(
         None, description="Name of the environment variable holding the API key (never the key).")
+    # Sampling. Defaults suit the embedded 135M teacher: it needs sampling (not greedy) so that
+    # several tries per problem give curation correct rationales to keep (BRIEF section 3).
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(256, ge=1, le=131_072, description="Completion tokens per request.")
+    samples: int = Field(1, ge=1, le=64, description="Samples per prompt (one request each, "
+                         "seed + sample index), for self-consistency in curation.")
+    seed: int | None = Field(0, description="Sampling seed; sample i uses seed + i. None: no seed.")
+    top_logprobs: int = Field(0, ge=0, le=20, description="Top-k logprobs kept per generated "
+                              "token (0: none) where the backend returns them.")
+    structured_output: bool = Field(
+        False, description="Send the template's JSON schema as response_format where supported.")
+    # Limits. The embedded llama.cpp server answers one request at a time on 2 cores; more
+    # concurrency only queues, so 2 keeps one request ready while the other decodes.
+    concurrency: int = Field(2, ge=1, le=4096, description="Most requests in flight at once.")
+    adaptive: bool = Field(True, description="Halve concurrency when the endpoint saturates "
+                           "(429/503/timeouts), then grow it back one step per success window.")
+    rpm: int | None = Field(None, ge=1, description="Requests per minute cap.")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute cap (prompt estimate + "
+                            "max_tokens, charged when a request starts).")
+    timeout: float = Field(120.0, gt=0.0, description="Seconds before one request times out.")
+    max_retries: int = Field(6, ge=0, le=100, description="Retries per request on 429/5xx/"
+                             "timeouts/disconnects (exponential backoff, Retry-After honoured).")
+    client: Literal["fast", "openai"] = Field(
+        "fast", description="HTTP client for OpenAI-compatible endpoints: 'fast' (aiohttp, "
+        "~4x less client CPU per request) or 'openai' (the openai SDK).")
+    batch_api: bool = Field(False, description="Use the OpenAI Batch API (offline, cheaper, "
+                            "hours): backend openai only.")
+    # Budget: the run stops cleanly (finished rows kept) when either is reached.
+    max_requests: int | None = Field(None, ge=1, description="Budget: requests sent per run.")
+    max_total_tokens: int | None = Field(None, ge=1, description="Budget: prompt + completion "
+                                         "tokens per run (cache hits are free).")
+    cost: CostSpec | None = Field(None, description="Prices for the cost estimate.")
+
+    @model_validator(mode="after")
+    def _backend_needs(self):
+        if self.backend == "openai" and not self.base_url and not self.api_key_env:
+            raise ValueError("backend 'openai' needs 'base_url' (any OpenAI-compatible "
+                             "endpoint) or 'api_key_env' (api.openai.com)")
+        if self.batch_api and self.backend != "openai":
+            raise ValueError("'batch_api' needs backend 'openai'")
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
+                                                             self.api_key_env):
+            raise ValueError("'api_key_env' is the NAME of an environment variable "
+                             "(letters, digits, _), never the key itself")
+        return self
 
 
 # -- generate -----------------------------------------------------------------------------------
@@ -87,6 +141,11 @@ class GenerateSpec(Strict):
     prompts_dir: Path | None = Field(
         None, description="Folder of prompt templates (<name>.yaml); default: the project's "
         "prompts/. Relative paths are resolved against the curriculum file's folder.")
+    max_rows: int | None = Field(None, ge=1, description="Use only the first N train rows "
+                                 "(by corpus order): quick trials.")
+    batch_rows: int = Field(256, ge=1, le=1_000_000, description="Rows per generated shard "
+                            "(answers also land in the response cache the moment they arrive).")
+    flush_seconds: float = Field(30.0, gt=0.0, description="Write a shard at least this often.")
 
 
 # -- curation -----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows import artifacts
+from flows.generate import generate
 from flows.ingest import ingest
 from flows.orchestration import task_runner
 from flows.params import StaircaseParams
@@ -37,6 +38,9 @@ def staircase_flow(params: StaircaseParams) -> dict:
     print(f"run {run_id}: curriculum {spec.name}, {spec.staircase.rounds} round(s)")
     try:
         ingest(spec, ws, run_id)
+        # Round 0 is taught by the curriculum's teacher; later rounds by the promoted student
+        # (passed as `teacher=`) once the train/quantize/promote stages exist.
+        generate(spec, ws, run_id, round_index=0)
     except BaseException as e:
         status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
         ws.catalog.finish_run(run_id, status, error=f"{type(e).__name__}: {e}")

@@ -34,6 +34,9 @@ corpus:
   format: demo
   demo: {rows: 24, seed: 3}
   eval_fraction: 0.25
+# The staircase now asks the embedded llama.cpp teacher: a few short answers keep it to seconds.
+teacher: {max_tokens: 24}
+generate: {max_rows: 2}
 staircase:
   rounds: 1
 """

@@ -1,44 +1,52 @@
-"""The bench workload through distilabel: a Pipeline that loads the requests and runs a
-ChatGeneration task on OpenAILLM, the way distilabel is normally used. distilabel sends the
-requests of one input batch concurrently and waits for the whole batch before the next, so the
-concurrency C is the task's input_batch_size.
+"""distilabel on the teacher-throughput workload (run with the distilabel venv's python).
 
     /work/bench-venvs/distilabel/bin/python bench/peers/distilabel_runner.py \
-        --base-url http://127.0.0.1:8911/v1 --n 2000 --concurrency 64
+        --base-url http://127.0.0.1:PORT/v1 --corpus rows.jsonl --concurrency 64 --workdir DIR
+
+One TextGeneration task on OpenAILLM; input_batch_size = concurrency, since distilabel sends a
+batch's requests concurrently. Its own pipeline cache (use_cache=True, in --workdir) is on, as a
+user would have it. Prints one JSON line: wall_s, cpu_s (self + children), peak_rss_mb, rows.
 """
 
-from __future__ import annotations
-
-import os
-import tempfile
-
-from peer_common import Meter, parse_args, report, workload
+import argparse
+import json
+import resource
+import time
 
 
-def main() -> None:
-    args = parse_args("distilabel")
-    workdir = args.workdir or tempfile.mkdtemp(prefix="distilabel-bench-")
-    os.environ.setdefault("DISTILABEL_CACHE_DIR", workdir)  # keep its cache out of ~/.cache
-    import distilabel
-    from distilabel.models import OpenAILLM
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--workdir", required=True)
+    args = ap.parse_args()
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
-    from distilabel.steps.tasks import ChatGeneration
+    from distilabel.steps.tasks import TextGeneration
+    try:
+        from distilabel.models import OpenAILLM
+    except ImportError:
+        from distilabel.llms import OpenAILLM
 
-    rows = [{"messages": m} for m in workload(args)]
-    with Pipeline(name="stairs-bench", cache_dir=workdir) as pipeline:
-        load = LoadDataFromDicts(data=rows, batch_size=args.concurrency)
-        chat = ChatGeneration(
-            llm=OpenAILLM(model=args.model, base_url=args.base_url, api_key="unused",
-                          max_retries=3, timeout=120,
-                          generation_kwargs={"max_new_tokens": args.max_tokens}),
-            input_batch_size=args.concurrency)
-        load >> chat
-    with Meter() as meter:
-        distiset = pipeline.run(use_cache=False)
-    out = distiset["default"]["train"]
-    completed = sum(1 for g in out["generation"] if g)
-    report("distilabel", distilabel.__version__, args, meter, completed, args.n - completed)
+    rows = [json.loads(line) for line in open(args.corpus)]
+    data = [{"instruction": f"Text: {r['passage']}\n\nQuestion: {r['question']}"} for r in rows]
+    t0 = time.perf_counter()
+    with Pipeline(name="stairs-bench", cache_dir=args.workdir) as pipeline:
+        load = LoadDataFromDicts(data=data, batch_size=args.concurrency)
+        gen = TextGeneration(llm=OpenAILLM(model="fake", base_url=args.base_url, api_key="x",
+                                           max_retries=6, timeout=30,
+                                           generation_kwargs={"max_new_tokens": 64}),
+                             input_batch_size=args.concurrency)
+        load >> gen
+    distiset = pipeline.run(use_cache=True)
+    wall = time.perf_counter() - t0
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    n = sum(len(d) for split in distiset.values() for d in split.values())
+    print(json.dumps({"wall_s": wall, "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime
+                      + kids.ru_stime, "peak_rss_mb": max(me.ru_maxrss, kids.ru_maxrss) / 1024,
+                      "rows": n}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""The request loop of a generate run: answer cached requests from the cache, send the rest to
+the teacher, and for every answer (in arrival order) record it in the cache, build its rows and
+hand them to the shard writer. Budgets stop the sending, never the recording."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from flows.teachers.aio import run_coroutine
+
+
+@dataclass
+class Tally:
+    cache_hits: int = 0
+    cache_misses: int = 0
+    answered: int = 0  # requests whose rows were written (hits + teacher answers)
+    unanswered: int = 0  # failed after all retries: a later run sends them again
+    prompt_tokens: int = 0  # tokens paid for in this run (cache hits are free)
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
+    errors: Counter = field(default_factory=Counter)  # named row errors
+    budget_exhausted: bool = False
+
+
+class Budget:
+    def __init__(self, max_requests: int | None, max_tokens: int | None, tally: Tally, usage):
+        self.max_requests, self.max_tokens = max_requests, max_tokens
+        self.tally, self.usage = tally, usage
+
+    def reached(self) -> bool:
+        over = ((self.max_requests is not None and self.usage.requests >= self.max_requests)
+                or (self.max_tokens is not None and
+                    self.tally.prompt_tokens + self.tally.completion_tokens >= self.max_tokens))
+        if over:
+            self.tally.budget_exhausted = True
+        return over
+
+
+def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_spec) -> Tally:
+    tally = Tally()
+    answers = cache.lookup([r.key for r in requests])
+
+    def record(req, reply, *, cached: bool) -> None:
+        if reply.transient:
+            tally.unanswered += 1  # transient failure that outlived its retries: not a row
+            tally.errors["request_failed (not written)"] += 1
+            return
+        if cached:
+            tally.cached_prompt_tokens += reply.prompt_tokens
+            tally.cached_completion_tokens += reply.completion_tokens
+        else:
+            tally.prompt_tokens += reply.prompt_tokens
+            tally.completion_tokens += reply.completion_tokens
+        rows = build_rows(req, reply)
+        for row in rows:
+            if row["error"] is not None:
+                tally.errors[row["error"].split(":")[0]] += 1
+        writer.add(rows)
+        tally.answered += 1
+        progress.advance()
+
+    misses = []
+    for req in requests:
+        if req.key in answers:
+            tally.cache_hits += 1
+            record(req, answers[req.key], cached=True)
+        else:
+            misses.append(req)
+    tally.cache_misses = len(misses)
+    if misses:
+        budget = Budget(budget_spec.max_requests, budget_spec.max_total_tokens, tally,
+                        teacher.usage)
+        with_teacher(teacher, lambda: _send(teacher, misses, record, budget, cache))
+    return tally
+
+
+def with_teacher(teacher, body) -> None:
+    from flows.teachers import running
+
+    with running(teacher):
+        body()
+
+
+def _send(teacher, misses, record, budget, cache) -> None:
+    async def loop():
+        async for answers in teacher.stream(misses, stop=budget.reached):
+            # Cache first: from here on a crash costs nothing for these answers.
+            cache.put(teacher.backend, teacher.identity, [(q.key, a) for q, a in answers])
+            for req, reply in answers:
+                record(req, reply, cached=False)
+
+    run_coroutine(loop())

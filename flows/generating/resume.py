@@ -1,0 +1,37 @@
+"""Resume: a generate stage started again in the same run and round, with the same fingerprint,
+adopts the shards earlier attempts registered (the files stay where they are; the new stage
+registers them too, so downstream stages read one complete stage) and skips their requests."""
+
+from __future__ import annotations
+
+from storage.tables import Shard
+
+
+def earlier_attempts(ws, run_id: str, round_index: int, fingerprint: str, current_id: int):
+    return [s for s in ws.catalog.stages(run_id)
+            if s.name == "generate" and s.round_index == round_index
+            and s.fingerprint == fingerprint and s.id != current_id and s.reused_from_id is None]
+
+
+def adopt(ws, stage, attempts) -> tuple[list[Shard], set[str]]:
+    """Register the earlier attempts' generated shards under `stage`; return them and the
+    request hashes they already answer."""
+    seen_paths: set[str] = set()
+    adopted: list[Shard] = []
+    for attempt in attempts:
+        if attempt.status == "running":
+            # Its process died without a word (kill -9): say so instead of leaving it "running".
+            ws.catalog.finish_stage(attempt.id, "failed", error=f"process died; resumed by "
+                                    f"stage {stage.id}")
+        for shard in ws.catalog.shards(attempt.id, "generated"):
+            if shard.path in seen_paths or not ws.store.verify(shard):
+                continue
+            seen_paths.add(shard.path)
+            copy = Shard(run_id=stage.run_id, stage_id=stage.id, kind=shard.kind, path=shard.path,
+                         rows=shard.rows, bytes=shard.bytes, checksum=shard.checksum,
+                         arrow_schema=shard.arrow_schema)
+            adopted.append(ws.catalog.register_shard(copy, ws.catalog.shard_parents(shard.id)))
+    if not adopted:
+        return [], set()
+    done = ws.store.scan(adopted).select("request_hash").collect()
+    return adopted, set(done["request_hash"].to_list())

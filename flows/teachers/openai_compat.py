@@ -1,0 +1,176 @@
+"""Teacher backend for any OpenAI-compatible chat-completions endpoint: OpenAI itself,
+`vllm serve`, llama.cpp's server (the `llamacpp` backend drives this one too).
+
+Bounded concurrency with AIMD adaptation, optional requests/tokens per minute, retries with
+backoff that honours Retry-After, per-request timeouts, a cheap reachability check before the
+first request. Requests go through flows/teachers/transport.py (aiohttp by default, or the
+openai SDK with its own retries off, so every retry goes through our limiter and is counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import AsyncIterator, Iterable
+
+from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage
+from flows.teachers.limits import AdaptiveLimit, PerMinute, backoff_delay
+from flows.teachers.transport import TRANSPORTS, Rejected, Retryable
+
+
+def api_key(env_name: str | None) -> str:
+    """The key from the named environment variable. Held only in the client object; never put
+    in a row, cache key, log line, parameter or artifact."""
+    if env_name is None:
+        return "not-needed"  # local servers ignore it, but the client insists on one
+    key = os.environ.get(env_name)
+    if not key:
+        raise TeacherUnreachable(f"teacher.api_key_env: environment variable {env_name} is "
+                                 "not set (it should hold the API key)")
+    return key
+
+
+def _estimate_tokens(req: Request) -> int:
+    # ~4 characters per token: good enough to pace a tokens-per-minute budget before the
+    # server tells us the real count.
+    chars = sum(len(m.get("content") or "") for m in req.messages)
+    return chars // 4 + req.sampling.max_tokens
+
+
+def _logprobs(choice: dict) -> list | None:
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
+        return None
+    return [{"token": t.get("token"), "logprob": t.get("logprob"),
+             "top": [[c.get("token"), c.get("logprob")] for c in t.get("top_logprobs") or []]}
+            for t in content]
+
+
+class OpenAITeacher:
+    backend = "openai"
+
+    def __init__(self, spec, *, base_url: str | None = None, identity: str | None = None,
+                 name: str | None = None):
+        self.spec = spec
+        self.base_url = base_url or spec.base_url
+        self.name = name or f"{self.backend}:{spec.model}"
+        # The endpoint is part of the identity: "default" served by two servers is two models.
+        self.identity = identity or f"openai:{self.base_url or 'api.openai.com'}:{spec.model}"
+        self.usage = Usage()
+        self.transport = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Nothing to start for a remote endpoint: stream() checks that it answers (one cheap
+        call, in the same event loop and connection pool as the requests) before the first
+        request, and only when there is something to send."""
+
+    def close(self) -> None:
+        pass
+
+    # -- requests ------------------------------------------------------------------------------
+    def response_format(self, schema: dict) -> dict:
+        return {"type": "json_schema", "json_schema": {"name": "row", "schema": schema}}
+
+    def _params(self, req: Request) -> dict:
+        s = req.sampling
+        params = {"model": self.spec.model, "messages": req.messages,
+                  "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+        if s.seed is not None:
+            params["seed"] = s.seed
+        if s.top_logprobs:
+            params["logprobs"] = True
+            params["top_logprobs"] = s.top_logprobs
+        if s.json_schema is not None:
+            params["response_format"] = self.response_format(s.json_schema)
+        return params
+
+    async def _attempt(self, req: Request) -> Reply:
+        try:
+            body = await self.transport.chat(self._params(req))
+        except Rejected as e:
+            return Reply(error=f"request_failed: {e}")
+        try:
+            choice = body["choices"][0]
+            msg = choice["message"]
+        except (TypeError, KeyError, IndexError):
+            raise Retryable("malformed response: no choices") from None
+        usage = body.get("usage") or {}
+        return Reply(text=msg.get("content") or msg.get("refusal") or "",
+                     finish_reason=choice.get("finish_reason"),
+                     prompt_tokens=usage.get("prompt_tokens") or 0,
+                     completion_tokens=usage.get("completion_tokens") or 0,
+                     logprobs=_logprobs(choice))
+
+    async def _one(self, req: Request, limit: AdaptiveLimit) -> tuple[Request, Reply]:
+        attempt = 0
+        while True:
+            try:
+                reply = await self._attempt(req)
+                limit.success()
+                return req, reply
+            except Retryable as r:
+                kind = r.kind
+                self.usage.errors[kind] = self.usage.errors.get(kind, 0) + 1
+                if r.saturated:
+                    limit.saturated()
+                attempt += 1
+                if attempt > self.spec.max_retries:
+                    if kind == "connection":
+                        raise TeacherUnreachable(
+                            f"teacher {self.name} stopped answering at "
+                            f"{self.base_url or 'api.openai.com'}: {r} (after {attempt} tries)")
+                    # Not written as a row: a later run of the same stage sends it again.
+                    return req, Reply(error=f"request_failed: {r} (after {attempt} tries)",
+                                      transient=True)
+                self.usage.retries += 1
+                await asyncio.sleep(backoff_delay(attempt, r.retry_after))
+
+    async def stream(self, requests: Iterable[Request], *, stop=None
+                     ) -> AsyncIterator[list[tuple[Request, Reply]]]:
+        spec = self.spec
+        limit = AdaptiveLimit(spec.concurrency, adaptive=spec.adaptive)
+        rpm, tpm = PerMinute(spec.rpm), PerMinute(spec.tpm)
+        self.transport = TRANSPORTS[spec.client](self.base_url, api_key(spec.api_key_env),
+                                                 spec.timeout, spec.concurrency)
+        source = iter(requests)
+        tasks: set[asyncio.Task] = set()
+        # Finished tasks land here through a done-callback: O(1) per answer, where
+        # asyncio.wait(FIRST_COMPLETED) would re-arm every in-flight task on each answer.
+        finished: asyncio.Queue[asyncio.Task] = asyncio.Queue()
+        exhausted = False
+        try:
+            await self.transport.check(self.name)
+            while True:
+                # Fill free slots; the loop is single-threaded, so no lock is needed here.
+                while not exhausted and len(tasks) < limit.limit:
+                    if stop is not None and stop():
+                        exhausted = True
+                        break
+                    req = next(source, None)
+                    if req is None:
+                        exhausted = True
+                        break
+                    await rpm.take(1)
+                    await tpm.take(_estimate_tokens(req))
+                    self.usage.requests += 1
+                    task = asyncio.create_task(self._one(req, limit))
+                    task.add_done_callback(finished.put_nowait)
+                    tasks.add(task)
+                if not tasks:
+                    break
+                # Everything that finished by now goes out as one batch: the caller then records
+                # it in one cache transaction instead of one per answer.
+                batch = [await finished.get()]
+                while not finished.empty():
+                    batch.append(finished.get_nowait())
+                tasks.difference_update(batch)
+                yield [t.result() for t in batch]
+        finally:
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            self.usage.concurrency_min = limit.lowest
+            self.usage.concurrency_final = limit.limit
+            await self.transport.close()

@@ -1,0 +1,59 @@
+"""Client-side limits: AIMD concurrency, per-minute buckets, Retry-After, cache keys."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from flows.teachers.base import Sampling, request_key
+from flows.teachers.limits import AdaptiveLimit, PerMinute, backoff_delay, parse_retry_after
+
+
+def test_aimd_halves_once_per_overload_and_grows_back():
+    lim = AdaptiveLimit(16, cooldown=60)
+    lim.saturated()
+    lim.saturated()  # same overload burst: counted once
+    assert lim.limit == 8 and lim.lowest == 8
+    for _ in range(8):
+        lim.success()
+    assert lim.limit == 9
+    for _ in range(200):
+        lim.success()
+    assert lim.limit == 16  # never past the configured ceiling
+
+
+def test_fixed_limit_when_not_adaptive():
+    lim = AdaptiveLimit(4, adaptive=False)
+    lim.saturated()
+    assert lim.limit == 4
+
+
+def test_per_minute_bucket_paces_after_the_burst():
+    async def take(n):
+        bucket = PerMinute(600)  # 10 per second, burst of 600
+        bucket.level = 1.0
+        t0 = time.monotonic()
+        for _ in range(n):
+            await bucket.take(1)
+        return time.monotonic() - t0
+
+    assert 0.25 <= asyncio.run(take(4)) < 1.0  # 1 free, then 3 at 10/s
+
+
+def test_retry_after_is_honoured_and_backoff_is_bounded():
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert backoff_delay(3, 1.5) == 1.5
+    assert all(0 <= backoff_delay(a, None) <= 60 for a in range(1, 30))
+
+
+def test_request_key_covers_content_sampling_seed_and_sample_but_no_secrets():
+    msgs = [{"role": "user", "content": "hi"}]
+    s = Sampling(0.8, 0.95, 64, 0)
+    k = request_key("openai:x:m", msgs, s, 0)
+    assert k == request_key("openai:x:m", [dict(m) for m in msgs], Sampling(0.8, 0.95, 64, 0), 0)
+    assert k != request_key("openai:x:m", msgs, s.for_sample(1), 1)
+    assert k != request_key("openai:x:m", msgs, Sampling(0.7, 0.95, 64, 0), 0)
+    assert k != request_key("openai:x:other", msgs, s, 0)
+    assert k != request_key("openai:x:m", [{"role": "user", "content": "hi!"}], s, 0)
