@@ -109,6 +109,8 @@ def candidate_pairs(sig: np.ndarray, has: np.ndarray, params: MinHashParams) -> 
     """Row pairs sharing at least one band bucket (each row linked to its bucket's first row)."""
     idx = np.flatnonzero(has)
     us, vs = [], []
+    if len(idx) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
     for band in range(params.bands):
         key = band_keys(sig[idx], band, params.rows)
         order = np.argsort(key, kind="stable")

@@ -14,6 +14,8 @@ from flows.curation.minhash import MinHashParams
 
 # Columns of the generated-rows contract that curation reads.
 REQUIRED = ["id", "source_id", "rationale", "answer", "error"]
+TEXT_COLUMNS = ["id", "source_id", "passage", "gold_answer", "question", "rationale", "answer",
+                "error", "messages"]
 OUTPUT_COLUMNS = {"keep": pl.Boolean, "drop_reason": pl.String, "dedup_cluster": pl.String,
                   "confidence": pl.Float64, "difficulty": pl.Float64,
                   "curriculum_stage": pl.Int64, "order": pl.Int64}
@@ -35,6 +37,12 @@ def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None =
     """All generated rows plus the curation columns (see CONTRACTS.md 'Curated rows')."""
     columns = generated.collect_schema().names()
     check_columns(columns)
+    missing = [f for f in cfg.dedup_fields if f not in columns]
+    if missing:
+        raise ValueError(f"curation.dedup_fields: generated rows have no column(s) {missing}")
+    # Rows built in memory may carry all-null text columns typed Null; shards never do.
+    text = [c for c in TEXT_COLUMNS if c in columns]
+    generated = generated.with_columns(pl.col(c).cast(pl.String) for c in text)
     gold = normalized("gold_answer") if "gold_answer" in columns else pl.lit("")
     df = (generated
           .with_columns(drop_reason=filters.drop_reason(cfg, columns),
