@@ -98,6 +98,9 @@ class CurationNearDedup(Strict):
     threshold: float = Field(0.8, gt=0.0, le=1.0,
                              description="Jaccard similarity at which rows are near duplicates.")
     seed: int = Field(1, description="Seed of the permutations.")
+    scheme: Literal["oph", "permutations"] = Field(
+        "oph", description="Signature: one-permutation MinHash with densification (fast, "
+                           "default) or classic k-permutation MinHash.")
 
     @model_validator(mode="after")
     def _bands_fit(self):

@@ -43,7 +43,8 @@ def pairs_of(labels: np.ndarray) -> set[tuple[int, int]]:
     return out
 
 
-def test_minhash_finds_planted_near_duplicates():
+@pytest.mark.parametrize("scheme", ["oph", "permutations"])
+def test_minhash_finds_planted_near_duplicates(scheme):
     rng = random.Random(7)
     vocab = [f"w{i}" for i in range(3000)]
     docs, truth = [], set()
@@ -63,7 +64,7 @@ def test_minhash_finds_planted_near_duplicates():
     for g in range(150, 250):
         base = docs[g].split()
         docs.append(" ".join(base[:40] + random_doc(rng, vocab, 40)))
-    labels = near_duplicate_clusters(pl.Series(docs), MinHashParams())
+    labels = near_duplicate_clusters(pl.Series(docs), MinHashParams(scheme=scheme))
     found = pairs_of(labels)
     recall = len(found & truth) / len(truth)
     precision = len(found & truth) / max(len(found), 1)
@@ -71,24 +72,27 @@ def test_minhash_finds_planted_near_duplicates():
     assert precision >= 0.95, precision
 
 
-def test_signature_agreement_estimates_jaccard():
+@pytest.mark.parametrize("scheme", ["oph", "permutations"])
+def test_signature_agreement_estimates_jaccard(scheme):
     rng = random.Random(1)
     vocab = [f"v{i}" for i in range(5000)]
     a = random_doc(rng, vocab, 200)
     b = a[:150] + random_doc(rng, vocab, 50)
     docs = pl.Series([" ".join(a), " ".join(b)])
-    sig, has = signatures(docs, MinHashParams(permutations=512, bands=64, rows=8))
+    sig, has = signatures(docs, MinHashParams(permutations=512, bands=64, rows=8, scheme=scheme))
     est = estimated_jaccard(sig, np.array([0]), np.array([1]))[0]
     assert has.all()
     assert est == pytest.approx(true_jaccard(docs[0], docs[1]), abs=0.06)
 
 
-def test_signatures_do_not_depend_on_batching_or_threads():
+@pytest.mark.parametrize("scheme", ["oph", "permutations"])
+def test_signatures_do_not_depend_on_batching_or_threads(scheme):
     rng = random.Random(2)
     vocab = [f"v{i}" for i in range(500)]
     docs = pl.Series([" ".join(random_doc(rng, vocab, rng.randrange(0, 40))) for _ in range(300)])
-    one, has1 = signatures(docs, workers=1, batch_rows=1000, block_shingles=100_000)
-    many, has2 = signatures(docs, workers=2, batch_rows=37, block_shingles=64)
+    p = MinHashParams(scheme=scheme)
+    one, has1 = signatures(docs, p, workers=1, batch_rows=1000, block_shingles=100_000)
+    many, has2 = signatures(docs, p, workers=2, batch_rows=37, block_shingles=64)
     assert np.array_equal(one, many) and np.array_equal(has1, has2)
     assert not has1[np.array([len(d) == 0 for d in docs])].any()
 
@@ -172,3 +176,25 @@ def test_semantic_dedup_with_packaged_model():
                           "The weather in the mountains was cold."])
     sims = emb @ emb.T
     assert sims[0, 1] > 0.8 > sims[0, 2]
+
+
+def test_tokenizer_chunks_agree_with_one_pass(monkeypatch):
+    from flows.curation import ngrams
+
+    rng = random.Random(4)
+    texts = pl.Series([" ".join(f"Tok{rng.randrange(50)}," for _ in range(rng.randrange(0, 30)))
+                       for _ in range(200)] + [None, "", "ÉCOLE école ünï_x"])
+    whole = ngrams.word_hashes(texts)
+    monkeypatch.setattr(ngrams, "_CHUNK_BYTES", 64)
+    chunked = ngrams.word_hashes(texts)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, chunked))
+    rows, h, counts = ngrams.word_hashes(pl.Series(["école ÉCOLE", "a-b"]))
+    assert counts.tolist() == [2, 2] and h[0] != h[1]  # only ASCII is case-folded
+
+
+def test_exact_jaccard_of_candidate_pairs():
+    from flows.curation.minhash import exact_jaccard
+
+    docs = pl.Series(["a b c d e f g", "a b c d e f x", "q r s t u v w", "A B C D E F G!"])
+    j = exact_jaccard(docs, np.array([0, 0, 0]), np.array([1, 2, 3]), 5)
+    assert j.tolist() == pytest.approx([2 / 4, 0.0, 1.0])

@@ -1,19 +1,24 @@
 """Near-duplicate detection: MinHash signatures, LSH banding, and clusters, in NumPy.
 
-Why our own instead of a library: the work is one big array program. Polars splits and hashes
-words in Rust, NumPy folds word hashes into shingle hashes (flows/curation/ngrams.py), and each
-signature column is min over a row's shingles of an affine permutation of the 32-bit shingle
-hash, (a*x + b) mod 2^32 with odd a (a bijection of the 32-bit space), computed block-wise with
-`np.minimum.reduceat` so no Python code runs per row. Blocks run on a small thread pool (NumPy
-releases the GIL). bench/dedup.py measures this against datasketch, rensa and datatrove on the
-same rows.
+Why our own instead of a library: the work is one big array program. NumPy tokenizes and hashes
+words and folds them into shingle hashes (flows/curation/ngrams.py); no Python code runs per row.
+Two signature schemes:
+
+- "oph" (default): one-permutation MinHash (Li, Owen & Zhang 2012) with densification
+  by rotation (Shrivastava & Li 2014). Each shingle hash is mixed once; its top bits pick one of
+  `permutations` bins and its low 32 bits are the value; a signature slot is the minimum value
+  in its bin, and an empty bin copies the next non-empty bin to its right. Two rows agree on a
+  slot with probability equal to their Jaccard similarity, as with k permutations, but the cost
+  is O(shingles) instead of O(shingles x permutations): measured in bench/dedup.py.
+- "permutations": classic k-permutation MinHash: slot k is min over shingles of
+  (a_k*x + b_k) mod 2^32 (odd a_k: a bijection of the 32-bit space), block-wise with
+  `np.minimum.reduceat` on a small thread pool (NumPy releases the GIL).
 
 Defaults follow the usual anchors: word 5-gram shingles, 112 permutations as 14 bands x 8 rows
 (datatrove's choice; collision probability 1-(1-J^8)^14 is 0.92 at J=0.8 and 0.99 at J=0.9),
-and a candidate pair is kept only when its signatures agree on enough permutations: estimated
-Jaccard at least threshold - 2 standard errors of the estimator (sqrt(t(1-t)/permutations)), so a
-true pair right at the threshold survives ~97% of the time while accidental band collisions
-between merely similar rows are cut.
+and every candidate pair from the bands is then verified by its exact shingle Jaccard (the two
+rows are re-shingled; candidates are few, so this is cheap): band collisions between merely
+similar rows never merge clusters, and short rows, whose sketches are noisy, are judged exactly.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from flows.curation.ngrams import _POLY, ngram_hashes
+from flows.curation.ngrams import _POLY, fmix64, ngram_hashes
 
 _MAX = np.uint32(0xFFFFFFFF)
 
@@ -39,13 +44,11 @@ class MinHashParams:
     threshold: float = 0.8
     seed: int = 1
     verify: bool = True
-
-    @property
-    def verify_threshold(self) -> float:
-        t = self.threshold
-        return t - 2 * (t * (1 - t) / self.permutations) ** 0.5
+    scheme: str = "oph"  # or "permutations"
 
     def __post_init__(self):
+        if self.scheme not in ("oph", "permutations"):
+            raise ValueError(f"unknown MinHash scheme {self.scheme!r}: 'oph' or 'permutations'")
         if self.bands * self.rows > self.permutations:
             raise ValueError(f"bands x rows ({self.bands}x{self.rows}) exceeds permutations "
                              f"({self.permutations})")
@@ -69,31 +72,76 @@ def signatures(texts: pl.Series, params: MinHashParams = MinHashParams(), *,
                block_shingles: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """(signature matrix (rows, permutations) uint32, has_shingles bool per row)."""
     n = len(texts)
-    a, b = _permutations(params)
     sig = np.full((n, params.permutations), _MAX, dtype=np.uint32)
     has = np.zeros(n, dtype=bool)
     workers = workers or min(2, os.cpu_count() or 1)
+    batches = range(0, n, batch_rows)
     with ThreadPoolExecutor(workers) as pool:
-        for lo in range(0, n, batch_rows):
-            rows, grams = ngram_hashes(texts.slice(lo, batch_rows), params.shingle)
-            if len(grams) == 0:
-                continue
-            x = (grams ^ (grams >> np.uint64(32))).astype(np.uint32)
-            seg = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-            seg_rows = rows[seg] + lo
-            has[seg_rows] = True
-            # Blocks end on row boundaries so each reduceat segment is one whole row.
-            cuts = np.searchsorted(seg, np.arange(0, len(x), block_shingles), side="left")
-            cuts = np.unique(np.r_[cuts, len(seg)])
-            jobs = []
-            for i in range(len(cuts) - 1):
-                s0, s1 = cuts[i], cuts[i + 1]
-                g0 = seg[s0]
-                g1 = seg[s1] if s1 < len(seg) else len(x)
-                jobs.append((s0, s1, pool.submit(_block, x[g0:g1], seg[s0:s1] - g0, a, b)))
-            for s0, s1, fut in jobs:
-                sig[seg_rows[s0:s1]] = fut.result()
+        if params.scheme == "oph":
+            # Batches in parallel: tokenizing and binning are NumPy calls that release the GIL.
+            for _ in pool.map(lambda lo: _oph_batch(texts.slice(lo, batch_rows), lo, params,
+                                                    sig, has), batches):
+                pass
+        else:
+            for lo in batches:
+                _permutation_batch(texts.slice(lo, batch_rows), lo, params, sig, has, pool,
+                                   block_shingles)
     return sig, has
+
+
+def _oph_batch(texts: pl.Series, lo: int, params: MinHashParams, sig: np.ndarray,
+               has: np.ndarray) -> None:
+    rows, grams = ngram_hashes(texts, params.shingle)
+    if len(grams) == 0:
+        return
+    k = params.permutations
+    x = fmix64(grams ^ np.uint64((params.seed * 0x9E3779B97F4A7C15) % 2**64))
+    bins = (((x >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
+    values = (x & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    block = np.full(len(texts) * k, _MAX, dtype=np.uint32)
+    np.minimum.at(block, rows * k + bins, values)
+    block = block.reshape(len(texts), k)
+    present = np.bincount(rows, minlength=len(texts)) > 0
+    _densify(block, present)
+    sig[lo:lo + len(texts)] = block
+    has[lo:lo + len(texts)] = present
+
+
+def _densify(block: np.ndarray, present: np.ndarray) -> None:
+    """Rotation densification (Shrivastava & Li 2014): an empty bin takes the value of the next
+    non-empty bin to its right, wrapping around. Values carry no bin index, but a shingle lives
+    in exactly one bin, so equal copied values still mean the same shingle."""
+    k = block.shape[1]
+    filled = block != _MAX
+    if filled[present].all():
+        return
+    pos = np.where(np.concatenate([filled, filled], axis=1), np.arange(2 * k, dtype=np.int32),
+                   np.int32(4 * k))
+    nxt = np.minimum.accumulate(pos[:, ::-1], axis=1)[:, ::-1][:, :k] % k
+    nxt[~present] = np.arange(k, dtype=np.int32)  # rows without shingles stay empty
+    block[:] = np.take_along_axis(block, nxt, axis=1)
+
+
+def _permutation_batch(texts, lo, params, sig, has, pool, block_shingles) -> None:
+    a, b = _permutations(params)
+    rows, grams = ngram_hashes(texts, params.shingle)
+    if len(grams) == 0:
+        return
+    x = (grams ^ (grams >> np.uint64(32))).astype(np.uint32)
+    seg = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    seg_rows = rows[seg] + lo
+    has[seg_rows] = True
+    # Blocks end on row boundaries so each reduceat segment is one whole row.
+    cuts = np.searchsorted(seg, np.arange(0, len(x), block_shingles), side="left")
+    cuts = np.unique(np.r_[cuts, len(seg)])
+    jobs = []
+    for i in range(len(cuts) - 1):
+        s0, s1 = cuts[i], cuts[i + 1]
+        g0 = seg[s0]
+        g1 = seg[s1] if s1 < len(seg) else len(x)
+        jobs.append((s0, s1, pool.submit(_block, x[g0:g1], seg[s0:s1] - g0, a, b)))
+    for s0, s1, fut in jobs:
+        sig[seg_rows[s0:s1]] = fut.result()
 
 
 def band_keys(sig: np.ndarray, band: int, rows: int) -> np.ndarray:
@@ -135,6 +183,29 @@ def estimated_jaccard(sig: np.ndarray, u: np.ndarray, v: np.ndarray, chunk: int 
     return out
 
 
+def exact_jaccard(texts: pl.Series, u: np.ndarray, v: np.ndarray, shingle: int,
+                  chunk: int = 200_000) -> np.ndarray:
+    """Jaccard similarity of the shingle sets of rows u[i] and v[i], computed exactly."""
+    out = np.empty(len(u), dtype=np.float64)
+    for lo in range(0, len(u), chunk):
+        cu, cv = u[lo:lo + chunk], v[lo:lo + chunk]
+        involved = np.unique(np.concatenate([cu, cv]))
+        rows, grams = ngram_hashes(texts.gather(involved), shingle)
+        sets = pl.DataFrame({"row": involved[rows], "g": grams}).unique()
+        pairs = pl.DataFrame({"pair": np.arange(len(cu)), "a": cu, "b": cv})
+        both = pl.concat([
+            pairs.join(sets, left_on="a", right_on="row").select("pair", "g"),
+            pairs.join(sets, left_on="b", right_on="row").select("pair", "g"),
+        ])
+        stats = both.group_by("pair").agg(n=pl.len(), union=pl.col("g").n_unique())
+        j = np.zeros(len(cu))
+        p = stats["pair"].to_numpy()
+        union = stats["union"].to_numpy()
+        j[p] = (stats["n"].to_numpy() - union) / union
+        out[lo:lo + chunk] = j
+    return out
+
+
 def connected_components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Label of each node = the smallest node index in its component (vectorized union-find:
     hook larger roots under smaller ones, then pointer-jump until stable)."""
@@ -160,6 +231,6 @@ def near_duplicate_clusters(texts: pl.Series, params: MinHashParams = MinHashPar
     sig, has = signatures(texts, params, workers=workers)
     u, v = candidate_pairs(sig, has, params)
     if params.verify and len(u):
-        keep = estimated_jaccard(sig, u, v) >= params.verify_threshold
+        keep = exact_jaccard(texts, u, v, params.shingle) >= params.threshold
         u, v = u[keep], v[keep]
     return connected_components(len(texts), u, v)

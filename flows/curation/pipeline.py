@@ -24,7 +24,8 @@ OUTPUT_COLUMNS = {"keep": pl.Boolean, "drop_reason": pl.String, "dedup_cluster":
 def minhash_params(cfg) -> MinHashParams:
     nd = cfg.near_dedup
     return MinHashParams(shingle=nd.shingle, permutations=nd.permutations, bands=nd.bands,
-                         rows=nd.rows, threshold=nd.threshold, seed=nd.seed)
+                         rows=nd.rows, threshold=nd.threshold, seed=nd.seed,
+                         scheme=nd.scheme)
 
 
 def check_columns(columns: list[str]) -> None:
