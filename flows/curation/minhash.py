@@ -183,26 +183,42 @@ def estimated_jaccard(sig: np.ndarray, u: np.ndarray, v: np.ndarray, chunk: int 
     return out
 
 
+def _expand(start: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For segments (start, size): (segment number, position) of every element, vectorized."""
+    total = int(size.sum())
+    seg = np.repeat(np.arange(len(size)), size)
+    first = np.r_[0, np.cumsum(size)[:-1]]
+    return seg, np.arange(total) - first[seg] + start[seg]
+
+
 def exact_jaccard(texts: pl.Series, u: np.ndarray, v: np.ndarray, shingle: int,
                   chunk: int = 200_000) -> np.ndarray:
-    """Jaccard similarity of the shingle sets of rows u[i] and v[i], computed exactly."""
+    """Jaccard similarity of the shingle sets of rows u[i] and v[i], computed exactly.
+
+    Sets are compared by hashing (pair, shingle) keys: a key seen from both sides of a pair is a
+    shared shingle. All NumPy; candidates are re-shingled, not kept from the signature pass."""
     out = np.empty(len(u), dtype=np.float64)
+    salt = np.uint64(0xD6E8FEB86659FD93)
     for lo in range(0, len(u), chunk):
         cu, cv = u[lo:lo + chunk], v[lo:lo + chunk]
         involved = np.unique(np.concatenate([cu, cv]))
         rows, grams = ngram_hashes(texts.gather(involved), shingle)
-        sets = pl.DataFrame({"row": involved[rows], "g": grams}).unique()
-        pairs = pl.DataFrame({"pair": np.arange(len(cu)), "a": cu, "b": cv})
-        both = pl.concat([
-            pairs.join(sets, left_on="a", right_on="row").select("pair", "g"),
-            pairs.join(sets, left_on="b", right_on="row").select("pair", "g"),
-        ])
-        stats = both.group_by("pair").agg(n=pl.len(), union=pl.col("g").n_unique())
-        j = np.zeros(len(cu))
-        p = stats["pair"].to_numpy()
-        union = stats["union"].to_numpy()
-        j[p] = (stats["n"].to_numpy() - union) / union
-        out[lo:lo + chunk] = j
+        # distinct shingles per row, grouped by row
+        _, first = np.unique(grams ^ fmix64(rows.astype(np.uint64) * salt), return_index=True)
+        first.sort()
+        rows, grams = rows[first], grams[first]
+        size = np.bincount(rows, minlength=len(involved))
+        start = np.r_[0, np.cumsum(size)[:-1]]
+        a, b = np.searchsorted(involved, cu), np.searchsorted(involved, cv)
+        pa, ia = _expand(start[a], size[a])
+        pb, ib = _expand(start[b], size[b])
+        pair = np.concatenate([pa, pb])
+        keys = np.concatenate([grams[ia], grams[ib]]) ^ fmix64(pair.astype(np.uint64) * salt)
+        order = np.argsort(keys)
+        ks = keys[order]
+        shared = np.bincount(pair[order][1:][ks[1:] == ks[:-1]], minlength=len(cu))
+        union = size[a] + size[b] - shared
+        out[lo:lo + chunk] = np.where(union > 0, shared / np.maximum(union, 1), 1.0)
     return out
 
 

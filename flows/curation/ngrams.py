@@ -112,8 +112,8 @@ def _tokenize(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.nda
     np.cumsum(g, dtype=np.uint64, out=g)
     before = np.where(starts > 0, g[np.maximum(starts - 1, 0)], np.uint64(0))
     h = fmix64((g[ends] - before) * _powers(_POLY, len(data))[ends])
-    rows = np.searchsorted(offsets, starts, side="right") - 1
-    return rows.astype(np.int64), h
+    per_row = np.diff(np.searchsorted(starts, offsets))
+    return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), per_row), h
 
 
 def ngram_hashes(texts: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
