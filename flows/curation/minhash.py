@@ -153,8 +153,12 @@ def band_keys(sig: np.ndarray, band: int, rows: int) -> np.ndarray:
     return key
 
 
-def candidate_pairs(sig: np.ndarray, has: np.ndarray, params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
-    """Row pairs sharing at least one band bucket (each row linked to its bucket's first row)."""
+def candidate_pairs(sig: np.ndarray, has: np.ndarray, params: MinHashParams,
+                    window: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs sharing a band bucket. Inside a bucket every row is paired with the next
+    `window - 1` rows (all pairs for buckets of up to `window` rows, a chain for larger ones):
+    verification may reject a pair, and all-pairs keeps two true duplicates connected even when
+    the bucket's first row is not similar to them."""
     idx = np.flatnonzero(has)
     us, vs = [], []
     if len(idx) < 2:
@@ -163,11 +167,12 @@ def candidate_pairs(sig: np.ndarray, has: np.ndarray, params: MinHashParams) -> 
         key = band_keys(sig[idx], band, params.rows)
         order = np.argsort(key, kind="stable")
         ks = key[order]
-        new = np.r_[True, ks[1:] != ks[:-1]]
-        first = np.maximum.accumulate(np.where(new, np.arange(len(ks)), 0))
-        dup = ~new
-        us.append(idx[order[first[dup]]])
-        vs.append(idx[order[dup]])
+        for d in range(1, window):
+            same = ks[d:] == ks[:-d]
+            if not same.any():
+                break
+            us.append(idx[order[:-d][same]])
+            vs.append(idx[order[d:][same]])
     if not us:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     u, v = np.concatenate(us), np.concatenate(vs)
