@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from flows.answers import NUMBER_WORDS, _canonical_number, normalize_answer
+from flows.answers import NUMBER_WORDS, normalize_answer
 
 # Printable ASCII plus the whitespace Python's str.strip() and Rust's \s agree on. Python also
 # treats \x1c-\x1f as whitespace and Rust does not, so those take the Python path.
@@ -67,5 +67,3 @@ def matches(predicted: str, gold: str) -> pl.Expr:
     p, g = normalized(predicted), normalized(gold)
     return (p != "") & (p == g)
 
-
-__all__ = ["normalize_answers", "normalized", "matches", "_canonical_number"]

@@ -47,10 +47,10 @@ def order(df: pl.DataFrame, *, stages: int, mix: list[float] | None,
         total = sum(mix)
         shares = [m / total for m in mix]
         scale = min(size.get(k, 0) / s for k, s in enumerate(shares) if s > 0)
-        quota = pl.Series([int(scale * s) for s in shares], dtype=pl.Int64)
+        quota = {k: int(scale * s) for k, s in enumerate(shares)}
         scored = scored.with_columns(
-            _slot=pl.col("id").rank("ordinal").over("curriculum_stage") - 1,
-            _quota=pl.col("curriculum_stage").map_elements(lambda k: quota[k], pl.Int64))
+            _slot=pl.col("id").rank("ordinal").over("curriculum_stage").cast(pl.Int64) - 1,
+            _quota=pl.col("curriculum_stage").replace_strict(quota, return_dtype=pl.Int64))
         surplus = scored.filter(pl.col("_slot") >= pl.col("_quota"))["id"]
         scored = scored.filter(pl.col("_slot") < pl.col("_quota")).drop("_slot", "_quota")
         df = drop_where(df, df["id"].is_in(surplus.implode()), "curriculum_mix")
