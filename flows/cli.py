@@ -134,6 +134,62 @@ def demo_data(out_file: Path = typer.Argument(..., help="JSONL file to write."),
     out.print(f"wrote {rows} rows to {out_file}")
 
 
+prompts_app = typer.Typer(help="Prompt templates (prompts/*.yaml): list them, render them.",
+                          no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
+
+
+@prompts_app.command("list")
+def prompts_list(prompts_dir: Optional[Path] = typer.Option(
+        None, "--prompts-dir", help="Template folder (default: the project's prompts/)."),
+        as_json: bool = JsonOpt) -> None:
+    """List the templates: what each is for, the fields it needs, its output parser."""
+    from flows.prompting.preview import describe_templates
+
+    rows = describe_templates(prompts_dir)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("template", "output", "needs", "description")
+    for r in rows:
+        if r["error"]:
+            table.add_row(r["name"], "[red]broken[/red]", "", r["error"])
+        else:
+            table.add_row(r["name"], r["output"] + (" (json)" if r["structured"] else ""),
+                          ", ".join(r["needs"]), r["description"])
+    out.print(table)
+    if any(r["error"] for r in rows):
+        raise typer.Exit(1)
+
+
+@prompts_app.command("render")
+def prompts_render(template: str = typer.Argument(..., help="Template name, e.g. rationale."),
+                   curriculum: Path = typer.Option(..., "--curriculum", "-c",
+                                                   help="Curriculum whose corpus rows to use."),
+                   n: int = typer.Option(3, "--n", min=1, help="How many corpus rows."),
+                   as_json: bool = JsonOpt) -> None:
+    """Render a template for the first N real corpus rows and print the messages (no teacher)."""
+    from flows.prompting import TemplateError
+    from flows.prompting.preview import render_rows
+
+    spec = _load(curriculum)
+    try:
+        doc = render_rows(spec, template, n)
+    except TemplateError as e:
+        err.print(f"[red]template error[/red] {e}")
+        raise typer.Exit(2) from None
+    if as_json:
+        _emit_json(doc)
+        return
+    out.print(f"[bold]{doc['template']}[/bold]  {doc['path']}  sha256:{doc['content_hash'][:12]}"
+              f"  output={doc['output']}")
+    for r in doc["rows"]:
+        out.rule(f"row {r['row_id']} (line {r['line']})")
+        for m in r["messages"]:
+            out.print(f"[cyan]{m['role']}[/cyan]", highlight=False)
+            out.print(m["content"], markup=False, highlight=False, soft_wrap=True)
+
+
 def _print_details(d: dict) -> None:
     run = d["run"]
     out.print(f"[bold]{run['id']}[/bold]  {run['curriculum']}  {run['status']}"

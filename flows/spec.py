@@ -84,6 +84,9 @@ class TeacherSpec(Strict):
 # -- generate -----------------------------------------------------------------------------------
 class GenerateSpec(Strict):
     template: str = Field("rationale", description="Prompt template name in prompts/.")
+    prompts_dir: Path | None = Field(
+        None, description="Folder of prompt templates (<name>.yaml); default: the project's "
+        "prompts/. Relative paths are resolved against the curriculum file's folder.")
 
 
 # -- curation -----------------------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""`stairs validate` pre-flight for the generate template: it must load and render against a real
+row of the curriculum's corpus, so a missing field or a broken template fails before any request.
+"""
+
+from __future__ import annotations
+
+from flows import checks
+from flows.prompting.template import Template, TemplateError, load_template
+from flows.spec import Curriculum
+
+
+def prompts_dir_of(spec: Curriculum):
+    d = spec.generate.prompts_dir
+    return spec.resolve(d) if d is not None else None
+
+
+def generate_template(spec: Curriculum) -> Template:
+    """The template the curriculum's generate stage uses (raises TemplateError)."""
+    return load_template(spec.generate.template, prompts_dir_of(spec))
+
+
+@checks.register
+def check_generate_template(spec: Curriculum) -> list[str]:
+    d = spec.generate.prompts_dir
+    if d is not None and not spec.resolve(d).is_dir():
+        return [f"generate.prompts_dir: not a folder: {spec.resolve(d)}"]
+    try:
+        template = generate_template(spec)
+    except TemplateError as e:
+        return [f"generate.template: {e}"]
+    if spec.corpus.path is not None and not spec.resolve(spec.corpus.path).exists():
+        return []  # the missing corpus is reported by the corpus check; nothing to render
+    from flows.prompting.samples import sample_rows
+
+    try:
+        rows = sample_rows(spec, 1)
+    except Exception as e:  # an unreadable corpus is ingest's error to name; say why we skipped
+        return [f"generate.template: cannot read a corpus row to render against: "
+                f"{type(e).__name__}: {e}"]
+    if not rows:
+        return [f"generate.template: the corpus has no valid row to render "
+                f"'{template.name}' against"]
+    missing = [f for f in template.needs if rows[0].get(f) in (None, "")]
+    if missing:
+        return [f"generate.template: template '{template.name}' needs "
+                f"{', '.join(repr(f) for f in missing)}, which corpus rows "
+                f"(format {spec.corpus.format}) do not have ({template.path})"]
+    try:
+        template.render(rows[0])
+    except TemplateError as e:
+        return [f"generate.template: {e}"]
+    return []

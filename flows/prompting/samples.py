@@ -1,0 +1,37 @@
+"""Real corpus rows for previews and pre-flight checks, read straight from the curriculum's corpus.
+
+This streams the corpus through ingest's own readers and row validation and stops after n valid
+rows, so `stairs validate` and `stairs prompts render` see exactly the fields ingest would write
+(same ids, same meta) without reading a large corpus to the end or starting Prefect.
+"""
+
+from __future__ import annotations
+
+from flows.corpus.rows import Reject, content_id, split_of, validate
+from flows.ingest import _records
+from flows.spec import Curriculum
+
+
+def sample_rows(spec: Curriculum, n: int) -> list[dict]:
+    """The first n valid corpus rows, shaped like corpus shard rows (id, passage, ..., meta)."""
+    corpus = spec.corpus
+    has_questions = corpus.format != "text"
+    columns = corpus.columns if has_questions else corpus.columns.model_copy(
+        update={"question": None, "answer": None})
+    rows: list[dict] = []
+    if n <= 0:
+        return rows
+    for source, line, record, error, _raw in _records(spec):
+        if error is not None:
+            continue
+        try:
+            fields = validate(record, columns=columns, min_chars=corpus.min_chars,
+                              max_chars=corpus.max_chars, has_questions=has_questions)
+        except Reject:
+            continue
+        row_id = content_id(fields["passage"], fields["question"], fields["answer"])
+        rows.append({"id": row_id, **fields, "split": split_of(row_id, corpus.eval_fraction),
+                     "source": source, "line": line})
+        if len(rows) >= n:
+            break
+    return rows
