@@ -36,4 +36,4 @@ def _load_stage_checks() -> None:
         importlib.import_module(module)
 
 
-STAGE_CHECK_MODULES: list[str] = ["flows.prompting.check"]
+STAGE_CHECK_MODULES: list[str] = ["flows.prompting.check", "flows.student.check"]

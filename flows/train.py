@@ -105,6 +105,13 @@ def evaluate_and_record(ws: Workspace, model_ref, model_id: int, rows: list[dict
     return result
 
 
+def model_ref(spec: Curriculum, ref: str) -> str:
+    """Paths in a curriculum are relative to its file; names and catalog refs pass through."""
+    if ref.startswith("catalog:") or ("/" not in ref and not ref.endswith(".gguf")):
+        return ref
+    return str(spec.resolve(ref))
+
+
 def _prompts_dir(spec: Curriculum):
     return spec.resolve(spec.generate.prompts_dir) if spec.generate.prompts_dir else None
 
@@ -159,8 +166,9 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
     with ws.stage(run_id, "train", round_index=round_index, fingerprint=fingerprint,
                   params={"student": s.model_dump(mode="json")}) as st:
         device = pick_device(s.device)
-        base_row = register_base(ws.catalog, s.base, run_id)
-        model, tokenizer, _ = base_mod.load(s.base, catalog=ws.catalog, device=device)
+        base_ref = model_ref(spec, s.base)
+        base_row = register_base(ws.catalog, base_ref, run_id)
+        model, tokenizer, _ = base_mod.load(base_ref, catalog=ws.catalog, device=device)
         evals = eval_rows(ws, eval_shards, s.eval_rows)
         eval_ids = [sh.id for sh in eval_shards]
         if s.evaluate_base and evals:
@@ -178,7 +186,8 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
         built = ex_mod.build(rows, tokenizer, s.objective, s.max_length, top_k=s.kd_top_k)
         teacher = None
         if s.objective == "kd" and s.kd_teacher:
-            teacher, t_tok, _ = base_mod.load(s.kd_teacher, catalog=ws.catalog, device=device)
+            teacher, t_tok, _ = base_mod.load(model_ref(spec, s.kd_teacher), catalog=ws.catalog,
+                                              device=device)
             if t_tok.get_vocab() != tokenizer.get_vocab():
                 raise TrainError(f"student.kd_teacher {s.kd_teacher!r} does not share the "
                                  "student's tokenizer; white-box kd needs identical vocabularies")
