@@ -124,8 +124,8 @@ class StudentSpec(Strict):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     epochs: float = Field(1.0, gt=0.0, le=100.0)
     max_steps: int | None = Field(
-        60, ge=1, description="Optimizer steps (caps epochs); null trains the full epochs. 60 "
-        "steps of 4 rows take a few minutes on 2 CPU cores.")
+        40, ge=1, description="Optimizer steps (caps epochs); null trains the full epochs. 40 "
+        "steps of 4 rows of the quickstart take minutes on 2 idle CPU cores.")
     max_length: int = Field(384, ge=16, le=32768, description="Tokens per example (prompt + "
                             "target); longer targets are cut, longer prompts skipped and counted.")
     packing: bool = Field(False, description="Pack examples into max_length rows (block-diagonal "

@@ -214,6 +214,7 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, teacher=None) -> tuple[to
 def prepare(model, cfg: TrainConfig):
     """Full fine-tune, or wrap with LoRA adapters (merged back in `final_model`)."""
     if cfg.method == "lora":
+        seed_everything(cfg.seed)  # the adapters' random init is part of a reproducible run
         from peft import LoraConfig, get_peft_model
 
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
