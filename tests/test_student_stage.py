@@ -115,3 +115,12 @@ def test_train_without_curated_rows_names_the_run(workspace):
     run = workspace.start_run(spec, "run")
     with pytest.raises(TrainError, match=f"run {run.id} round 0.*train"):
         train(spec, workspace, run.id)
+
+
+def test_validate_names_a_missing_student_base(tmp_path):
+    from flows.spec import SpecError, load
+
+    cur = tmp_path / "c.yaml"
+    cur.write_text("name: c\ncorpus: {format: demo}\nstudent: {base: ./no-such-model}\n")
+    with pytest.raises(SpecError, match="student.base: .*no-such-model"):
+        load(cur)
