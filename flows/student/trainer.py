@@ -312,7 +312,10 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
     plan = batch_plan([sum(map(len, g)) for g in groups], cfg)
     steps = total_steps(plan, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # Fused AdamW: one kernel per step instead of several passes over every parameter (CPU and
+    # CUDA); it is also what transformers' Trainer uses by default.
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  fused=all(p.is_floating_point() for p in params))
     start, history, resumed = 0, [], None
     ckpts = checkpoints(checkpoint_dir) if checkpoint_dir else []
     if ckpts:
