@@ -29,7 +29,8 @@ def score(outputs: list[str | None], golds: list[str | None]) -> dict:
             "predicted": predicted, "is_correct": correct}
 
 
-def _template(template, prompts_dir=None):
+def as_template(template, prompts_dir=None):
+    """A loaded template, or the named one from prompts/ (or prompts_dir)."""
     if hasattr(template, "render"):
         return template
     from flows.prompting import load_template
@@ -145,7 +146,7 @@ def evaluate_model(model_ref, rows: list[dict], template, *, max_new_tokens: int
     from flows.student.trainer import pick_device
 
     rows = list(rows)
-    tmpl = _template(template, prompts_dir)
+    tmpl = as_template(template, prompts_dir)
     conversations = [tmpl.render(r) for r in rows]
     golds = [r.get("answer") if "gold_answer" not in r else r["gold_answer"] for r in rows]
     loss = None

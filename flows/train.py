@@ -26,7 +26,9 @@ from flows.settings import models_root
 from flows.spec import Curriculum, StudentSpec
 from flows.student import base as base_mod
 from flows.student import examples as ex_mod
-from flows.student.trainer import TrainConfig, final_model, fit, pick_device, prepare
+from flows.student.trainer import (
+    TrainConfig, batch_plan, final_model, fit, pick_device, prepare, total_steps,
+)
 from flows.workspace import Workspace
 from storage.tables import Model, Shard
 
@@ -172,7 +174,7 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
         evals = eval_rows(ws, eval_shards, s.eval_rows)
         eval_ids = [sh.id for sh in eval_shards]
         if s.evaluate_base and evals:
-            tmpl_hash = ev._template(spec.generate.template, _prompts_dir(spec)).content_hash
+            tmpl_hash = ev.as_template(spec.generate.template, _prompts_dir(spec)).content_hash
             if not _already_scored(ws.catalog, base_row.id, eval_ids, len(evals), tmpl_hash):
                 base_result = evaluate_and_record(
                     ws, (model, tokenizer), base_row.id, evals, spec, run_id=run_id,
@@ -193,8 +195,6 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
                                  "student's tokenizer; white-box kd needs identical vocabularies")
         model = prepare(model, cfg)
         log = _loss_logger(ws, run_id, st.id, round_index)
-        from flows.student.trainer import batch_plan, total_steps
-
         log.total = total_steps(batch_plan([sum(map(len, g)) for g in built.groups], cfg), cfg)
         result = fit(model, built.groups, cfg, pad_id=tokenizer.pad_token_id,
                      checkpoint_dir=out_dir / "checkpoints", teacher=teacher, device=device,
