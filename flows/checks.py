@@ -36,4 +36,6 @@ def _load_stage_checks() -> None:
         importlib.import_module(module)
 
 
-STAGE_CHECK_MODULES: list[str] = ["flows.prompting.check", "flows.teachers.check", "flows.curate"]
+STAGE_CHECK_MODULES: list[str] = [
+    "flows.prompting.check", "flows.teachers.check", "flows.curate", "flows.student.check",
+]

@@ -187,6 +187,60 @@ def show(run_id: str = typer.Argument(..., help="A run id from `stairs runs`."),
     _print_details(details)
 
 
+@app.command()
+def train(curriculum: Path = CurriculumArg,
+          run_id: Optional[str] = typer.Option(None, "--run", help="Run whose curated rows to "
+                                               "train on (default: the latest one)."),
+          round_index: int = typer.Option(0, "--round", help="Staircase round."),
+          as_json: bool = JsonOpt) -> None:
+    """Fine-tune the student on a run's curated rows; score it and its base on held-out rows."""
+    _load(curriculum)
+    configure_prefect()
+    from flows.train import TrainError, train_flow
+
+    try:
+        result = train_flow(curriculum=str(curriculum), run_id=run_id, round_index=round_index)
+    except TrainError as e:
+        err.print(f"[red]cannot train[/red] {e}")
+        raise typer.Exit(1) from None
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(f"run [bold]{result['run_id']}[/bold]: student model {result['student_model_id']} "
+              f"({result['objective']}, {result['steps']} steps, loss {result['first_loss']:.3f}"
+              f" -> {result['final_loss']:.3f})")
+    for key in ("base_accuracy", "student_accuracy"):
+        if key in result:
+            out.print(f"  {key.replace('_', ' ')}: {result[key]:.1%} of {result['eval_rows']}")
+
+
+@app.command("eval")
+def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, 'smollm2-135m' "
+                                      "or 'catalog:<id>'."),
+          curriculum: Path = typer.Option(..., "--curriculum", help="Curriculum YAML whose "
+                                          "held-out rows and template to use."),
+          rows: Optional[int] = typer.Option(None, help="Score only this many eval rows."),
+          as_json: bool = JsonOpt) -> None:
+    """Score any model on a curriculum's held-out rows (exact-match accuracy, loss, tokens/s)."""
+    _load(curriculum)
+    configure_prefect()
+    from flows.student.base import ModelRefError
+    from flows.train import TrainError, eval_flow
+
+    try:
+        result = eval_flow(model=model, curriculum=str(curriculum), rows=rows)
+    except (TrainError, ModelRefError) as e:
+        err.print(f"[red]cannot evaluate[/red] {e}")
+        raise typer.Exit(1) from None
+    if as_json:
+        _emit_json({k: v for k, v in result.items()})
+        return
+    out.print(f"{model} ({result['format']}): accuracy {result['accuracy']:.1%} "
+              f"({result['correct']}/{result['n']}), {result['tokens_per_s']:.1f} tokens/s"
+              + (f", eval loss {result['eval_loss']:.3f}" if result["eval_loss"] else "")
+              + f"  [model {result['model_id']}, run {result['run_id']}]")
+
+
 @app.command("demo-data")
 def demo_data(out_file: Path = typer.Argument(..., help="JSONL file to write."),
               rows: int = 100, seed: int = 0, people: int = 2, colors: int = 2,

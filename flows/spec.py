@@ -239,7 +239,59 @@ class CurationSpec(Strict):
 
 # -- student ------------------------------------------------------------------------------------
 class StudentSpec(Strict):
-    pass
+    """The student stage (flows/train.py). CPU defaults train the quickstart in minutes on 2
+    cores; the same keys run unchanged on a GPU (bf16 there)."""
+
+    base: str = Field("smollm2-135m", description="Student base: 'smollm2-135m' (embedded), a "
+                      "Hugging Face model folder, a GGUF file, or 'catalog:<id>'.")
+    keep_layers: list[int] | None = Field(
+        None, min_length=1, description="Cut a smaller student from the base by keeping these "
+        "decoder layers (e.g. [0, 2, 4, ...]); the base is recorded as its parent.")
+    objective: Literal["step_by_step", "cot", "label", "kd"] = Field(
+        "step_by_step", description="step_by_step: label + rationale multi-task loss; cot: "
+        "rationale then answer; label: answer only; kd: distillation on teacher logits.")
+    label_weight: float = Field(0.5, ge=0.0, le=1.0, description="a in a*label + (1-a)*rationale "
+                                "(step_by_step).")
+    method: Literal["full", "lora"] = Field(
+        "full", description="Full fine-tune (fastest learning for a 135M student) or LoRA.")
+    lora_r: int = Field(16, ge=1, le=1024)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                 "down_proj"], min_length=1, description="Module names LoRA wraps.")
+    learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    batch_size: int = Field(4, ge=1, description="Training rows per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    epochs: float = Field(1.0, gt=0.0, le=100.0)
+    max_steps: int | None = Field(
+        40, ge=1, description="Optimizer steps (caps epochs); null trains the full epochs. 40 "
+        "steps of 4 rows of the quickstart take minutes on 2 idle CPU cores.")
+    max_length: int = Field(384, ge=16, le=32768, description="Tokens per example (prompt + "
+                            "target); longer targets are cut, longer prompts skipped and counted.")
+    packing: bool = Field(False, description="Pack examples into max_length rows (block-diagonal "
+                          "attention): helps when lengths vary a lot, e.g. step_by_step's short "
+                          "label targets.")
+    seed: int = 0
+    checkpoint_every: int = Field(20, ge=1, description="Steps between safetensors checkpoints; "
+                                  "a rerun resumes from the newest.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    kd_teacher: str | None = Field(
+        None, description="Local teacher for white-box kd (model reference as for 'base'); must "
+        "share the student's tokenizer. Without it, kd uses rows' top-k 'logprobs'.")
+    kd_loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    kd_temperature: float = Field(1.0, gt=0.0, le=20.0)
+    kd_weight: float = Field(0.5, ge=0.0, le=1.0, description="Share of the kd term; the rest is "
+                             "cross-entropy on the target.")
+    kd_top_k: int = Field(20, ge=1, le=100, description="Teacher alternatives per token used "
+                          "from 'logprobs'.")
+    eval_rows: int | None = Field(40, ge=1, description="Held-out eval rows scored per model "
+                                  "(greedy generation is the slow part on CPU); null = all.")
+    eval_max_new_tokens: int = Field(160, ge=1, le=4096)
+    evaluate_base: bool = Field(True, description="Also score the untrained base on the same "
+                                "eval rows (the baseline), once per base and eval set.")
 
 
 # -- quantization -------------------------------------------------------------------------------
