@@ -229,6 +229,7 @@ def load_quantized(folder: Path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)
+    read_scheme(folder)  # a clear error for a file we did not write, before anything else
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = dequantized_state_dict(folder)

@@ -93,11 +93,12 @@ def tokenizer_fields(tokenizer, vocab_size: int) -> dict:
 
 def guess_pre_tokenizer(fields: dict) -> str:
     """llama.cpp picks its pre-tokenizer regex by name. SmolLM's tokenizer is recognised by its
-    special tokens; anything else gets the GPT-2 rules (correct for plain byte-level BPE)."""
+    special tokens; anything else gets the GPT-2 rules ("gpt-2" in llama.cpp; correct for plain
+    byte-level BPE)."""
     head = fields["tokens"][:3]
     if head == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]:
         return "smollm"
-    return "gpt2"
+    return "gpt-2"
 
 
 # -- export -------------------------------------------------------------------------------------
