@@ -36,4 +36,4 @@ def _load_stage_checks() -> None:
         importlib.import_module(module)
 
 
-STAGE_CHECK_MODULES: list[str] = []
+STAGE_CHECK_MODULES: list[str] = ["flows.quant.checks"]
