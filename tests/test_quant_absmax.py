@@ -127,3 +127,10 @@ def test_loader_refuses_a_file_without_scheme(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / absmax.QUANT_FILE))
     with pytest.raises(ValueError, match="not a stairs quantized file"):
         absmax.load_quantized(tmp_path)
+
+
+def test_model_error_names_the_layer(tmp_path):
+    tok = tiny_tokenizer()
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight: group size 48"):
+        absmax.quantize_model(tiny_llama(tok), absmax.Scheme("int4", group_size=48), tmp_path, tok)
+    assert not (tmp_path / absmax.QUANT_FILE).exists()  # nothing half-written

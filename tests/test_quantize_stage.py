@@ -82,3 +82,13 @@ def test_a_non_hf_student_is_refused_with_its_id(workspace, run_with_student):
 def test_spec_rejects_unknown_llama_cpp_types():
     with pytest.raises(ValueError, match="Q9_X"):
         _spec(gguf_types=["Q9_X"])
+
+
+def test_validate_refuses_gptq_where_it_cannot_run():
+    from flows import checks
+    from flows.quant.gptq import gptq_available
+
+    problems = [p for p in checks.run_all(_spec(gptq_bits=4)) if p.startswith("quantization.")]
+    why = gptq_available()
+    assert problems == ([] if why is None else [f"quantization.gptq_bits: {why}"])
+    assert not [p for p in checks.run_all(_spec()) if p.startswith("quantization.")]

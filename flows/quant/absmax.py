@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -174,7 +175,10 @@ def quantize_model(model, scheme: Scheme, out_dir: Path, tokenizer=None, *,
     tensors: dict[str, torch.Tensor] = {}
     report = []
     for name, w in targets.items():
-        stored, w_hat = quantize_weight(w, scheme)
+        try:
+            stored, w_hat = quantize_weight(w, scheme)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
         for suffix, t in stored.items():
             tensors[f"{name}.{suffix}"] = t.contiguous()
         report.append(_error_row(name, w, w_hat, sum(t.numel() * t.element_size()
@@ -187,11 +191,14 @@ def quantize_model(model, scheme: Scheme, out_dir: Path, tokenizer=None, *,
         tensors[name] = t.detach().contiguous()
     meta = {"format": scheme.format, "scheme": json.dumps(scheme.__dict__),
             "quantized": json.dumps(sorted(targets))}
-    save_file(tensors, str(out_dir / QUANT_FILE), metadata=meta)
     model.config.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
+    # The weights file last and by rename: a folder with quantized.safetensors is complete.
+    tmp = out_dir / f".tmp-{QUANT_FILE}"
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, out_dir / QUANT_FILE)
     return report
 
 
