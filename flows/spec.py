@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -97,14 +97,15 @@ class StudentSpec(Strict):
 
 
 # -- quantization -------------------------------------------------------------------------------
-GGUF_QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0",
-                    "Q4_1", "Q3_K_M", "Q3_K_S", "Q3_K_L", "Q2_K", "IQ4_NL", "IQ4_XS")
-
-
 class QuantizationSpec(Strict):
     """What the quantize stage makes from each round's student, and how each file is measured.
     The defaults make every artifact of the results table: F16 GGUF, five llama.cpp k-quants,
     int8 absmax per channel and int4 groups of 32."""
+
+    # llama.cpp types that need no importance matrix (the IQ2/IQ3/IQ1 ones do).
+    GGUF_QUANT_TYPES: ClassVar[tuple[str, ...]] = (
+        "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1", "Q3_K_M",
+        "Q3_K_S", "Q3_K_L", "Q2_K", "IQ4_NL", "IQ4_XS")
 
     gguf_float: Literal["F16", "F32"] = Field(
         "F16", description="Float type of the exported GGUF that llama.cpp then quantizes.")
@@ -136,9 +137,10 @@ class QuantizationSpec(Strict):
 
     @model_validator(mode="after")
     def _types(self):
-        unknown = [t for t in self.gguf_types if t not in GGUF_QUANT_TYPES]
+        unknown = [t for t in self.gguf_types if t not in self.GGUF_QUANT_TYPES]
         if unknown:
-            raise ValueError(f"gguf_types: unknown {unknown}; known: {', '.join(GGUF_QUANT_TYPES)}")
+            raise ValueError(f"gguf_types: unknown {unknown}; "
+                             f"known: {', '.join(self.GGUF_QUANT_TYPES)}")
         if len(set(self.gguf_types)) != len(self.gguf_types):
             raise ValueError("gguf_types: listed twice")
         return self
