@@ -38,4 +38,5 @@ def _load_stage_checks() -> None:
 
 STAGE_CHECK_MODULES: list[str] = [
     "flows.prompting.check", "flows.teachers.check", "flows.curate", "flows.student.check",
+    "flows.quant.checks",
 ]

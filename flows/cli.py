@@ -239,6 +239,65 @@ def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, '
               f"({result['correct']}/{result['n']}), {result['tokens_per_s']:.1f} tokens/s"
               + (f", eval loss {result['eval_loss']:.3f}" if result["eval_loss"] else "")
               + f"  [model {result['model_id']}, run {result['run_id']}]")
+def quantize(curriculum: Path = CurriculumArg,
+             run_id: Optional[str] = typer.Option(None, "--run", help="Add to this run "
+                                                  "(its round-0 student); default: a new run."),
+             as_json: bool = JsonOpt) -> None:
+    """Quantize the run's student (the base model until one is trained): GGUF + llama.cpp
+    k-quants, int8 absmax, int4; measure each on the held-out rows."""
+    _load(curriculum)
+    configure_prefect()
+    from flows.quantize import quantize_flow
+
+    result = quantize_flow(curriculum=str(curriculum), run_id=run_id)
+    if as_json:
+        _emit_json(result)
+        return
+    stand_in = " (base model standing in for a student)" if result.get(
+        "student_is_base_stand_in") else ""
+    out.print(f"run [bold]{result['run_id']}[/bold]: quantized {result.get('student')}{stand_in}")
+    table = Table("artifact", "model id", "MB", "bits/w", "accuracy", "ppl", "tok/s", "engine")
+    for r in result.get("table", []):
+        table.add_row(r["artifact"], str(r["model_id"]), f"{r['size_mb']:.1f}",
+                      f"{r['bits_per_weight']:.2f}", f"{r['accuracy']:.3f}",
+                      f"{r['perplexity']:.3f}", f"{r['tokens_per_s']:.1f}", r["engine"])
+    out.print(table)
+
+
+@app.command()
+def serve(model: str = typer.Argument(..., help="catalog:<id>, smollm2-135m, or a GGUF path."),
+          port: int = typer.Option(0, help="Port on 127.0.0.1; 0 picks a free one."),
+          n_ctx: int = typer.Option(2048, help="Context length."),
+          threads: Optional[int] = typer.Option(None, help="CPU threads (default: llama.cpp's).")
+          ) -> None:
+    """Serve a GGUF model with llama.cpp's OpenAI-compatible server on loopback until Ctrl-C."""
+    import signal
+
+    from flows.models import ModelRefError
+    from flows.serve import ServeError, start_server
+
+    try:
+        server = start_server(model, port=port or None, n_ctx=n_ctx, threads=threads)
+    except (ModelRefError, ServeError) as e:
+        err.print(f"[red]cannot serve[/red] {e}")
+        raise typer.Exit(1) from None
+
+    def _stop(signum, frame):  # SIGTERM as well as Ctrl-C stops the child server cleanly
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    out.print(f"serving {server.model_path.name} at {server.base_url} (model "
+              f"'{server.model_path.stem}'); Ctrl-C stops", highlight=False)
+    sys.stdout.flush()
+    try:
+        code = server.process.wait()
+        err.print(f"[red]llama.cpp server exited[/red] with {code}; log: {server.log_path}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    out.print("stopped")
 
 
 @app.command("demo-data")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -296,7 +296,52 @@ class StudentSpec(Strict):
 
 # -- quantization -------------------------------------------------------------------------------
 class QuantizationSpec(Strict):
-    pass
+    """What the quantize stage makes from each round's student, and how each file is measured.
+    The defaults make every artifact of the results table: F16 GGUF, five llama.cpp k-quants,
+    int8 absmax per channel and int4 groups of 32."""
+
+    # llama.cpp types that need no importance matrix (the IQ2/IQ3/IQ1 ones do).
+    GGUF_QUANT_TYPES: ClassVar[tuple[str, ...]] = (
+        "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1", "Q3_K_M",
+        "Q3_K_S", "Q3_K_L", "Q2_K", "IQ4_NL", "IQ4_XS")
+
+    gguf_float: Literal["F16", "F32"] = Field(
+        "F16", description="Float type of the exported GGUF that llama.cpp then quantizes.")
+    gguf_types: list[str] = Field(
+        default_factory=lambda: ["Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K"],
+        description="llama.cpp quantization types made from the float GGUF (empty: none).")
+    int8_absmax: Literal["tensor", "channel"] | None = Field(
+        "channel", description="absmax int8 of the linear layers, per tensor or per output "
+                               "channel; null to skip.")
+    int4_group_size: int | None = Field(
+        32, ge=2, description="Group-wise round-to-nearest int4 with this group size; null to skip.")
+    int4_symmetric: bool = Field(
+        True, description="int4 levels -7..7 around zero (true) or 0..15 with a zero point.")
+    quantize_embeddings: bool = Field(
+        True, description="Also quantize the (tied) embedding/output matrix in int8/int4; in a "
+                          "135M model it is a fifth of the weights.")
+    gptq_bits: Literal[2, 3, 4, 8] | None = Field(
+        None, description="GPTQ through gptqmodel (the 'gptq' extra, CUDA only); null to skip.")
+    gptq_group_size: int = Field(128, ge=-1, description="GPTQ group size (-1: per channel).")
+    gptq_calibration_rows: int = Field(
+        128, ge=1, description="Training-corpus rows used as GPTQ calibration text.")
+    eval_rows: int = Field(100, ge=1, description="Held-out rows each artifact is scored on.")
+    max_new_tokens: int = Field(128, ge=1, description="Generation budget per eval answer.")
+    speed_tokens: int = Field(64, ge=2, description="Tokens generated to time decode speed.")
+    # On a shared 2-core machine, llama.cpp's spinning threads collapse when oversubscribed:
+    # measured 15 tokens/s with 1 thread against 1 token/s with 2 under a load of 10.
+    threads: int | None = Field(1, ge=1, description="CPU threads for llama.cpp and torch while "
+                                                     "measuring (null: all cores).")
+
+    @model_validator(mode="after")
+    def _types(self):
+        unknown = [t for t in self.gguf_types if t not in self.GGUF_QUANT_TYPES]
+        if unknown:
+            raise ValueError(f"gguf_types: unknown {unknown}; "
+                             f"known: {', '.join(self.GGUF_QUANT_TYPES)}")
+        if len(set(self.gguf_types)) != len(self.gguf_types):
+            raise ValueError("gguf_types: listed twice")
+        return self
 
 
 # -- staircase ----------------------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""Reproduce docs/results.md "## Quantization": quantize the student (the base SmolLM2-135M-Instruct
+until a trained student exists in the run), measure every artifact, and compare our GGUF file
+sizes with llama.cpp's own pipeline (its converter's output, requantized by its quantizer).
+
+    PYTHONPATH=. python bench/quantization.py                       # 100 eval rows (slow)
+    PYTHONPATH=. python bench/quantization.py --rows 5 --max-new-tokens 16   # smoke run, ~3 min
+
+It runs the real `quantize` Prefect flow (temporary local server) in a scratch STAIRS_HOME unless
+STAIRS_HOME is set, and prints the two markdown tables for the results page, plus a JSON dump.
+Measurements use 1 CPU thread (see QuantizationSpec.threads: the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+CURRICULUM = {
+    "name": "bench-quantization",
+    "description": "quickstart corpus; quantization of the base student",
+    "corpus": {"format": "demo", "eval_fraction": 0.2,
+               "demo": {"rows": 600, "seed": 0, "people": 2, "colors": 2, "max_count": 9,
+                        "tasks": ["sum"]}},
+}
+SIZE_TYPES = ["Q8_0", "Q6_K", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K"]
+
+
+def size_comparison(ours_f16: Path, out: Path) -> list[dict]:
+    """Bytes of each type from our F16 export vs from llama.cpp's converter output (the
+    embedded GGUF), both through llama.cpp's quantizer: differences come from the exporter."""
+    from flows.embedded import embedded_gguf
+    from flows.quant.gguf_export import gguf_weight_stats, llama_quantize
+
+    rows = []
+    for t in SIZE_TYPES:
+        ours = llama_quantize(ours_f16, out / f"ours-{t}.gguf", t, threads=1)
+        ref = llama_quantize(embedded_gguf(), out / f"llamacpp-{t}.gguf", t, threads=1,
+                             allow_requantize=True)
+        a, b = gguf_weight_stats(ours), gguf_weight_stats(ref)
+        rows.append({"type": t, "ours_bytes": ours.stat().st_size,
+                     "llamacpp_bytes": ref.stat().st_size,
+                     "ours_tensor_bytes": a["tensor_bytes"], "llamacpp_tensor_bytes": b["tensor_bytes"],
+                     "ours_bpw": a["bits_per_weight"], "llamacpp_bpw": b["bits_per_weight"]})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=100, help="held-out eval rows per artifact")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--speed-tokens", type=int, default=32)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    os.environ.setdefault("STAIRS_HOME", tempfile.mkdtemp(prefix="stairs-bench-quant-"))
+    from flows.settings import configure_prefect
+
+    configure_prefect()
+    from flows.quantize import quantize_flow
+
+    spec = {**CURRICULUM, "quantization": {"eval_rows": args.rows,
+                                           "max_new_tokens": args.max_new_tokens,
+                                           "speed_tokens": args.speed_tokens, "threads": 1}}
+    home = Path(os.environ["STAIRS_HOME"])
+    path = home / "bench-quantization.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    start = time.perf_counter()
+    result = quantize_flow(curriculum=str(path))
+    elapsed = time.perf_counter() - start
+    f16 = next(Path(m["path"]) for m in _models(result) if m["quant"] == "F16")
+    sizes = size_comparison(f16, home / "size-comparison")
+
+    who = ("base model SmolLM2-135M-Instruct (no trained student in this run)"
+           if result["student_is_base_stand_in"] else result["student"])
+    print(f"\nstudent: {who}; {result['eval_rows']} held-out rows; {elapsed:.0f} s\n")
+    print("| artifact | engine | size (MB) | bits/weight | eval accuracy | perplexity | tokens/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in result["table"]:
+        print(f"| {r['quant']} | {r['engine']} | {r['size_mb']:.1f} | {r['bits_per_weight']:.2f} "
+              f"| {r['accuracy']:.3f} | {r['perplexity']:.3f} | {r['tokens_per_s']:.1f} |")
+    print("\n| type | ours (bytes) | llama.cpp pipeline (bytes) | ours - theirs | "
+          "bits/weight ours / theirs |")
+    print("|---|---:|---:|---:|---:|")
+    for s in sizes:
+        print(f"| {s['type']} | {s['ours_bytes']:,} | {s['llamacpp_bytes']:,} | "
+              f"{s['ours_bytes'] - s['llamacpp_bytes']:+,} | "
+              f"{s['ours_bpw']:.3f} / {s['llamacpp_bpw']:.3f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"result": result, "sizes": sizes,
+                                         "elapsed_s": elapsed}, indent=1, default=str))
+
+
+def _models(result: dict) -> list[dict]:
+    from storage.catalog import Catalog
+    from storage.tables import Model
+
+    catalog = Catalog()
+    return [{"quant": m.quant, "path": m.path}
+            for m in (catalog.get(Model, r["model_id"]) for r in result["table"])]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Quantize stage: make every configured small artifact of a round's student, register each in the
+catalog as a quantized Model (parent = the student), and measure each on the held-out eval rows.
+
+    stairs quantize curricula/quickstart.yaml
+
+Artifacts (curriculum section `quantization`): a float GGUF written by our exporter, llama.cpp's
+k-quants of it, absmax int8 and group-wise int4 safetensors folders, GPTQ on a GPU. Each gets
+accuracy, perplexity, size, bits/weight and decode tokens/s: Metric rows in the catalog and one
+table per run (a Prefect table artifact when it runs as a flow). Until a trained student exists
+in the run, the base model (embedded SmolLM2-135M-Instruct) stands in and the table says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+from prefect import flow
+
+from flows.models import model_path, register_base_model
+from flows.orchestration import in_flow_run, step
+from flows.quant import absmax
+from flows.quant.gguf_export import export_gguf, gguf_weight_stats, llama_quantize
+from flows.quant.measure import GGUFEngine, TorchEngine, measure
+from flows.spec import Curriculum
+from flows.workspace import Workspace
+from storage.tables import Model
+
+TABLE_COLUMNS = ("artifact", "format", "quant", "engine", "size_mb", "bits_per_weight",
+                 "accuracy", "perplexity", "tokens_per_s", "model_id")
+
+
+def _folder_bytes(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(
+        p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def find_student(ws: Workspace, run_id: str, round_index: int) -> Model | None:
+    students = [m for m in ws.catalog.models(run_id)
+                if m.kind == "student" and m.round_index == round_index]
+    return students[-1] if students else None
+
+
+def load_student(path: Path):
+    """A student folder as a float32 transformers model and tokenizer (merging a LoRA adapter)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (path / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = model.merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def eval_rows(ws: Workspace, run_id: str, limit: int) -> list[dict]:
+    ingest = ws.latest_stage("ingest", run_id=run_id)
+    if ingest is None:
+        raise RuntimeError(f"run {run_id} has no completed ingest stage: nothing to evaluate on")
+    table = ws.store.table(ws.shards(ingest, "eval"))
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])  # stable choice across runs
+    if not rows:
+        raise RuntimeError(f"run {run_id}: the eval split is empty (corpus.eval_fraction is 0?)")
+    return rows[:limit]
+
+
+def calibration_texts(ws: Workspace, run_id: str, limit: int) -> list[str]:
+    ingest = ws.latest_stage("ingest", run_id=run_id)
+    rows = ws.store.table(ws.shards(ingest, "corpus")).to_pylist()[:limit]
+    return [f"{r['passage']}\n{r['question'] or ''}" for r in rows]
+
+
+# -- steps (Prefect tasks inside a flow run, plain calls otherwise) -----------------------------
+@step(name="export-gguf")
+def export_step(student_dir: Path, out: Path, float_type: str) -> Path:
+    model, tok = load_student(student_dir)
+    return export_gguf(model, tok, out, float_type=float_type)
+
+
+@step(name="llama-quantize")
+def llama_quantize_step(src: Path, dst: Path, quant: str, threads: int | None) -> Path:
+    return llama_quantize(src, dst, quant, threads=threads)
+
+
+@step(name="absmax-quantize")
+def absmax_step(student_dir: Path, out: Path, scheme: absmax.Scheme,
+                include_embeddings: bool) -> list[dict]:
+    model, tok = load_student(student_dir)
+    return absmax.quantize_model(model, scheme, out, tok, include_embeddings=include_embeddings)
+
+
+@step(name="measure")
+def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, template: str) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(student_dir)
+    path = Path(artifact["path"])
+    if artifact["format"] == "gguf":
+        engine = GGUFEngine(path, threads=q.threads)
+        stats = gguf_weight_stats(path)
+        bits = stats["bits_per_weight"]
+    else:
+        if artifact["format"] == "gptq":
+            from flows.quant.gptq import load_gptq
+
+            model = load_gptq(path)
+        else:
+            model = absmax.load_quantized(path)
+        engine = TorchEngine(model, tok, threads=q.threads)
+        params = sum(p.numel() for p in model.parameters())
+        weights = [p for p in path.iterdir() if p.suffix == ".safetensors"]
+        bits = 8 * sum(p.stat().st_size for p in weights) / params
+    try:
+        result = measure(engine, rows, tokenizer=tok, template=template,
+                         max_new_tokens=q.max_new_tokens, speed_tokens=q.speed_tokens)
+    finally:
+        engine.close()
+    return {**result, "bits_per_weight": bits, "bytes": _folder_bytes(path),
+            "engine": "llama.cpp" if artifact["format"] == "gguf" else "torch"}
+
+
+# -- the stage ----------------------------------------------------------------------------------
+def _fingerprint(spec: Curriculum, student: Model, rows: list[dict]) -> str:
+    h = hashlib.sha256(spec.fingerprint("quantization", "generate").encode())
+    h.update(f"{student.id}:{student.path}:{student.bytes}".encode())
+    for r in rows:
+        h.update(r["id"].encode())
+    return h.hexdigest()[:16]
+
+
+def plan_artifacts(spec: Curriculum, student: Model, out: Path) -> list[dict]:
+    """Every artifact the spec asks for, in the order they are made (the float GGUF first: the
+    llama.cpp types are made from it)."""
+    q = spec.quantization
+    base = student.name.replace("/", "-")
+    arts = [{"name": f"{base}-{q.gguf_float}", "format": "gguf", "quant": q.gguf_float,
+             "path": out / f"{base}-{q.gguf_float}.gguf"}]
+    arts += [{"name": f"{base}-{t}", "format": "gguf", "quant": t, "path": out / f"{base}-{t}.gguf"}
+             for t in q.gguf_types]
+    if q.int8_absmax:
+        scheme = absmax.Scheme("int8", granularity=q.int8_absmax)
+        arts.append({"name": f"{base}-{scheme.label}", "format": scheme.format,
+                     "quant": scheme.label, "scheme": scheme, "path": out / scheme.label})
+    if q.int4_group_size:
+        scheme = absmax.Scheme("int4", group_size=q.int4_group_size, symmetric=q.int4_symmetric)
+        arts.append({"name": f"{base}-{scheme.label}", "format": scheme.format,
+                     "quant": scheme.label, "scheme": scheme, "path": out / scheme.label})
+    if q.gptq_bits:
+        label = f"gptq-{q.gptq_bits}bit-g{q.gptq_group_size}"
+        arts.append({"name": f"{base}-{label}", "format": "gptq", "quant": label,
+                     "path": out / label})
+    return arts
+
+
+def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
+             student: Model | None = None) -> dict:
+    """Make, register and measure every configured artifact of this round's student."""
+    from flows.settings import models_root
+
+    q = spec.quantization
+    stand_in = False
+    if student is None:
+        student = find_student(ws, run_id, round_index)
+    if student is None:
+        student, stand_in = register_base_model(ws.catalog), True
+    if student.format != "hf":
+        raise ValueError(f"student model {student.id} has format {student.format!r}; the quantize "
+                         "stage starts from a transformers (hf) folder")
+    student_dir = model_path(student.path)
+    rows = eval_rows(ws, run_id, q.eval_rows)
+    fingerprint = _fingerprint(spec, student, rows)
+    done = ws.reuse(run_id, "quantize", fingerprint, round_index=round_index)
+    if done is not None:
+        return ws.summary(done)
+    out = models_root() / run_id / f"r{round_index}" / "quantized"
+    with ws.stage(run_id, "quantize", round_index=round_index, fingerprint=fingerprint,
+                  params={"quantization": q.model_dump(mode="json"), "student_id": student.id,
+                          "student_is_base_stand_in": stand_in}) as st:
+        artifacts = plan_artifacts(spec, student, out)
+        float_gguf = artifacts[0]["path"]
+        table = []
+        for art in artifacts:
+            if art is artifacts[0]:
+                export_step(student_dir, art["path"], q.gguf_float)
+            elif art["format"] == "gguf":
+                llama_quantize_step(float_gguf, art["path"], art["quant"], q.threads)
+            elif art["format"] == "gptq":
+                from flows.quant.gptq import gptq_quantize
+
+                gptq_quantize(student_dir, art["path"], bits=q.gptq_bits,
+                              group_size=q.gptq_group_size,
+                              calibration=calibration_texts(ws, run_id, q.gptq_calibration_rows))
+            else:
+                report = absmax_step(student_dir, art["path"], art["scheme"], q.quantize_embeddings)
+                art["worst_layer_rel_error"] = max(r["rel_error"] for r in report)
+            result = measure_step(art, rows, student_dir, q, spec.generate.template)
+            model = ws.catalog.add_model(Model(
+                run_id=run_id, stage_id=st.id, round_index=round_index, name=art["name"],
+                kind="quantized", format=art["format"], quant=art["quant"], path=str(art["path"]),
+                bytes=result["bytes"], parent_id=student.id,
+                params_json=json.dumps({"bits_per_weight": result["bits_per_weight"],
+                                        "engine": result["engine"]})))
+            row = {"artifact": art["name"], "format": art["format"], "quant": art["quant"],
+                   "engine": result["engine"], "size_mb": round(result["bytes"] / 2**20, 2),
+                   "bits_per_weight": round(result["bits_per_weight"], 3),
+                   "accuracy": result["accuracy"], "perplexity": round(result["perplexity"], 4),
+                   "tokens_per_s": round(result["tokens_per_s"], 1), "model_id": model.id}
+            for name in ("accuracy", "perplexity", "tokens_per_s", "bits_per_weight"):
+                ws.catalog.log_metric(name, result[name], run_id=run_id, stage_id=st.id,
+                                      model_id=model.id, round_index=round_index, split="eval",
+                                      meta={"table": "quantization", "artifact": art["name"],
+                                            "eval_rows": result["eval_rows"]})
+            ws.catalog.log_metric("size_bytes", result["bytes"], run_id=run_id, stage_id=st.id,
+                                  model_id=model.id, round_index=round_index,
+                                  meta={"table": "quantization", "artifact": art["name"]})
+            table.append(row)
+            st.summary.update({"artifacts": len(table), "table": table})  # kept if a later one fails
+        ws.store.write(pa.Table.from_pylist(table), stage=st.stage, kind="quantization-table")
+        st.summary.update({"student_id": student.id, "student": student.name,
+                           "student_is_base_stand_in": stand_in, "eval_rows": len(rows)})
+        if in_flow_run():
+            _table_artifact(run_id, round_index, student, stand_in, table)
+    return st.summary
+
+
+def _table_artifact(run_id: str, round_index: int, student: Model, stand_in: bool,
+                    table: list[dict]) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    who = f"{student.name} (model {student.id}{', base model standing in' if stand_in else ''})"
+    create_table_artifact(table=table, key=f"quantization-{run_id}-r{round_index}".lower(),
+                          description=f"Quantized artifacts of {who}, round {round_index}")
+
+
+@flow(name="quantize", log_prints=True)
+def quantize_flow(curriculum: str, run_id: str | None = None) -> dict:
+    """Quantize the run's student (the base model until one is trained) and measure each file."""
+    from flows import spec as spec_mod
+    from flows.ingest import ingest
+
+    spec = spec_mod.load(Path(curriculum))
+    ws = Workspace.open()
+    own_run = run_id is None
+    run_id = run_id or ws.start_run(spec, "quantize").id
+    try:
+        ingest(spec, ws, run_id)  # the held-out rows; reused when already done
+        summary = quantize(spec, ws, run_id)
+    except BaseException as e:
+        if own_run:
+            ws.catalog.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    if own_run:
+        ws.catalog.finish_run(run_id)
+    return {"run_id": run_id, **summary}
