@@ -120,10 +120,12 @@ def curate(curriculum: Path = CurriculumArg,
     """Filter, dedup, decontaminate and order the latest generated rows: kept/dropped/train shards."""
     _load(curriculum)
     configure_prefect()
+    from flows.params import RoundParams
     from flows.curate import CurateError, curate_flow
 
     try:
-        result = curate_flow(curriculum=str(curriculum), run_id=run_id, round_index=round_index)
+        result = curate_flow(RoundParams(curriculum=str(curriculum), run_id=run_id,
+                                          round_index=round_index))
     except CurateError as e:
         err.print(f"[red]cannot curate[/red] {e}")
         raise typer.Exit(1) from None
@@ -148,11 +150,35 @@ def run(curriculum: Path = CurriculumArg, new: bool = typer.Option(
     from flows.staircase import staircase_flow
 
     result = staircase_flow(StaircaseParams(curriculum=str(curriculum), new=new))
-    details = run_details(_workspace(), result["run_id"])
+    _report(result["run_id"], as_json)
+
+
+@app.command()
+def report(run_id: str = typer.Argument(..., help="A run id from `stairs runs`."),
+           as_json: bool = JsonOpt) -> None:
+    """Print a staircase run's per-round report again (and rewrite its PNG/HTML)."""
+    _report(run_id, as_json)
+
+
+def _report(run_id: str, as_json: bool) -> None:
+    from flows.report import rich_table, round_report, write_report
+    from flows.runinfo import run_details
+
+    ws = _workspace()
+    try:
+        details = run_details(ws, run_id)
+    except KeyError:
+        err.print(f"[red]no run[/red] {run_id!r} (see `stairs runs`)")
+        raise typer.Exit(1) from None
+    rounds = round_report(ws, run_id)
+    paths = write_report(ws, run_id, rounds)
     if as_json:
-        _emit_json({**result, **details})
+        _emit_json({"run_id": run_id, **details, "rounds": rounds,
+                    "report": {k: str(v) for k, v in paths.items()}})
         return
     _print_details(details)
+    out.print(rich_table(rounds))
+    out.print(f"plot: {paths['png']}\nreport: {paths['html']}")
 
 
 @app.command()
@@ -196,10 +222,12 @@ def train(curriculum: Path = CurriculumArg,
     """Fine-tune the student on a run's curated rows; score it and its base on held-out rows."""
     _load(curriculum)
     configure_prefect()
+    from flows.params import RoundParams
     from flows.train import TrainError, train_flow
 
     try:
-        result = train_flow(curriculum=str(curriculum), run_id=run_id, round_index=round_index)
+        result = train_flow(RoundParams(curriculum=str(curriculum), run_id=run_id,
+                                         round_index=round_index))
     except TrainError as e:
         err.print(f"[red]cannot train[/red] {e}")
         raise typer.Exit(1) from None
@@ -225,10 +253,11 @@ def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, '
     _load(curriculum)
     configure_prefect()
     from flows.student.base import ModelRefError
+    from flows.params import EvalParams
     from flows.train import TrainError, eval_flow
 
     try:
-        result = eval_flow(model=model, curriculum=str(curriculum), rows=rows)
+        result = eval_flow(EvalParams(model=model, curriculum=str(curriculum), rows=rows))
     except (TrainError, ModelRefError) as e:
         err.print(f"[red]cannot evaluate[/red] {e}")
         raise typer.Exit(1) from None
@@ -247,9 +276,10 @@ def quantize(curriculum: Path = CurriculumArg,
     k-quants, int8 absmax, int4; measure each on the held-out rows."""
     _load(curriculum)
     configure_prefect()
+    from flows.params import RoundParams
     from flows.quantize import quantize_flow
 
-    result = quantize_flow(curriculum=str(curriculum), run_id=run_id)
+    result = quantize_flow(RoundParams(curriculum=str(curriculum), run_id=run_id))
     if as_json:
         _emit_json(result)
         return

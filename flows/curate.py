@@ -22,7 +22,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.curation import decontam
 from flows.curation.pipeline import curate_rows, drops_by_reason
-from flows.orchestration import step
+from flows.orchestration import step, task_runner
+from flows.params import RoundParams
 from flows.spec import Curriculum
 from flows.workspace import Workspace
 from flows import checks
@@ -125,15 +126,13 @@ def latest_run_with(ws: Workspace, curriculum: str, stage: str) -> str | None:
     return None
 
 
-@flow(name="curate", log_prints=True)
-def curate_flow(curriculum: str, run_id: str | None = None, round_index: int = 0) -> dict:
-    """Curate a round's generated rows. Parameters: the curriculum file, optionally a run id
-    (default: the newest run of this curriculum that has generated rows) and the round."""
-    from flows import spec as spec_mod
-
-    spec = spec_mod.load(Path(curriculum))
+@flow(name="curate", log_prints=True, task_runner=task_runner())
+def curate_flow(params: RoundParams) -> dict:
+    """Curate a round's generated rows (default run: the newest of this curriculum that has
+    generated rows)."""
+    spec, round_index = params.load(), params.round_index
     ws = Workspace.open()
-    run_id = run_id or latest_run_with(ws, spec.name, "generate")
+    run_id = params.run_id or latest_run_with(ws, spec.name, "generate")
     if run_id is None:
         raise CurateError(f"no run of curriculum {spec.name!r} has generated rows: "
                           "run `stairs generate` (or `stairs run`) first")

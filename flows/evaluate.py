@@ -17,6 +17,7 @@ import os
 import time
 from pathlib import Path
 
+from flows.prompting.template import zero_shot
 from flows.answers import answers_match, extract_answer
 
 
@@ -89,7 +90,8 @@ def target_loss(model, tokenizer, rows: list[dict], template, *, max_length: int
     for row in rows:
         if not row.get("rationale"):
             continue
-        messages = json.loads(row["messages"]) if row.get("messages") else template.render(row)
+        messages = (zero_shot(json.loads(row["messages"])) if row.get("messages")
+                    else template.render(row, few_shot=False))
         answer = row.get("answer") or row.get("gold_answer")
         e = ex_mod.encode(tokenizer, messages, ex_mod.cot_target(row["rationale"], str(answer)),
                           max_length)
@@ -139,15 +141,17 @@ def generate_gguf(path: Path, conversations: list[list[dict]], *, max_new_tokens
 # -- entry point --------------------------------------------------------------------------------
 def evaluate_model(model_ref, rows: list[dict], template, *, max_new_tokens: int = 160,
                    batch_size: int = 8, catalog=None, device: str = "auto",
-                   prompts_dir=None, with_loss: bool = True) -> dict:
+                   prompts_dir=None, with_loss: bool = True, few_shot: bool = False) -> dict:
     """Score a model on eval rows. model_ref: a reference string ('smollm2-135m', a folder, a
-    .gguf file, 'catalog:<id>') or an already loaded (model, tokenizer) pair."""
+    .gguf file, 'catalog:<id>') or an already loaded (model, tokenizer) pair. Students are asked
+    without the template's worked examples (as they were trained); few_shot=True asks the way a
+    base teacher is asked."""
     from flows.student import base
     from flows.student.trainer import pick_device
 
     rows = list(rows)
     tmpl = as_template(template, prompts_dir)
-    conversations = [tmpl.render(r) for r in rows]
+    conversations = [tmpl.render(r, few_shot=few_shot) for r in rows]
     golds = [r.get("answer") if "gold_answer" not in r else r["gold_answer"] for r in rows]
     loss = None
     t0 = time.perf_counter()

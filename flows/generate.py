@@ -51,24 +51,26 @@ def sampling_for(teacher: TeacherSpec, template) -> Sampling:
 
 
 def plan(sources: list[dict], template, identity: str, sampling: Sampling,
-         samples: int) -> list[Request]:
+         samples: int, few_shot: bool = True) -> list[Request]:
     """Render every row before any request: a template that fails on a row fails the run here,
     naming the row, with nothing sent."""
     requests = []
     for row in sources:
-        messages = template.render(row)
+        messages = template.render(row, few_shot=few_shot)
         for i in range(samples):
             s = sampling.for_sample(i)
             requests.append(Request(request_key(identity, messages, s, i), messages, s, i, row))
     return requests
 
 
-def fingerprint(ingest_stage, template, teacher, spec: Curriculum) -> str:
+def fingerprint(ingest_stage, template, teacher, spec: Curriculum,
+                tspec: TeacherSpec | None = None) -> str:
     """What the stage's rows depend on: corpus, template text, teacher identity and sampling,
     row limit. Not concurrency or rate limits, which change speed, not answers."""
-    t = spec.teacher
+    t = tspec or spec.teacher
     blob = json.dumps({"corpus": ingest_stage.fingerprint, "template": template.content_hash,
                        "teacher": teacher.identity, "samples": t.samples,
+                       "few_shot": t.few_shot,
                        "sampling": sampling_for(t, template).as_dict(),
                        "max_rows": spec.generate.max_rows}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -101,7 +103,7 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     if teacher is None or isinstance(teacher, TeacherSpec):
         teacher = make_teacher(tspec, base_dir=spec.base_dir)
     ingest_stage, shards = corpus_shards(spec, ws, run_id)
-    fp = fingerprint(ingest_stage, template, teacher, spec)
+    fp = fingerprint(ingest_stage, template, teacher, spec, tspec)
     done = _reusable(ws, run_id, round_index, fp)
     if done is not None:
         # Identical finished work: nothing is sent, no rows are copied.
@@ -110,7 +112,7 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     sources = ws.store.table(shards).to_pylist() if shards else []
     sources = sources[:spec.generate.max_rows]
     requests = plan(sources, template, teacher.identity, sampling_for(tspec, template),
-                    tspec.samples)
+                    tspec.samples, few_shot=tspec.few_shot)
     params = {"template": template.name, "template_hash": template.content_hash,
               "teacher": teacher.name, "samples": tspec.samples, "round": round_index}
     with ws.stage(run_id, "generate", round_index=round_index, fingerprint=fp,

@@ -90,3 +90,18 @@ class StaircaseParams(FlowParams):
             # validate_assignment on the spec re-checks the bounds; the run records this spec.
             spec.staircase.rounds = self.rounds
         return spec
+
+
+class RoundParams(StageParams):
+    """Run one stage of one staircase round."""
+
+    round_index: int = Field(0, ge=0, le=19, description="Staircase round (0 = the first).")
+
+
+class EvalParams(FlowParams):
+    """Score any model on a curriculum's held-out rows."""
+
+    model: str = Field(..., description="'smollm2-135m', a model folder, a .gguf file, or "
+                                        "catalog:<id> (see `stairs show RUN`).")
+    rows: Optional[int] = Field(None, ge=1, description="Score only the first N held-out rows "
+                                                         "(default: student.eval_rows).")

@@ -20,7 +20,8 @@ import pyarrow as pa
 from prefect import flow
 
 from flows.models import model_path, register_base_model
-from flows.orchestration import in_flow_run, step
+from flows.orchestration import in_flow_run, step, task_runner
+from flows.params import RoundParams
 from flows.quant import absmax
 from flows.quant.gguf_export import export_gguf, gguf_weight_stats, llama_quantize
 from flows.quant.measure import GGUFEngine, TorchEngine, measure
@@ -237,19 +238,18 @@ def _table_artifact(run_id: str, round_index: int, student: Model, stand_in: boo
                           description=f"Quantized artifacts of {who}, round {round_index}")
 
 
-@flow(name="quantize", log_prints=True)
-def quantize_flow(curriculum: str, run_id: str | None = None) -> dict:
+@flow(name="quantize", log_prints=True, task_runner=task_runner())
+def quantize_flow(params: RoundParams) -> dict:
     """Quantize the run's student (the base model until one is trained) and measure each file."""
-    from flows import spec as spec_mod
     from flows.ingest import ingest
 
-    spec = spec_mod.load(Path(curriculum))
+    spec = params.load()
     ws = Workspace.open()
-    own_run = run_id is None
-    run_id = run_id or ws.start_run(spec, "quantize").id
+    own_run = params.run_id is None
+    run_id = params.run_id or ws.start_run(spec, "quantize").id
     try:
         ingest(spec, ws, run_id)  # the held-out rows; reused when already done
-        summary = quantize(spec, ws, run_id)
+        summary = quantize(spec, ws, run_id, round_index=params.round_index)
     except BaseException as e:
         if own_run:
             ws.catalog.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")

@@ -87,6 +87,9 @@ class TeacherSpec(Strict):
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint (backend openai).")
     api_key_env: str | None = Field(
         None, description="Name of the environment variable holding the API key (never the key).")
+    few_shot: bool = Field(
+        True, description="Send the template's worked examples. A trained student teaching the "
+        "next round is asked without them, the way it was trained.")
     # Sampling. Defaults suit the embedded 135M teacher: it needs sampling (not greedy) so that
     # several tries per problem give curation correct rationales to keep (BRIEF section 3).
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature.")
@@ -347,6 +350,13 @@ class QuantizationSpec(Strict):
 # -- staircase ----------------------------------------------------------------------------------
 class StaircaseSpec(Strict):
     rounds: int = Field(1, ge=1, le=20)
+    promote: str = Field("Q8_0", description="Which quantized artifact of a round's student "
+                         "becomes the next teacher (a quantization type, e.g. Q8_0 or Q4_K_M).")
+    gate: Literal["beat_teacher", "threshold"] = Field(
+        "beat_teacher", description="beat_teacher: the promoted file's held-out accuracy must be "
+        "higher than the current teacher's; threshold: at least min_accuracy.")
+    min_accuracy: float = Field(0.0, ge=0.0, le=1.0, description="Accuracy floor for the "
+                                "threshold gate (and when a remote teacher cannot be scored).")
 
 
 class Curriculum(Strict):

@@ -1,11 +1,13 @@
 """Staircase flow: the main job. Ingest once, then per round generate → curate → train →
-quantize → evaluate → promote, each quantized student becoming the next round's teacher.
+quantize → evaluate → promote: each round's quantized student, served by llama.cpp, becomes the
+next round's teacher if it passes the promotion gate.
 
     stairs run curricula/quickstart.yaml
 
-A run stopped midway is resumed by running the same command again: finished stages (same
-fingerprint, same run) are not redone. When it ends (completed or not) the run's report is
-published as a markdown and a table artifact.
+A run stopped midway is resumed by running the same command again: every stage reuses identical
+finished work (same fingerprint), so the run restarts at the first unfinished stage of the round
+it stopped in. When it ends (completed or not) the report is printed, written as PNG and HTML
+next to the run, and published as Prefect artifacts.
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from __future__ import annotations
 from prefect import flow
 
 from flows import artifacts
+from flows.curate import curate
 from flows.generate import generate
 from flows.ingest import ingest
-from flows.orchestration import task_runner
+from flows.orchestration import step, task_runner
 from flows.params import StaircaseParams
+from flows.quantize import eval_rows, quantize
+from flows.report import round_report, write_report
 from flows.runinfo import run_details
+from flows.spec import Curriculum, TeacherSpec
+from flows.train import train
 from flows.workspace import Workspace
+from storage.tables import Round, utcnow
+
+LOCAL_BACKENDS = ("llamacpp", "transformers")
 
 
 def resume_or_start(ws: Workspace, spec, *, new: bool) -> str:
@@ -29,6 +39,124 @@ def resume_or_start(ws: Workspace, spec, *, new: bool) -> str:
     return ws.start_run(spec, "run").id
 
 
+def describe(teacher: TeacherSpec) -> str:
+    return f"{teacher.backend}:{teacher.model}"
+
+
+@step(name="score-teacher")
+def score_teacher(spec: Curriculum, ws: Workspace, run_id: str, teacher: TeacherSpec,
+                  round_index: int) -> float | None:
+    """The round-0 teacher's held-out accuracy, asked exactly as it teaches (with the template's
+    worked examples), on the rows every quantized student is scored on. Remote teachers are not
+    scored here (it would spend the user's API budget): the gate then uses min_accuracy."""
+    for m in ws.catalog.metrics(run_id=run_id):
+        if m.name == "teacher_accuracy" and m.round_index == round_index:
+            return m.value  # resumed run: already measured
+    if teacher.backend not in LOCAL_BACKENDS:
+        return None
+    from flows.evaluate import evaluate_model
+    from flows.models import resolve_model
+
+    q = spec.quantization
+    ref = teacher.model if teacher.backend == "transformers" else str(
+        resolve_model(teacher.model, ws.catalog))
+    result = evaluate_model(ref, eval_rows(ws, run_id, q.eval_rows), spec.generate.template,
+                            max_new_tokens=q.max_new_tokens, catalog=ws.catalog,
+                            prompts_dir=spec.generate.prompts_dir and spec.resolve(
+                                spec.generate.prompts_dir), with_loss=False,
+                            few_shot=teacher.few_shot)
+    ws.catalog.log_metric("teacher_accuracy", result["accuracy"], run_id=run_id,
+                          round_index=round_index, split="eval",
+                          meta={"teacher": describe(teacher), "eval_rows": result["n"]})
+    return result["accuracy"]
+
+
+def gate(spec: Curriculum, student_acc: float | None, teacher_acc: float | None) -> tuple[bool, str]:
+    s = spec.staircase
+    if student_acc is None:
+        return False, f"no '{s.promote}' artifact was measured (check quantization.gguf_types)"
+    if s.gate == "beat_teacher" and teacher_acc is not None:
+        ok = student_acc > teacher_acc and student_acc >= s.min_accuracy
+        return ok, (f"{s.promote} student {student_acc:.3f} "
+                    f"{'>' if student_acc > teacher_acc else '<='} teacher {teacher_acc:.3f}"
+                    + (f", below min_accuracy {s.min_accuracy:.3f}"
+                       if student_acc < s.min_accuracy else ""))
+    ok = student_acc >= s.min_accuracy
+    why = "teacher not scored (remote); " if s.gate == "beat_teacher" else ""
+    return ok, (f"{why}{s.promote} student {student_acc:.3f} "
+                f"{'>=' if ok else '<'} min_accuracy {s.min_accuracy:.3f}")
+
+
+def _round_row(ws: Workspace, run_id: str, index: int, teacher: TeacherSpec,
+               teacher_model_id: int | None) -> Round:
+    for r in ws.catalog.rounds(run_id):
+        if r.index == index:
+            return r
+    return ws.catalog.add(Round(run_id=run_id, index=index, teacher=describe(teacher),
+                                teacher_model_id=teacher_model_id))
+
+
+def _finish_round(ws: Workspace, round_id: int, **fields) -> None:
+    with ws.catalog.session() as s:
+        row = s.get(Round, round_id)
+        for k, v in fields.items():
+            setattr(row, k, v)
+        row.finished_at = utcnow()
+        s.commit()
+
+
+def run_round(spec: Curriculum, ws: Workspace, run_id: str, index: int, teacher: TeacherSpec,
+              teacher_model_id: int | None, teacher_acc: float | None) -> dict:
+    """One step of the staircase; returns what the next round needs."""
+    rnd = _round_row(ws, run_id, index, teacher, teacher_model_id)
+    generated = generate(spec, ws, run_id, round_index=index, teacher=teacher)
+    if not generated.get("complete", True):
+        raise RuntimeError(f"round {index}: generation stopped before the end "
+                           f"({generated.get('stopped_because', 'budget or errors')}); "
+                           "run the same command again to resume")
+    curated = curate(spec, ws, run_id, round_index=index)
+    if not curated.get("kept"):
+        reason = ("curation kept no rows to train on (drops: " + ", ".join(
+            f"{k}={v}" for k, v in curated.get("drops_by_reason", {}).items()) + ")")
+        _finish_round(ws, rnd.id, status="completed", gate_passed=False, gate_reason=reason)
+        print(f"round {index}: {reason}; the staircase stops here")
+        return {"passed": False, "promoted": None, "student_acc": None}
+    trained = train(spec, ws, run_id, round_index=index)
+    quantized = quantize(spec, ws, run_id, round_index=index)
+    promoted = next((row for row in quantized.get("table", [])
+                     if row["quant"] == spec.staircase.promote), None)
+    student_acc = promoted["accuracy"] if promoted else None
+    passed, reason = gate(spec, student_acc, teacher_acc)
+    _finish_round(ws, rnd.id, status="completed", gate_passed=passed, gate_reason=reason,
+                  student_model_id=trained.get("student_model_id") or quantized.get("student_id"),
+                  promoted_model_id=promoted["model_id"] if (promoted and passed) else None)
+    print(f"round {index}: teacher {describe(teacher)} ({_pct(teacher_acc)}), student "
+          f"{spec.staircase.promote} {_pct(student_acc)}: "
+          f"{'promoted' if passed else 'not promoted'} ({reason})")
+    return {"passed": passed, "promoted": promoted, "student_acc": student_acc}
+
+
+def _pct(x: float | None) -> str:
+    return "not scored" if x is None else f"{100 * x:.1f}%"
+
+
+def staircase(spec: Curriculum, ws: Workspace, run_id: str) -> None:
+    ingest(spec, ws, run_id)
+    teacher, teacher_model_id = spec.teacher, None
+    teacher_acc = score_teacher(spec, ws, run_id, teacher, 0)
+    for index in range(spec.staircase.rounds):
+        result = run_round(spec, ws, run_id, index, teacher, teacher_model_id, teacher_acc)
+        if not result["passed"]:
+            break  # the gate's reason is on the round row
+        model_id = result["promoted"]["model_id"]
+        # The promoted file teaches next, served by llama.cpp like any GGUF teacher, and asked
+        # without worked examples, the way it was trained.
+        teacher = spec.teacher.model_copy(update={
+            "backend": "llamacpp", "model": f"catalog:{model_id}", "base_url": None,
+            "api_key_env": None, "few_shot": False})
+        teacher_model_id, teacher_acc = model_id, result["student_acc"]
+
+
 @flow(name="staircase", log_prints=True, task_runner=task_runner())
 def staircase_flow(params: StaircaseParams) -> dict:
     """Run (or resume) the whole staircase a curriculum describes."""
@@ -37,15 +165,28 @@ def staircase_flow(params: StaircaseParams) -> dict:
     run_id = resume_or_start(ws, spec, new=params.new)
     print(f"run {run_id}: curriculum {spec.name}, {spec.staircase.rounds} round(s)")
     try:
-        ingest(spec, ws, run_id)
-        # Round 0 is taught by the curriculum's teacher; later rounds by the promoted student
-        # (passed as `teacher=`) once the train/quantize/promote stages exist.
-        generate(spec, ws, run_id, round_index=0)
+        staircase(spec, ws, run_id)
     except BaseException as e:
         status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
         ws.catalog.finish_run(run_id, status, error=f"{type(e).__name__}: {e}")
-        artifacts.publish_run_report(run_details(ws, run_id))
+        _publish(ws, run_id)
         raise
     ws.catalog.finish_run(run_id)
-    artifacts.publish_run_report(run_details(ws, run_id))
+    _publish(ws, run_id)
     return {"run_id": run_id}
+
+
+def _publish(ws: Workspace, run_id: str) -> None:
+    details = run_details(ws, run_id)
+    rounds = round_report(ws, run_id)
+    paths = write_report(ws, run_id, rounds)
+    print(f"report: {paths['html']}")
+    artifacts.publish_run_report(details)
+    if rounds:
+        artifacts.table(artifacts.artifact_key("stairs", spec_name(details), "rounds"),
+                        [{k: v for k, v in r.items() if k not in ("quantized", "drops_by_reason")}
+                         for r in rounds], description=f"Rounds of run {run_id}")
+
+
+def spec_name(details: dict) -> str:
+    return details["run"]["curriculum"]

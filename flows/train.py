@@ -21,7 +21,8 @@ from prefect import flow
 from prefect.cache_policies import NO_CACHE
 
 from flows import evaluate as ev
-from flows.orchestration import in_flow_run, step
+from flows.orchestration import in_flow_run, step, task_runner
+from flows.params import EvalParams, RoundParams
 from flows.settings import models_root
 from flows.spec import Curriculum, StudentSpec
 from flows.student import base as base_mod
@@ -249,24 +250,21 @@ def latest_curated_run(ws: Workspace, spec: Curriculum) -> str:
                      "`stairs run` (or generate + curate) first, or pass --run")
 
 
-@flow(name="train", log_prints=True)
-def train_flow(curriculum: str, run_id: str | None = None, round_index: int = 0) -> dict:
+@flow(name="train", log_prints=True, task_runner=task_runner())
+def train_flow(params: RoundParams) -> dict:
     """Train the student on a run's curated rows (default: the curriculum's latest such run)."""
-    from flows import spec as spec_mod
-
-    spec = spec_mod.load(Path(curriculum))
+    spec = params.load()
     ws = Workspace.open()
-    run_id = run_id or latest_curated_run(ws, spec)
-    return {"run_id": run_id, **train(spec, ws, run_id, round_index=round_index)}
+    run_id = params.run_id or latest_curated_run(ws, spec)
+    return {"run_id": run_id, **train(spec, ws, run_id, round_index=params.round_index)}
 
 
-@flow(name="evaluate", log_prints=True)
-def eval_flow(model: str, curriculum: str, rows: int | None = None) -> dict:
+@flow(name="evaluate", log_prints=True, task_runner=task_runner())
+def eval_flow(params: EvalParams) -> dict:
     """Score any model (base, student, GGUF, catalog:<id>) on the curriculum's held-out rows."""
-    from flows import spec as spec_mod
     from flows.ingest import ingest
 
-    spec = spec_mod.load(Path(curriculum))
+    spec, model, rows = params.load(), params.model, params.rows
     ws = Workspace.open()
     run_id = ws.start_run(spec, "eval").id
     try:

@@ -102,6 +102,9 @@ class Catalog:
             run.status, run.error, run.finished_at = status, error, utcnow()
             s.commit()
 
+    def get_run(self, run_id: str) -> Run | None:
+        return self.get(Run, run_id)
+
     def runs(self, limit: int = 50) -> list[Run]:
         with self.session() as s:
             return list(s.exec(select(Run).order_by(Run.created_at.desc()).limit(limit)))

@@ -105,7 +105,8 @@ def test_csv_bad_lines(workspace, tmp_path):
 def test_plain_text_paragraphs(workspace, tmp_path):
     (tmp_path / "c.txt").write_text("First para\nstill first.\n\nSecond one.\n\n\nThird.\n")
     summary, frames, _ = run_ingest(workspace, curriculum(
-        tmp_path, {"path": "c.txt", "format": "text", "eval_fraction": 0.0}))
+        tmp_path, {"path": "c.txt", "format": "text", "eval_fraction": 0.0},
+        generate={"template": "textbook"}))
     rows = frames["corpus"].sort("line").to_dicts()
     assert [(r["line"], r["passage"]) for r in rows] == [
         (1, "First para\nstill first."), (4, "Second one."), (7, "Third.")]

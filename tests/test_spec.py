@@ -68,7 +68,8 @@ def test_missing_corpus_file_is_named(tmp_path):
 
 def test_path_is_relative_to_the_curriculum(tmp_path):
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "c.jsonl").write_text('{"passage": "x"}\n')
+    (tmp_path / "data" / "c.jsonl").write_text(
+        '{"passage": "x has 2", "question": "how many?", "answer": "2"}\n')
     spec = load(write(tmp_path, {"name": "t", "corpus": {"path": "data/c.jsonl"}}))
     assert spec.resolve(spec.corpus.path) == tmp_path / "data" / "c.jsonl"
 

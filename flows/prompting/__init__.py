@@ -8,8 +8,8 @@
 
 from flows.prompting.parsers import PARSERS, item
 from flows.prompting.template import (
-    Template, TemplateError, default_prompts_dir, list_templates, load_template, template_path,
+    Template, TemplateError, default_prompts_dir, list_templates, load_template, template_path, zero_shot,
 )
 
 __all__ = ["PARSERS", "Template", "TemplateError", "default_prompts_dir", "item",
-           "list_templates", "load_template", "template_path"]
+           "list_templates", "load_template", "template_path", "zero_shot"]

@@ -143,7 +143,9 @@ class Template:
                                     "JSON") from None
         return ctx
 
-    def render(self, row: dict) -> list[dict]:
+    def render(self, row: dict, *, few_shot: bool = True) -> list[dict]:
+        """The chat messages for one row. few_shot=False drops the template's worked examples
+        (see `zero_shot`): how trained students are taught, evaluated and asked as teachers."""
         ctx = self.context(row)
         row_id = row.get("id", "?")
         messages = []
@@ -161,7 +163,7 @@ class Template:
                 # Jinja expressions can still fail on the row's values (e.g. int("x")).
                 raise TemplateError(f"{where}: {type(e).__name__}: {e}") from None
             messages.append({"role": role, "content": text.strip()})
-        return messages
+        return messages if few_shot else zero_shot(messages)
 
     def parse(self, text: str | None, finish_reason: str | None = None) -> list[dict]:
         """Items parsed from a teacher reply; bad replies become items with a named error."""
@@ -209,3 +211,14 @@ def list_templates(prompts_dir: Path | str | None = None) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.stem for p in root.glob(f"*{TEMPLATE_SUFFIX}") if NAME.match(p.stem))
+
+
+def zero_shot(messages: list[dict]) -> list[dict]:
+    """System messages plus the final user turn: the worked examples (user/assistant pairs before
+    it) are dropped. A weak base teacher needs those examples; a student is trained without them,
+    so its prompts stay short (training and decoding cost grows with every prompt token) and it
+    later answers the same short prompt when it serves as the next round's teacher."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        return list(messages)
+    return [m for i, m in enumerate(messages) if m["role"] == "system" or i == last_user]

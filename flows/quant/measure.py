@@ -33,7 +33,7 @@ def eval_messages(row: dict, template: str) -> list[dict]:
         return [{"role": "system", "content": FALLBACK_SYSTEM},
                 {"role": "user", "content": f"Text: {row['passage']}\n\n"
                                             f"Question: {row['question']}\n"}]
-    return load_template(template).render(row)
+    return load_template(template).render(row, few_shot=False)  # as the student was trained
 
 
 def perplexity_text(row: dict) -> str:

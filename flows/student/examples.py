@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from flows.prompting.template import zero_shot
 from flows.student.losses import IGNORE, TASK_LABEL, TASK_RATIONALE
 
 LABEL_PREFIX = "[label] "
@@ -72,7 +73,7 @@ def _messages(row: dict) -> list[dict]:
     if not isinstance(messages, list) or not all(
             isinstance(m, dict) and "role" in m and "content" in m for m in messages):
         raise RowError(f"row {row.get('id')}: field 'messages' must be a list of {{role, content}}")
-    return messages
+    return zero_shot(messages)
 
 
 def with_prefix(messages: list[dict], prefix: str) -> list[dict]:

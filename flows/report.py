@@ -1,0 +1,125 @@
+"""The staircase report: one row per round (teacher, rows generated / kept, drop reasons, student
+accuracy, quantized files), built from the catalog. The same rows feed `stairs run --json`,
+`stairs report RUN`, the Prefect table artifact and the PNG/HTML plot written next to the run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from flows.settings import stairs_home
+from flows.workspace import Workspace
+
+
+def _summary(ws: Workspace, run_id: str, name: str, index: int) -> dict:
+    stage = ws.latest_stage(name, run_id=run_id, round_index=index)
+    return ws.summary(stage) if stage else {}
+
+
+def round_report(ws: Workspace, run_id: str) -> list[dict]:
+    teacher_scores = {m.round_index: m.value for m in ws.catalog.metrics(run_id=run_id)
+                      if m.name == "teacher_accuracy"}
+    rows, previous_student = [], None
+    for r in ws.catalog.rounds(run_id):
+        generated = _summary(ws, run_id, "generate", r.index)
+        curated = _summary(ws, run_id, "curate", r.index)
+        trained = _summary(ws, run_id, "train", r.index)
+        table = _summary(ws, run_id, "quantize", r.index).get("table", [])
+        spec = json.loads(ws.catalog.get_run(run_id).spec_json)
+        promote = spec["staircase"]["promote"]
+        promoted = next((t for t in table if t["quant"] == promote), None)
+        # A promoted student's score is measured once, as a student; it is the next teacher's.
+        teacher_acc = teacher_scores.get(r.index, previous_student)
+        rows.append({
+            "round": r.index, "teacher": r.teacher, "teacher_accuracy": teacher_acc,
+            "student_accuracy": promoted["accuracy"] if promoted else None,
+            "student_hf_accuracy": trained.get("student_accuracy"),
+            "base_accuracy": trained.get("base_accuracy"),
+            "rows_generated": generated.get("rows_written", generated.get("requests")),
+            "rows_kept": curated.get("kept"), "drops_by_reason": curated.get("drops_by_reason", {}),
+            "quantized": [{"type": t["quant"] or t["artifact"], "format": t["format"],
+                           "bytes": round(t["size_mb"] * 2**20), "accuracy": t["accuracy"],
+                           "tokens_per_s": t["tokens_per_s"], "model_id": t["model_id"]}
+                          for t in table],
+            "promoted": promote if r.gate_passed else None, "gate_passed": r.gate_passed,
+            "gate_reason": r.gate_reason, "status": r.status,
+        })
+        previous_student = promoted["accuracy"] if (promoted and r.gate_passed) else teacher_acc
+    return rows
+
+
+def report_dir(run_id: str) -> Path:
+    path = stairs_home() / "reports" / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Path]:
+    """accuracy.png (teacher vs promoted student per round, and the promoted file's size) and
+    report.html (the plot and the table) under STAIRS_HOME/reports/<run_id>/."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    out = report_dir(run_id)
+    fig, (acc, size) = plt.subplots(1, 2, figsize=(9, 3.4))
+    xs = [r["round"] for r in rounds]
+    for key, label in (("teacher_accuracy", "teacher"), ("student_accuracy", "student (quantized)")):
+        ys = [r[key] for r in rounds]
+        acc.plot([x for x, y in zip(xs, ys) if y is not None],
+                 [100 * y for y in ys if y is not None], marker="o", label=label)
+    acc.set(xlabel="round", ylabel="held-out accuracy (%)", title="accuracy per round")
+    acc.legend()
+    sizes = [max((q["bytes"] for q in r["quantized"] if q["type"] == (r["promoted"] or "")),
+                 default=0) / 2**20 for r in rounds]
+    size.bar(xs, sizes)
+    size.set(xlabel="round", ylabel="MB", title="promoted file size")
+    for ax in (acc, size):
+        ax.set_xticks(xs or [0])
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    png = out / "accuracy.png"
+    png.write_bytes(buf.getvalue())
+    cells = "".join(
+        f"<tr><td>{r['round']}</td><td>{html.escape(r['teacher'])}</td>"
+        f"<td>{_fmt(r['teacher_accuracy'])}</td><td>{r['rows_generated'] or 0}</td>"
+        f"<td>{r['rows_kept'] or 0}</td><td>{_fmt(r['student_accuracy'])}</td>"
+        f"<td>{html.escape(str(r['promoted'] or '-'))}</td>"
+        f"<td>{html.escape(r['gate_reason'] or '')}</td></tr>" for r in rounds)
+    page = (f"<!doctype html><meta charset=utf-8><title>stairs run {run_id}</title>"
+            f"<h1>stairs run {run_id}</h1>"
+            f"<img alt='accuracy per round' src='data:image/png;base64,"
+            f"{base64.b64encode(buf.getvalue()).decode()}'>"
+            "<table border=1 cellpadding=4><tr><th>round</th><th>teacher</th><th>teacher acc"
+            "</th><th>generated</th><th>kept</th><th>student acc</th><th>promoted</th>"
+            f"<th>gate</th></tr>{cells}</table>")
+    page_path = out / "report.html"
+    page_path.write_text(page, encoding="utf-8")
+    return {"png": png, "html": page_path}
+
+
+def rich_table(rounds: list[dict]):
+    from rich.table import Table
+
+    table = Table("round", "teacher", "teacher acc", "generated", "kept", "top drops",
+                  "student acc", "files (MB, acc)", "gate", title="staircase")
+    for r in rounds:
+        drops = ", ".join(f"{k}={v}" for k, v in list(r["drops_by_reason"].items())[:3])
+        files = " ".join(f"{q['type']}:{q['bytes'] / 2**20:.0f}MB/{_fmt(q['accuracy'])}"
+                         for q in r["quantized"])
+        table.add_row(str(r["round"]), r["teacher"], _fmt(r["teacher_accuracy"]),
+                      str(r["rows_generated"] or 0), str(r["rows_kept"] or 0), drops,
+                      _fmt(r["student_accuracy"]), files,
+                      ("promoted " + r["promoted"]) if r["gate_passed"] else
+                      f"stop: {r['gate_reason'] or r['status']}")
+    return table
