@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from prefect import flow
-from prefect.cache_policies import NO_CACHE
 
 from flows.curation import decontam
 from flows.curation.pipeline import curate_rows, drops_by_reason
@@ -72,7 +71,7 @@ def _inputs(ws: Workspace, run_id: str, round_index: int) -> tuple[list[Shard], 
 
 
 # Inputs are a workspace and arrays: nothing Prefect could key a cache on.
-@step(name="eval-ngrams", cache_policy=NO_CACHE)
+@step(name="eval-ngrams")
 def eval_ngrams(spec: Curriculum, ws: Workspace, evals: list[Shard]) -> np.ndarray:
     texts = [decontam.eval_texts(ws.store.scan(evals))] if evals else []
     texts += [decontam.benchmark_texts(spec.resolve(p))
@@ -80,7 +79,7 @@ def eval_ngrams(spec: Curriculum, ws: Workspace, evals: list[Shard]) -> np.ndarr
     return decontam.eval_ngrams(texts, spec.curation.decontaminate.ngram)
 
 
-@step(name="curate-rows", cache_policy=NO_CACHE)
+@step(name="curate-rows")
 def run_pipeline(spec: Curriculum, ws: Workspace, generated: list[Shard],
                  grams: np.ndarray) -> pl.DataFrame:
     if not generated or sum(s.rows for s in generated) == 0:

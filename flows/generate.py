@@ -18,7 +18,6 @@ import json
 import time
 
 from prefect import flow
-from prefect.cache_policies import NO_CACHE
 
 from flows.generating.dispatch import dispatch
 from flows.generating.progress import Progress
@@ -127,7 +126,7 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     return st.summary
 
 
-@step(name="teach", cache_policy=NO_CACHE)
+@step(name="teach")
 def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, progress_bar):
     writer = ShardWriter(ws.store, st.stage, parents, batch_rows=spec.generate.batch_rows,
                          flush_seconds=spec.generate.flush_seconds)

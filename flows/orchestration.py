@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
 F = TypeVar("F", bound=Callable)
@@ -27,6 +28,10 @@ def in_flow_run() -> bool:
 
 
 def step(fn: F | None = None, **task_options) -> F:
+    # No Prefect result caching by default: stages reuse finished work by their own fingerprints
+    # (catalog + shards), and hashing their inputs (workspaces, live models) is wrong and slow.
+    task_options.setdefault("cache_policy", NO_CACHE)
+
     def wrap(f: F) -> F:
         as_task = task(f, **task_options)
 

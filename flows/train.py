@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 from prefect import flow
-from prefect.cache_policies import NO_CACHE
 
 from flows import evaluate as ev
 from flows.orchestration import in_flow_run, step, task_runner
@@ -96,7 +95,7 @@ def _already_scored(catalog, model_id: int, eval_ids: list[int], n: int, templat
     return False
 
 
-@step(name="evaluate-model", cache_policy=NO_CACHE)  # inputs hold live models: never hash them
+@step(name="evaluate-model")
 def evaluate_and_record(ws: Workspace, model_ref, model_id: int, rows: list[dict], spec: Curriculum,
                         *, run_id: str, stage_id: int, round_index: int,
                         eval_ids: list[int]) -> dict:

@@ -1,0 +1,88 @@
+"""The staircase: the promotion gate's rules (fast) and a reduced two-round staircase with the
+real embedded teacher and student (slow): lineage, gate decisions, report, resume."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.spec import Curriculum, load
+from flows.staircase import gate
+
+TINY = {
+    "name": "tiny-staircase",
+    "corpus": {"format": "demo", "demo": {"rows": 48, "seed": 3, "tasks": ["sum"]},
+               "eval_fraction": 0.25},
+    "teacher": {"backend": "llamacpp", "model": "smollm2-135m", "max_tokens": 64, "samples": 2},
+    "generate": {"max_rows": 8},
+    "student": {"max_steps": 3, "batch_size": 2, "eval_rows": 6, "eval_max_new_tokens": 48,
+                "evaluate_base": False},
+    "quantization": {"gguf_types": ["Q8_0"], "int8_absmax": None, "int4_group_size": None,
+                     "eval_rows": 6, "max_new_tokens": 48, "speed_tokens": 8},
+    "staircase": {"rounds": 2, "gate": "threshold", "min_accuracy": 0.0},
+}
+
+
+def spec_with(**staircase) -> Curriculum:
+    return Curriculum.model_validate({**TINY, "staircase": {**TINY["staircase"], **staircase}})
+
+
+def test_gate_beat_teacher():
+    spec = spec_with(gate="beat_teacher")
+    assert gate(spec, 0.5, 0.4)[0]
+    ok, why = gate(spec, 0.4, 0.4)
+    assert not ok and "<=" in why
+    assert not gate(spec, None, 0.4)[0]
+
+
+def test_gate_threshold_and_unscored_teacher():
+    spec = spec_with(gate="threshold", min_accuracy=0.3)
+    assert gate(spec, 0.3, 0.9)[0]
+    assert not gate(spec, 0.29, 0.0)[0]
+    remote = spec_with(gate="beat_teacher", min_accuracy=0.2)
+    ok, why = gate(remote, 0.25, None)
+    assert ok and "not scored" in why
+
+
+@pytest.mark.slow
+def test_reduced_staircase_with_the_real_embedded_models(workspace, tmp_path):
+    from flows.report import round_report, write_report
+    from flows.staircase import staircase
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    spec = load(path)
+    run_id = workspace.start_run(spec, "run").id
+    staircase(spec, workspace, run_id)
+
+    rounds = workspace.catalog.rounds(run_id)
+    assert [r.index for r in rounds][:1] == [0]
+    first = rounds[0]
+    assert first.teacher == "llamacpp:smollm2-135m"
+    assert first.gate_passed is True and "min_accuracy" in first.gate_reason  # threshold 0
+    promoted = workspace.catalog.get(__import__("storage.tables").tables.Model,
+                                     first.promoted_model_id)
+    assert promoted.quant == "Q8_0" and Path(promoted.path).exists()
+    # Lineage in one walk: quantized file -> student -> base, and the student's training shards.
+    chain = workspace.catalog.model_lineage(promoted.id)
+    assert [m.kind for m in chain] == ["quantized", "student", "base"]
+    shards = workspace.catalog.model_training_shards(chain[1].id)
+    assert shards and {s.kind for s in shards} == {"train"}
+    # Round 1 was taught by the promoted file, and its gate decision is recorded with a reason.
+    assert len(rounds) == 2
+    assert rounds[1].teacher == f"llamacpp:catalog:{promoted.id}"
+    assert rounds[1].gate_passed is not None and rounds[1].gate_reason
+
+    report = round_report(workspace, run_id)
+    assert [r["round"] for r in report] == [0, 1]
+    assert report[0]["teacher_accuracy"] is not None
+    assert report[0]["quantized"][-1]["type"] == "Q8_0" and report[0]["quantized"][-1]["bytes"] > 0
+    assert report[0]["rows_generated"] == 16
+    paths = write_report(workspace, run_id, report)
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert "tiny-staircase" in paths["html"].read_text() or run_id in paths["html"].read_text()
+
+    # Resume: running the same run again redoes nothing (every stage is reused in place).
+    before = [(s.id, s.status) for s in workspace.catalog.stages(run_id)]
+    staircase(spec, workspace, run_id)
+    assert [(s.id, s.status) for s in workspace.catalog.stages(run_id)] == before
