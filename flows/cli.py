@@ -112,6 +112,9 @@ def generate_report(r: dict) -> str:
             f"{r.get('unanswered', 0)} requests unanswered"
         lines.append(f"  [yellow]incomplete[/yellow] ({why}): run the same command to resume")
     return "\n".join(lines)
+
+
+@app.command()
 def curate(curriculum: Path = CurriculumArg,
            run_id: Optional[str] = typer.Option(None, "--run", help="Run id (default: the newest "
                                                 "run of this curriculum with generated rows)."),
@@ -268,6 +271,9 @@ def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, '
               f"({result['correct']}/{result['n']}), {result['tokens_per_s']:.1f} tokens/s"
               + (f", eval loss {result['eval_loss']:.3f}" if result["eval_loss"] else "")
               + f"  [model {result['model_id']}, run {result['run_id']}]")
+
+
+@app.command()
 def quantize(curriculum: Path = CurriculumArg,
              run_id: Optional[str] = typer.Option(None, "--run", help="Add to this run "
                                                   "(its round-0 student); default: a new run."),
