@@ -32,6 +32,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -332,15 +333,21 @@ def main() -> None:
             continue
         env = {**os.environ, "PYTHONPATH": str(ROOT) if method.startswith("ours") else ""}
         load = os.getloadavg()[0]
+        # Own session: on timeout the whole group goes, datatrove's forked workers included.
+        proc = subprocess.Popen([py, __file__, "_child", method, str(corpus), str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
-            proc = subprocess.run([py, __file__, "_child", method, str(corpus), str(out)],
-                                  env=env, timeout=args.timeout, capture_output=True, text=True)
+            _, stderr = proc.communicate(timeout=args.timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             print(f"{method}: over {args.timeout}s, stopped", flush=True)
-            results.append({"method": method, "rows": args.rows, "timeout": args.timeout})
+            results.append({"method": method, "rows": args.rows, "timeout": args.timeout,
+                            "load_before": load})
             continue
         if proc.returncode != 0:
-            print(f"{method}: failed\n{proc.stderr[-3000:]}", flush=True)
+            print(f"{method}: failed\n{stderr[-3000:]}", flush=True)
             continue
         stats = json.loads(out.with_suffix(".json").read_text())
         labels = np.load(out)
