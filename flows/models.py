@@ -9,16 +9,14 @@ path to a file/folder on disk; and the base student (the embedded SmolLM2 as a t
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from flows.embedded import EMBEDDED_NAME, embedded_gguf
 
 CATALOG_PREFIX = "catalog:"
-BASE_FOLDER_NAME = "smollm2-135m-instruct-hf"
 
 
-class ModelRefError(ValueError):
+class ModelRefError(ValueError, FileNotFoundError):
     """A model reference that does not name an existing model; the message says which and why."""
 
 
@@ -30,7 +28,9 @@ def model_path(path: str) -> Path:
     return p if p.is_absolute() else models_root() / p
 
 
-def resolve_model(ref: str, catalog=None) -> Path:
+def resolve_model(ref: str, catalog=None, *, base_dir: Path | None = None) -> Path:
+    """The one place a model reference becomes a path (teachers, students, quantize, serve).
+    A relative path is taken against base_dir (a curriculum's folder) when given."""
     ref = str(ref).strip()
     if ref.startswith(CATALOG_PREFIX):
         from storage.tables import Model
@@ -52,48 +52,29 @@ def resolve_model(ref: str, catalog=None) -> Path:
     if ref == EMBEDDED_NAME:
         return embedded_gguf()
     path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
     if not path.exists():
-        raise ModelRefError(f"{ref!r}: not a catalog:<id>, not {EMBEDDED_NAME!r}, and no such file")
+        raise ModelRefError(f"{ref!r}: not a catalog:<id>, not {EMBEDDED_NAME!r}, and no such "
+                            f"file or folder ({path})")
     return path.resolve()
 
 
 def cache_root() -> Path:
-    """Conversions that do not depend on a run (the base model as safetensors) are cached outside
-    STAIRS_HOME so that every fresh home and every test reuses them."""
-    root = Path(os.environ.get("STAIRS_CACHE", Path.home() / ".cache" / "stairs")).expanduser()
+    """Conversions that depend only on a model file's content (a GGUF as safetensors), keyed by
+    its hash: STAIRS_HOME/cache, or STAIRS_CACHE to share them between homes (the tests do)."""
+    from flows.settings import stairs_home
+
+    root = Path(os.environ.get("STAIRS_CACHE") or stairs_home() / "cache").expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
 def base_hf_folder() -> Path:
-    """The embedded SmolLM2-135M-Instruct as a transformers safetensors folder (float32).
+    """The embedded SmolLM2-135M-Instruct as a transformers safetensors folder (float32)."""
+    from flows.student.base import hf_folder, resolve
 
-    transformers dequantizes the Q4_1 GGUF on load (about 30-60 s here); saving the result once
-    makes every later load a 1 s safetensors read. Written to a temporary folder and renamed, so a
-    killed conversion never leaves a half folder behind."""
-    folder = cache_root() / BASE_FOLDER_NAME
-    if (folder / "model.safetensors").exists():
-        return folder
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = embedded_gguf()
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = loaded.config
-    # The GGUF loader marks the model as gguf-quantized, which forbids saving; the weights are
-    # plain float32 by now, so move them into an unmarked model of the same config.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(loaded.state_dict())
-    model.tie_weights()
-    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
+    return hf_folder(resolve(EMBEDDED_NAME))
 
 
 def register_base_model(catalog) -> "object":

@@ -10,10 +10,18 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+@pytest.fixture(scope="session")
+def conversion_cache(tmp_path_factory):
+    """Model conversions (the embedded GGUF as safetensors, ~30-60 s) are pure functions of the
+    file's content, so one cache serves the whole session while every test keeps its own home."""
+    return tmp_path_factory.mktemp("stairs-cache")
+
+
 @pytest.fixture(autouse=True)
-def stairs_home(tmp_path, monkeypatch):
+def stairs_home(tmp_path, monkeypatch, conversion_cache):
     home = tmp_path / "stairs-home"
     monkeypatch.setenv("STAIRS_HOME", str(home))
+    monkeypatch.setenv("STAIRS_CACHE", str(conversion_cache))
     monkeypatch.delenv("STAIRS_CATALOG_URL", raising=False)
     monkeypatch.delenv("STAIRS_SHARDS_URL", raising=False)
     return home

@@ -3,7 +3,7 @@
 A reference is "smollm2-135m" (the embedded GGUF), a Hugging Face model folder, a GGUF file, or
 "catalog:<id>". transformers dequantizes a GGUF into a float model, which takes ~30 s on 2 cores
 (tokenizer ~15 s of it), so the converted model is cached once as safetensors under
-STAIRS_HOME/models/base/<name>-<file hash>; later loads read that folder in about a second.
+STAIRS_HOME/cache/hf/<name>-<file hash> (flows.models.cache_root); later loads take a second.
 
 A smaller student can be cut from a larger base by keeping a subset of its decoder layers
 (DistilBERT/Minitron-style initialization); the cut is saved with its parent recorded.
@@ -16,14 +16,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.embedded import EMBEDDED_NAME, embedded_gguf
-from flows.settings import models_root
+from flows.embedded import EMBEDDED_NAME
+from flows.models import ModelRefError  # one error type for every model reference
 
 STAIRS_META = "stairs.json"  # written next to every model we save: lineage and how it was made
 
 
-class ModelRefError(ValueError):
-    """A model reference that names nothing loadable; the message says what was tried."""
 
 
 @dataclass(frozen=True)
@@ -36,32 +34,14 @@ class ResolvedModel:
 
 def resolve(ref: str, catalog=None) -> ResolvedModel:
     """Turn a reference into a concrete folder or file, without loading anything."""
-    if ref == EMBEDDED_NAME:
-        return ResolvedModel(ref, "gguf", embedded_gguf())
-    if ref.startswith("catalog:"):
-        if catalog is None:
-            from storage.catalog import Catalog
+    from flows.models import CATALOG_PREFIX, resolve_model
 
-            catalog = Catalog()
-        from storage.tables import Model
-
-        try:
-            model = catalog.get(Model, int(ref.split(":", 1)[1]))
-        except ValueError:
-            raise ModelRefError(f"{ref!r}: expected catalog:<integer id>") from None
-        if model is None:
-            raise ModelRefError(f"{ref!r}: no such model in the catalog (see `stairs show RUN`)")
-        path = Path(model.path)
-        path = path if path.is_absolute() else models_root() / path
-        kind = "gguf" if path.suffix == ".gguf" else "hf"
-        if not path.exists():
-            raise ModelRefError(f"{ref!r}: catalog path {path} does not exist")
-        return ResolvedModel(ref, kind, path, catalog_id=model.id)
-    path = Path(ref).expanduser()
+    path = resolve_model(ref, catalog)  # raises ModelRefError naming what was tried
+    catalog_id = int(ref.split(":", 1)[1]) if ref.startswith(CATALOG_PREFIX) else None
     if path.is_file() and path.suffix == ".gguf":
-        return ResolvedModel(ref, "gguf", path.resolve())
+        return ResolvedModel(ref, "gguf", path, catalog_id=catalog_id)
     if path.is_dir() and (path / "config.json").exists():
-        return ResolvedModel(ref, "hf", path.resolve())
+        return ResolvedModel(ref, "hf", path, catalog_id=catalog_id)
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -85,7 +65,9 @@ def hf_folder(resolved: ResolvedModel) -> Path:
     """An HF folder for the model: itself, or the cached safetensors conversion of a GGUF."""
     if resolved.kind == "hf":
         return resolved.path
-    cache = models_root() / "base" / f"{resolved.path.stem}-{_file_hash(resolved.path)}"
+    from flows.models import cache_root
+
+    cache = cache_root() / "hf" / f"{resolved.path.stem}-{_file_hash(resolved.path)}"
     if (cache / "config.json").exists() and (cache / STAIRS_META).exists():
         return cache
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -7,46 +7,18 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from flows.embedded import EMBEDDED_NAME, embedded_gguf
-
-CATALOG_PREFIX = "catalog:"
+from flows.models import ModelRefError, resolve_model as resolve
 
 
-class ModelNotFound(FileNotFoundError):
-    pass
+# One resolver for every stage (flows/models.py); teachers keep their historical names.
+ModelNotFound = ModelRefError
 
 
 def resolve_model(name: str, *, base_dir: Path | None = None) -> Path:
-    if name == EMBEDDED_NAME:
-        return embedded_gguf()
-    if name.startswith(CATALOG_PREFIX):
-        return _catalog_model(name[len(CATALOG_PREFIX):])
-    path = Path(name).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    if not path.exists():
-        raise ModelNotFound(f"teacher.model: {name!r} is not '{EMBEDDED_NAME}', "
-                            f"'catalog:<id>' or an existing file/folder ({path})")
-    return path.resolve()
-
-
-def _catalog_model(ref: str) -> Path:
-    from flows.settings import models_root
-    from storage.catalog import Catalog
-    from storage.tables import Model
-
     try:
-        model_id = int(ref)
-    except ValueError:
-        raise ModelNotFound(f"teacher.model: 'catalog:{ref}' needs a numeric model id") from None
-    model = Catalog().get(Model, model_id)
-    if model is None:
-        raise ModelNotFound(f"teacher.model: no model {model_id} in the catalog")
-    path = Path(model.path)
-    path = path if path.is_absolute() else models_root() / path
-    if not path.exists():
-        raise ModelNotFound(f"teacher.model: catalog model {model_id} points to missing {path}")
-    return path
+        return resolve(name, base_dir=base_dir)
+    except ModelRefError as e:
+        raise ModelNotFound(f"teacher.model: {e}") from None
 
 
 def file_identity(path: Path) -> str:
