@@ -37,6 +37,10 @@ corpus:
 # The staircase now asks the embedded llama.cpp teacher: a few short answers keep it to seconds.
 teacher: {max_tokens: 24}
 generate: {max_rows: 2}
+# Tiny training and measuring, for the rounds whose curation keeps rows.
+student: {max_steps: 2, batch_size: 2, eval_rows: 2, eval_max_new_tokens: 16, evaluate_base: false}
+quantization: {gguf_types: [Q8_0], int8_absmax: null, int4_group_size: null, eval_rows: 4,
+               max_new_tokens: 24, speed_tokens: 4}
 staircase:
   rounds: 1
 """
