@@ -12,11 +12,13 @@ class Progress:
     def __init__(self, total: int, template: str, teacher: str, *, bar: bool | None = None):
         self._bar = self._task = None
         if bar if bar is not None else sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,
                                        TextColumn, TimeRemainingColumn)
 
             self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), transient=False)
+                            TimeRemainingColumn(), transient=False,
+                            console=Console(stderr=True))  # stdout is for --json
             self._bar.start()
             self._task = self._bar.add_task(f"generate {template} with {teacher}", total=total)
         # Key "generate-<template>-progress": one artifact per stage and template in the UI.

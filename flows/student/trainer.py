@@ -367,12 +367,13 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
 def _progress(enabled: bool, description: str, total: int, start: int):
     if not enabled:
         return None
+    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                   TimeRemainingColumn())
+                   TimeRemainingColumn(), console=Console(stderr=True))  # stdout is for --json
     task = bar.add_task(description, total=total, completed=start, loss=0.0)
     bar.start()
     return bar, task
