@@ -44,7 +44,8 @@ def round_report(ws: Workspace, run_id: str) -> list[dict]:
                            "bytes": round(t["size_mb"] * 2**20), "accuracy": t["accuracy"],
                            "tokens_per_s": t["tokens_per_s"], "model_id": t["model_id"]}
                           for t in table],
-            "promoted": promote if r.gate_passed else None, "gate_passed": r.gate_passed,
+            "candidate": promote, "promoted": promote if r.gate_passed else None,
+            "gate_passed": r.gate_passed,
             "gate_reason": r.gate_reason, "status": r.status,
         })
         previous_student = promoted["accuracy"] if (promoted and r.gate_passed) else teacher_acc
@@ -78,10 +79,12 @@ def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Pa
                  [100 * y for y in ys if y is not None], marker="o", label=label)
     acc.set(xlabel="round", ylabel="held-out accuracy (%)", title="accuracy per round")
     acc.legend()
-    sizes = [max((q["bytes"] for q in r["quantized"] if q["type"] == (r["promoted"] or "")),
+    sizes = [max((q["bytes"] for q in r["quantized"] if q["type"] == r["candidate"]),
                  default=0) / 2**20 for r in rounds]
-    size.bar(xs, sizes)
-    size.set(xlabel="round", ylabel="MB", title="promoted file size")
+    size.bar(xs, sizes, color=["tab:green" if r["gate_passed"] else "tab:gray" for r in rounds])
+    candidate = rounds[0]["candidate"] if rounds else ""
+    size.set(xlabel="round", ylabel="MB",
+             title=f"{candidate} student file (green: promoted)")
     for ax in (acc, size):
         ax.set_xticks(xs or [0])
     fig.tight_layout()
