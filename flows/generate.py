@@ -181,17 +181,9 @@ def generate_flow(params: StageParams) -> dict:
     given as `run_id`."""
     spec = params.load()
     ws = Workspace.open()
-    own_run = params.run_id is None
-    run_id = params.run_id or resume_or_start(ws, spec)
-    try:
-        summary = generate(spec, ws, run_id)
-    except BaseException as e:
-        if own_run:
-            status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
-            ws.catalog.finish_run(run_id, status, error=f"{type(e).__name__}: {e}")
-        raise
-    if own_run:
-        ws.catalog.finish_run(run_id, "completed" if summary.get("complete") else "stopped",
-                              error=None if summary.get("complete") else "incomplete: "
-                              "budget reached or requests left unanswered; run again to resume")
-    return {"run_id": run_id, **summary}
+    with ws.run_scope(params.run_id, lambda: resume_or_start(ws, spec)) as run:
+        summary = generate(spec, ws, run.id)
+        if not summary.get("complete"):
+            run.status, run.error = "stopped", ("incomplete: budget reached or requests left "
+                                                "unanswered; run again to resume")
+    return {"run_id": run.id, **summary}

@@ -126,15 +126,6 @@ def ingest_flow(params: StageParams) -> dict:
     """Ingest the corpus a curriculum names, as a run of its own or a stage of an existing run."""
     spec = params.load()
     ws = Workspace.open()
-    run_id = params.run_id
-    own_run = run_id is None
-    run_id = run_id or ws.start_run(spec, "ingest").id
-    try:
-        summary = ingest(spec, ws, run_id)
-    except BaseException as e:
-        if own_run:
-            ws.catalog.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
-        raise
-    if own_run:
-        ws.catalog.finish_run(run_id)
-    return {"run_id": run_id, **summary}
+    with ws.run_scope(params.run_id, lambda: ws.start_run(spec, "ingest").id) as run:
+        summary = ingest(spec, ws, run.id)
+    return {"run_id": run.id, **summary}

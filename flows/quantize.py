@@ -245,15 +245,7 @@ def quantize_flow(params: RoundParams) -> dict:
 
     spec = params.load()
     ws = Workspace.open()
-    own_run = params.run_id is None
-    run_id = params.run_id or ws.start_run(spec, "quantize").id
-    try:
-        ingest(spec, ws, run_id)  # the held-out rows; reused when already done
-        summary = quantize(spec, ws, run_id, round_index=params.round_index)
-    except BaseException as e:
-        if own_run:
-            ws.catalog.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
-        raise
-    if own_run:
-        ws.catalog.finish_run(run_id)
-    return {"run_id": run_id, **summary}
+    with ws.run_scope(params.run_id, lambda: ws.start_run(spec, "quantize").id) as run:
+        ingest(spec, ws, run.id)  # the held-out rows; reused when already done
+        summary = quantize(spec, ws, run.id, round_index=params.round_index)
+    return {"run_id": run.id, **summary}

@@ -165,14 +165,10 @@ def staircase_flow(params: StaircaseParams) -> dict:
     run_id = resume_or_start(ws, spec, new=params.new)
     print(f"run {run_id}: curriculum {spec.name}, {spec.staircase.rounds} round(s)")
     try:
-        staircase(spec, ws, run_id)
-    except BaseException as e:
-        status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
-        ws.catalog.finish_run(run_id, status, error=f"{type(e).__name__}: {e}")
-        _publish(ws, run_id)
-        raise
-    ws.catalog.finish_run(run_id)
-    _publish(ws, run_id)
+        with ws.run_scope(None, lambda: run_id):
+            staircase(spec, ws, run_id)
+    finally:
+        _publish(ws, run_id)  # completed or not: the report of what was done
     return {"run_id": run_id}
 
 

@@ -265,8 +265,8 @@ def eval_flow(params: EvalParams) -> dict:
 
     spec, model, rows = params.load(), params.model, params.rows
     ws = Workspace.open()
-    run_id = ws.start_run(spec, "eval").id
-    try:
+    with ws.run_scope(None, lambda: ws.start_run(spec, "eval").id) as run:
+        run_id = run.id
         ingest(spec, ws, run_id)  # reused when this corpus was ingested before
         eval_shards = _stage_shards(ws, run_id, "ingest", "eval", None)
         evals = eval_rows(ws, eval_shards, rows or spec.student.eval_rows)
@@ -280,8 +280,4 @@ def eval_flow(params: EvalParams) -> dict:
                                          eval_ids=[s.id for s in eval_shards])
             st.summary.update({k: result[k] for k in ("accuracy", "correct", "n", "tokens_per_s",
                                                       "eval_loss", "format")})
-    except BaseException as e:
-        ws.catalog.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
-        raise
-    ws.catalog.finish_run(run_id)
     return {"run_id": run_id, "model_id": row.id, **result}

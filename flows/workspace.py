@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from storage.catalog import Catalog
 from storage.shards import ShardStore
@@ -26,6 +26,17 @@ class StageRun:
 
 
 @dataclass
+class RunScope:
+    """The run a flow works in. A run the flow created is finished when the scope ends, with
+    `status` (the body may set "stopped" and an `error` for partial work)."""
+
+    id: str
+    owned: bool
+    status: str = "completed"
+    error: str | None = None
+
+
+@dataclass
 class Workspace:
     catalog: Catalog
     store: ShardStore
@@ -39,6 +50,21 @@ class Workspace:
         return self.catalog.create_run(
             curriculum=spec.name, path=str(spec.source or ""), spec_json=spec.spec_json(),
             spec_hash=spec.fingerprint(), command=command)
+
+    @contextmanager
+    def run_scope(self, run_id: str | None, start: Callable[[], str]) -> Iterator[RunScope]:
+        """Work inside `run_id` (left as it is: its owner finishes it) or inside a run made by
+        `start()`, which this scope finishes: completed, stopped on Ctrl-C, failed with the error."""
+        scope = RunScope(id=run_id or start(), owned=run_id is None)
+        try:
+            yield scope
+        except BaseException as e:
+            if scope.owned:
+                status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
+                self.catalog.finish_run(scope.id, status, error=f"{type(e).__name__}: {e}")
+            raise
+        if scope.owned:
+            self.catalog.finish_run(scope.id, scope.status, error=scope.error)
 
     @contextmanager
     def stage(self, run_id: str, name: str, *, round_index: int | None = None,

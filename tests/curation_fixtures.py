@@ -13,16 +13,7 @@ import pyarrow as pa
 
 from flows.corpus import demo
 
-GENERATED_SCHEMA = pa.schema([
-    ("id", pa.string()), ("source_id", pa.string()), ("round", pa.int64()),
-    ("template", pa.string()), ("template_hash", pa.string()), ("teacher", pa.string()),
-    ("sampling", pa.string()), ("request_hash", pa.string()), ("sample_index", pa.int64()),
-    ("messages", pa.string()), ("passage", pa.string()), ("gold_answer", pa.string()),
-    ("question", pa.string()), ("facts", pa.string()), ("rationale", pa.string()),
-    ("answer", pa.string()), ("response", pa.string()), ("finish_reason", pa.string()),
-    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("error", pa.string()),
-    ("logprobs", pa.string()),
-])
+from flows.generating.rows import GENERATED_SCHEMA  # the generate stage's own schema
 TEMPLATE_HASH = hashlib.sha256(b"rationale template v1").hexdigest()
 
 # Rationale phrasings: the teacher words its reasoning differently from sample to sample.

@@ -29,3 +29,23 @@ def test_users_prefect_server_is_respected(monkeypatch):
     settings.configure_prefect()
     assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
     assert "PREFECT_HOME" not in os.environ
+
+
+def test_run_scope_finishes_only_runs_it_made(workspace):
+    from flows.spec import Curriculum
+
+    spec = Curriculum.model_validate({"name": "t", "corpus": {"format": "demo"}})
+    with workspace.run_scope(None, lambda: workspace.start_run(spec, "t").id) as ok:
+        pass
+    assert workspace.catalog.get_run(ok.id).status == "completed"
+    try:
+        with workspace.run_scope(None, lambda: workspace.start_run(spec, "t").id) as bad:
+            raise ValueError("boom")
+    except ValueError:
+        pass
+    assert workspace.catalog.get_run(bad.id).status == "failed"
+    assert workspace.catalog.get_run(bad.id).error == "ValueError: boom"
+    theirs = workspace.start_run(spec, "t").id
+    with workspace.run_scope(theirs, lambda: "unused") as scope:
+        scope.status = "stopped"
+    assert workspace.catalog.get_run(theirs).status == "running"  # its owner finishes it
