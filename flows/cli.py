@@ -164,7 +164,7 @@ def report(run_id: str = typer.Argument(..., help="A run id from `stairs runs`."
 
 
 def _report(run_id: str, as_json: bool) -> None:
-    from flows.report import rich_table, round_report, write_report
+    from flows.report import rich_table, write_report
     from flows.runinfo import run_details
 
     ws = _workspace()
@@ -173,10 +173,10 @@ def _report(run_id: str, as_json: bool) -> None:
     except KeyError:
         err.print(f"[red]no run[/red] {run_id!r} (see `stairs runs`)")
         raise typer.Exit(1) from None
-    rounds = round_report(ws, run_id)
+    rounds = details["rounds"]
     paths = write_report(ws, run_id, rounds)
     if as_json:
-        _emit_json({"run_id": run_id, **details, "rounds": rounds,
+        _emit_json({"run_id": run_id, **details,
                     "report": {k: str(v) for k, v in paths.items()}})
         return
     _print_details(details)

@@ -22,14 +22,13 @@ def _summary(ws: Workspace, run_id: str, name: str, index: int) -> dict:
 def round_report(ws: Workspace, run_id: str) -> list[dict]:
     teacher_scores = {m.round_index: m.value for m in ws.catalog.metrics(run_id=run_id)
                       if m.name == "teacher_accuracy"}
+    promote = json.loads(ws.catalog.get_run(run_id).spec_json)["staircase"]["promote"]
     rows, previous_student = [], None
     for r in ws.catalog.rounds(run_id):
         generated = _summary(ws, run_id, "generate", r.index)
         curated = _summary(ws, run_id, "curate", r.index)
         trained = _summary(ws, run_id, "train", r.index)
         table = _summary(ws, run_id, "quantize", r.index).get("table", [])
-        spec = json.loads(ws.catalog.get_run(run_id).spec_json)
-        promote = spec["staircase"]["promote"]
         promoted = next((t for t in table if t["quant"] == promote), None)
         # A promoted student's score is measured once, as a student; it is the next teacher's.
         teacher_acc = teacher_scores.get(r.index, previous_student)

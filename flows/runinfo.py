@@ -50,10 +50,9 @@ def run_details(ws: Workspace, run_id: str) -> dict:
     metrics = [{"name": m.name, "value": m.value, "model_id": m.model_id, "round": m.round_index,
                 "split": m.split, "meta": json.loads(m.meta_json)}
                for m in ws.catalog.metrics(run_id=run_id)]
-    rounds = [{"round": r.index, "teacher": r.teacher, "status": r.status,
-               "teacher_model_id": r.teacher_model_id, "student_model_id": r.student_model_id,
-               "promoted_model_id": r.promoted_model_id, "gate_passed": r.gate_passed,
-               "gate_reason": r.gate_reason} for r in ws.catalog.rounds(run_id)]
+    from flows.report import round_report
+
+    rounds = round_report(ws, run_id)
     return {"run": run_row(run), "stages": stages, "shards": dict(totals),
             "rejects_by_reason": dict(rejects.most_common()), "models": models,
             "metrics": metrics, "rounds": rounds}

@@ -21,7 +21,7 @@ from flows.ingest import ingest
 from flows.orchestration import step, task_runner
 from flows.params import StaircaseParams
 from flows.quantize import eval_rows, quantize
-from flows.report import round_report, write_report
+from flows.report import write_report
 from flows.runinfo import run_details
 from flows.spec import Curriculum, TeacherSpec
 from flows.train import train
@@ -174,7 +174,7 @@ def staircase_flow(params: StaircaseParams) -> dict:
 
 def _publish(ws: Workspace, run_id: str) -> None:
     details = run_details(ws, run_id)
-    rounds = round_report(ws, run_id)
+    rounds = details["rounds"]
     paths = write_report(ws, run_id, rounds)
     print(f"report: {paths['html']}")
     artifacts.publish_run_report(details)
