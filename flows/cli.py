@@ -312,16 +312,20 @@ def serve(model: str = typer.Argument(..., help="catalog:<id>, smollm2-135m, or 
     from flows.models import ModelRefError
     from flows.serve import ServeError, start_server
 
+    def _stop(signum, frame):  # SIGTERM as well as Ctrl-C stops the child server cleanly
+        raise KeyboardInterrupt
+
+    # Installed before the child starts: a SIGTERM that lands while we still wait for the
+    # server to answer must stop it too (CI caught that race once: exit -15, child orphaned).
+    signal.signal(signal.SIGTERM, _stop)
     try:
         server = start_server(model, port=port or None, n_ctx=n_ctx, threads=threads)
     except (ModelRefError, ServeError) as e:
         err.print(f"[red]cannot serve[/red] {e}")
         raise typer.Exit(1) from None
-
-    def _stop(signum, frame):  # SIGTERM as well as Ctrl-C stops the child server cleanly
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
+    except KeyboardInterrupt:  # start_server already stopped the child
+        out.print("stopped")
+        return
     out.print(f"serving {server.model_path.name} at {server.base_url} (model "
               f"'{server.model_path.stem}'); Ctrl-C stops", highlight=False)
     sys.stdout.flush()

@@ -93,16 +93,20 @@ def start_server(model: str | Path, *, host: str = LOOPBACK, port: int | None = 
     log.close()
     server = Server(process, host, port, path, log_path)
     deadline = time.monotonic() + startup_timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServeError(f"llama.cpp server exited with {process.returncode} while starting "
-                             f"({log_path}):\n{_log_tail(log_path)}")
-        try:
-            if httpx.get(f"{server.base_url}/models", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ServeError(f"llama.cpp server exited with {process.returncode} while "
+                                 f"starting ({log_path}):\n{_log_tail(log_path)}")
+            try:
+                if httpx.get(f"{server.base_url}/models", timeout=2).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+    except BaseException:  # Ctrl-C/SIGTERM while starting must not orphan the child
+        server.stop()
+        raise
     server.stop()
     raise ServeError(f"llama.cpp server did not answer within {startup_timeout_s:.0f} s "
                      f"({log_path}):\n{_log_tail(log_path)}")

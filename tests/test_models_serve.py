@@ -64,3 +64,28 @@ def test_tiny_gguf_served_on_loopback_and_stopped(workspace, tmp_path):
         assert r.json()["usage"]["completion_tokens"] >= 1
         process = server.process
     assert process.poll() is not None  # stopped, not orphaned
+
+
+def test_interrupt_while_starting_stops_the_child(tmp_path, monkeypatch):
+    """SIGTERM/Ctrl-C that lands before the server answers must not leave it running."""
+    import subprocess
+
+    from flows import serve
+
+    spawned = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        spawned.append(real_popen(*args, **kwargs))
+        return spawned[-1]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve.subprocess, "Popen", popen)
+    monkeypatch.setattr(serve.httpx, "get", interrupted)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    with pytest.raises(KeyboardInterrupt):
+        serve.start_server(model, log_path=tmp_path / "log")
+    assert len(spawned) == 1 and spawned[0].poll() is not None
