@@ -57,7 +57,7 @@ def summarize(results: list[dict]) -> dict:
     g = [r["greedy"] for r in results]
     s = [x for r in results for x in r["sampled"]]
     gens = g + s
-    share = lambda xs, key: sum(bool(x[key]) for x in xs) / len(xs)  # noqa: E731
+    share = lambda xs, key: sum(bool(x[key]) for x in xs) / len(xs) if xs else float("nan")  # noqa: E731
     return {
         "problems": len(results),
         "greedy_right": share(g, "right"),
@@ -81,6 +81,8 @@ def main() -> None:
                     help="Template names in prompts/ or paths to template .yaml files.")
     ap.add_argument("--tasks", nargs="+", default=["sum", "lookup"])
     ap.add_argument("--n", type=int, default=30, help="Problems per task.")
+    ap.add_argument("--people", type=int, default=2, help="People per demo passage.")
+    ap.add_argument("--colors", type=int, default=2, help="Colors per person.")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--max-tokens", type=int, default=160)
@@ -103,7 +105,8 @@ def main() -> None:
         template = template_arg(ref)
         for task in args.tasks:
             rows = [dict(r, id=f"{task}-{i}")
-                    for i, r in enumerate(demo.generate(args.n, tasks=[task]))]
+                    for i, r in enumerate(demo.generate(args.n, tasks=[task], people=args.people,
+                                                               colors=args.colors))]
             results = [run_problem(llm, template, r, samples=args.samples,
                                    temperature=args.temperature, max_tokens=args.max_tokens)
                        for r in rows]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -122,9 +121,9 @@ def generate_gguf(path: Path, conversations: list[list[dict]], *, max_new_tokens
                   n_ctx: int = 2048) -> tuple[list[str], int]:
     from llama_cpp import Llama
 
-    # Half the cores: llama.cpp's threads spin-wait, and on a shared 2-core machine two threads
-    # ran 10x slower than one (38 s vs 3.8 s for 60 tokens, measured here under load).
-    threads = max(1, (os.cpu_count() or 2) // 2)
+    from flows.settings import cpu_threads
+
+    threads = cpu_threads()
     llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, seed=0, verbose=False)
     texts, generated = [], 0
     try:

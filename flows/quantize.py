@@ -99,10 +99,13 @@ def absmax_step(student_dir: Path, out: Path, scheme: absmax.Scheme,
 def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, template: str) -> dict:
     from transformers import AutoTokenizer
 
+    from flows.settings import cpu_threads
+
     tok = AutoTokenizer.from_pretrained(student_dir)
     path = Path(artifact["path"])
+    threads = q.threads or cpu_threads()
     if artifact["format"] == "gguf":
-        engine = GGUFEngine(path, threads=q.threads)
+        engine = GGUFEngine(path, threads=threads)
         stats = gguf_weight_stats(path)
         bits = stats["bits_per_weight"]
     else:
@@ -112,7 +115,7 @@ def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, templat
             model = load_gptq(path)
         else:
             model = absmax.load_quantized(path)
-        engine = TorchEngine(model, tok, threads=q.threads)
+        engine = TorchEngine(model, tok, threads=threads)
         params = sum(p.numel() for p in model.parameters())
         weights = [p for p in path.iterdir() if p.suffix == ".safetensors"]
         bits = 8 * sum(p.stat().st_size for p in weights) / params

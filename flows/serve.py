@@ -85,8 +85,10 @@ def start_server(model: str | Path, *, host: str = LOOPBACK, port: int | None = 
         log_path = log_dir / f"serve-{port}.log"
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", host,
            "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", path.stem]
-    if threads:
-        cmd += ["--n_threads", str(threads)]
+    from flows.settings import cpu_threads
+
+    threads = threads or cpu_threads()
+    cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     log = open(log_path, "wb")
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -39,6 +39,24 @@ def models_root() -> Path:
     return stairs_home() / "models"
 
 
+def cpu_threads() -> int:
+    """Threads for llama.cpp (teacher server, evaluation, measurement): STAIRS_THREADS, else every
+    core. llama.cpp's own default is half the cores, which left the quickstart 1.5x slower on an
+    idle 2-core machine (Q8_0 student, 0.58 vs 0.94 s per eval row). On a machine other jobs
+    oversubscribe, set STAIRS_THREADS=1: llama.cpp's threads spin-wait on each other, and two of
+    them ran 10x slower than one under a load average of 10 (measured on the build machine)."""
+    value = os.environ.get("STAIRS_THREADS")
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise ValueError(f"STAIRS_THREADS={value!r}: expected a whole number of threads >= 1")
+        return threads
+    return os.cpu_count() or 1
+
+
 def configure_prefect() -> None:
     """Defaults that make Prefect work offline with no server, without overriding the user.
 

@@ -331,10 +331,8 @@ class QuantizationSpec(Strict):
     eval_rows: int = Field(100, ge=1, description="Held-out rows each artifact is scored on.")
     max_new_tokens: int = Field(128, ge=1, description="Generation budget per eval answer.")
     speed_tokens: int = Field(64, ge=2, description="Tokens generated to time decode speed.")
-    # On a shared 2-core machine, llama.cpp's spinning threads collapse when oversubscribed:
-    # measured 15 tokens/s with 1 thread against 1 token/s with 2 under a load of 10.
-    threads: int | None = Field(1, ge=1, description="CPU threads for llama.cpp and torch while "
-                                                     "measuring (null: all cores).")
+    threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp and torch "
+                                "while measuring (null: STAIRS_THREADS, else every core).")
 
     @model_validator(mode="after")
     def _types(self):

@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 from flows import settings
 
 
@@ -49,3 +51,18 @@ def test_run_scope_finishes_only_runs_it_made(workspace):
     with workspace.run_scope(theirs, lambda: "unused") as scope:
         scope.status = "stopped"
     assert workspace.catalog.get_run(theirs).status == "running"  # its owner finishes it
+
+
+def test_cpu_threads_defaults_to_every_core_and_obeys_stairs_threads(monkeypatch):
+    import os
+
+    from flows.settings import cpu_threads
+
+    monkeypatch.delenv("STAIRS_THREADS", raising=False)
+    assert cpu_threads() == (os.cpu_count() or 1)
+    monkeypatch.setenv("STAIRS_THREADS", "1")
+    assert cpu_threads() == 1
+    for bad in ("0", "two"):
+        monkeypatch.setenv("STAIRS_THREADS", bad)
+        with pytest.raises(ValueError, match="STAIRS_THREADS"):
+            cpu_threads()
