@@ -1,13 +1,16 @@
-"""Reproduce docs/results.md "## Quantization": quantize the student (the base SmolLM2-135M-Instruct
-until a trained student exists in the run), measure every artifact, and compare our GGUF file
-sizes with llama.cpp's own pipeline (its converter's output, requantized by its quantizer).
+"""Reproduce docs/results.md "## Quantization": quantize a student into every type the
+quantization section knows (GGUF F16, Q8_0, Q6_K, Q4_K_M, Q3_K_M, Q2_K, int8 absmax per channel,
+int4 g32), measure each file on held-out rows, and compare our GGUF file sizes with llama.cpp's
+own pipeline (its converter's output, requantized by its quantizer).
 
-    PYTHONPATH=. python bench/quantization.py                       # 100 eval rows (slow)
-    PYTHONPATH=. python bench/quantization.py --rows 5 --max-new-tokens 16   # smoke run, ~3 min
+    # the quickstart's round-0 student (model id from `stairs show RUN`), its eval rows:
+    STAIRS_HOME=~/.stairs PYTHONPATH=. python bench/quantization.py \
+        --curriculum curricula/quickstart.yaml --student catalog:5
+    # no student: the base SmolLM2-135M-Instruct stands in, in a scratch STAIRS_HOME
+    PYTHONPATH=. python bench/quantization.py --rows 5 --max-new-tokens 16   # smoke run
 
-It runs the real `quantize` Prefect flow (temporary local server) in a scratch STAIRS_HOME unless
-STAIRS_HOME is set, and prints the two markdown tables for the results page, plus a JSON dump.
-Measurements use 1 CPU thread (see QuantizationSpec.threads: the machine is shared).
+It runs the real quantize stage in a new run of the curriculum (ingest is reused, so the eval rows
+are the ones the staircase scored), and prints the two markdown tables for the results page.
 """
 
 from __future__ import annotations
@@ -56,21 +59,40 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--speed-tokens", type=int, default=32)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--curriculum", type=Path, default=None,
+                    help="curriculum whose corpus gives the eval rows (default: the quickstart "
+                         "corpus with a 20%% eval split, in a scratch STAIRS_HOME)")
+    ap.add_argument("--student", default=None,
+                    help="catalog:<id> of a trained student (default: the base model)")
     args = ap.parse_args()
-    os.environ.setdefault("STAIRS_HOME", tempfile.mkdtemp(prefix="stairs-bench-quant-"))
-    from flows.settings import configure_prefect
+    if args.curriculum is None:
+        os.environ.setdefault("STAIRS_HOME", tempfile.mkdtemp(prefix="stairs-bench-quant-"))
+    from flows import spec as spec_mod
+    from flows.ingest import ingest
+    from flows.models import resolve_model
+    from flows.quantize import quantize
+    from flows.workspace import Workspace
+    from storage.tables import Model
 
-    configure_prefect()
-    from flows.quantize import quantize_flow
-
-    spec = {**CURRICULUM, "quantization": {"eval_rows": args.rows,
-                                           "max_new_tokens": args.max_new_tokens,
-                                           "speed_tokens": args.speed_tokens, "threads": 1}}
-    home = Path(os.environ["STAIRS_HOME"])
+    home = Path(os.environ.get("STAIRS_HOME", "~/.stairs")).expanduser()
+    doc = (yaml.safe_load(args.curriculum.read_text()) if args.curriculum
+           else dict(CURRICULUM))
+    # The quantization section's defaults are the full table; only the measurement budget is set.
+    doc["quantization"] = {"eval_rows": args.rows, "max_new_tokens": args.max_new_tokens,
+                           "speed_tokens": args.speed_tokens}
     path = home / "bench-quantization.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc))
+    spec = spec_mod.load(path)
+    ws = Workspace.open()
+    student = None
+    if args.student:
+        resolve_model(args.student, ws.catalog)  # a clear error for a bad reference
+        student = ws.catalog.get(Model, int(args.student.removeprefix("catalog:")))
     start = time.perf_counter()
-    result = quantize_flow(curriculum=str(path))
+    with ws.run_scope(None, lambda: ws.start_run(spec, "bench-quantization").id) as run:
+        ingest(spec, ws, run.id)
+        result = quantize(spec, ws, run.id, student=student)
     elapsed = time.perf_counter() - start
     f16 = next(Path(m["path"]) for m in _models(result) if m["quant"] == "F16")
     sizes = size_comparison(f16, home / "size-comparison")

@@ -1,15 +1,16 @@
-"""Experiment: base vs `label` vs `cot` vs `step_by_step` students on the quickstart task.
+"""Experiment: the untrained base vs `label` vs `cot` vs `step_by_step` students, same data.
 
-1. Teacher rationales: the embedded teacher (SmolLM2-135M-Instruct GGUF, llama.cpp in-process)
-   answers demo 'sum' problems through the `rationale` template, 4 samples at temperature 0.8;
-   a problem keeps its first sample whose answer matches the gold one (STaR-style filter, the
-   same flows/answers.py rule curation uses). Cached in OUT/teacher.jsonl: reruns skip this.
-2. The same kept rows train one student per objective from the same base, same seed, same steps.
-3. Every model, and the untrained base, answers held-out demo problems (a different seed, so
-   different invented people and numbers) greedily; exact-match accuracy. Nothing is tuned on
-   them.
+The data is the quickstart's round 0, made by stairs itself: ingest, generate (the embedded
+teacher, greedy, through the `rationale` template) and curate (rationales whose answer matches
+gold) run as a new run "student-objectives" of the curriculum. In a STAIRS_HOME that already
+ran the quickstart every stage is reused or answered from the response cache, so the rows are
+exactly the ones the quickstart's round-0 student learned from. Then the train stage runs once
+per objective with the curriculum's student settings (same base, seed, steps, batch, learning
+rate), and each student is scored on the same held-out rows as the staircase table (the first
+`quantization.eval_rows` of the eval split; nothing is tuned on them). A step_by_step student is
+also asked its label task (the "[label] " prefix, the paper's way of inference).
 
-    PYTHONPATH=. python bench/student_objectives.py --train 120 --eval 40 --steps 40
+    STAIRS_HOME=~/.stairs PYTHONPATH=. python bench/student_objectives.py curricula/quickstart.yaml
 """
 
 from __future__ import annotations
@@ -20,99 +21,83 @@ import time
 from pathlib import Path
 
 
-def teacher_rows(problems: list[dict], template, out: Path, samples: int,
-                 temperature: float, max_tokens: int) -> list[dict]:
-    from llama_cpp import Llama
+class LabelTask:
+    """The generate template with the label-task prefix on the request (as in training)."""
 
-    from flows.answers import answers_match
-    from flows.embedded import embedded_gguf
+    def __init__(self, template):
+        self.template, self.name, self.content_hash = template, template.name + "+label", None
 
-    cache = out / "teacher.jsonl"
-    done = {}
-    if cache.exists():
-        for line in cache.read_text().splitlines():
-            r = json.loads(line)
-            done[r["id"]] = r
-    todo = [p for p in problems if p["id"] not in done]
-    if todo:
-        llm = Llama(model_path=str(embedded_gguf()), n_ctx=1024, n_threads=1, seed=0,
-                    verbose=False)
-        with open(cache, "a") as f:
-            for i, p in enumerate(todo):
-                messages = template.render(p)
-                kept = None
-                for s in range(samples):
-                    reply = llm.create_chat_completion(messages=messages, temperature=temperature,
-                                                       max_tokens=max_tokens, seed=1000 * i + s)
-                    item = template.parse(reply["choices"][0]["message"]["content"] or "")[0]
-                    if item.get("error") is None and answers_match(item.get("answer"), p["answer"]):
-                        kept = {"rationale": item["rationale"], "answer": item["answer"],
-                                "sample": s}
-                        break
-                record = {"id": p["id"], "messages": json.dumps(messages), "kept": kept}
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                done[p["id"]] = record
-                print(f"teacher {i + 1}/{len(todo)} kept={kept is not None}", flush=True)
-        llm.close()
-    return [{"id": r["id"], "messages": r["messages"], **r["kept"]}
-            for r in (done[p["id"]] for p in problems) if r["kept"]]
+    def render(self, row, few_shot=False):
+        from flows.student.examples import LABEL_PREFIX, with_prefix
+
+        return with_prefix(self.template.render(row, few_shot=few_shot), LABEL_PREFIX)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--train", type=int, default=120)
-    p.add_argument("--eval", type=int, default=40)
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("curriculum", type=Path)
     p.add_argument("--objectives", default="label,cot,step_by_step")
-    p.add_argument("--out", type=Path, default=Path("student-objectives"))
+    p.add_argument("--eval-rows", type=int, default=None,
+                   help="Held-out rows (default: the curriculum's quantization.eval_rows).")
+    p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
 
-    from flows.corpus import demo
-    from flows.evaluate import evaluate_model
-    from flows.prompting import load_template
-    from flows.student import base, examples
-    from flows.student.trainer import TrainConfig, fit, prepare
+    from flows import spec as spec_mod
+    from flows.curate import curate
+    from flows.evaluate import as_template, evaluate_model
+    from flows.generate import generate
+    from flows.ingest import ingest
+    from flows.quantize import eval_rows
+    from flows.student import base
+    from flows.train import train
+    from flows.workspace import Workspace
 
-    template = load_template("rationale")
-    train_problems = [{"id": f"t{i}", **r} for i, r in enumerate(demo.generate(args.train, seed=0))]
-    eval_problems = [{"id": f"e{i}", **r} for i, r in enumerate(demo.generate(args.eval, seed=1))]
-    t0 = time.perf_counter()
-    rows = teacher_rows(train_problems, template, args.out, args.samples, 0.8,
-                        args.max_new_tokens)
-    gen_s = time.perf_counter() - t0
-    print(f"kept {len(rows)} of {len(train_problems)} problems ({gen_s:.0f} s)", flush=True)
-
+    spec = spec_mod.load(args.curriculum)
+    n_eval = args.eval_rows or spec.quantization.eval_rows
+    ws = Workspace.open()
     results = []
-    model, tok, _ = base.load("smollm2-135m")
-    r = evaluate_model((model, tok), eval_problems, template, max_new_tokens=args.max_new_tokens)
-    results.append({"model": "base (untrained)", "accuracy": r["accuracy"], "correct": r["correct"],
-                    "n": r["n"], "train_s": 0})
-    print(results[-1], flush=True)
-    for objective in args.objectives.split(","):
-        model, tok, _ = base.load("smollm2-135m")
-        cfg = TrainConfig(objective=objective, max_steps=args.steps, batch_size=args.batch_size,
-                          learning_rate=args.lr, seed=0, max_length=384)
-        groups = examples.build(rows, tok, objective, cfg.max_length).groups
-        fitted = fit(prepare(model, cfg), groups, cfg, pad_id=tok.pad_token_id, progress=False)
-        r = evaluate_model((model, tok), eval_problems, template,
-                           max_new_tokens=args.max_new_tokens)
-        results.append({"model": objective, "accuracy": r["accuracy"], "correct": r["correct"],
-                        "n": r["n"], "train_s": round(fitted.seconds),
-                        "final_loss": fitted.losses[-1]["loss"]})
-        print(results[-1], flush=True)
-        (args.out / f"predictions-{objective}.json").write_text(json.dumps(r["predictions"], indent=1))
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{len(rows)} teacher rows kept of {args.train} problems; {args.steps} steps x batch "
-          f"{args.batch_size}, lr {args.lr}, full fine-tune; eval {args.eval} held-out problems")
-    print("| model | accuracy | correct / n | train s |\n|---|---|---|---|")
+    with ws.run_scope(None, lambda: ws.start_run(spec, "student-objectives").id) as run:
+        t0 = time.perf_counter()
+        ingest(spec, ws, run.id)
+        generated = generate(spec, ws, run.id, round_index=0, progress_bar=False)
+        curated = curate(spec, ws, run.id, round_index=0)
+        print(f"run {run.id}: {generated.get('rows_written')} teacher rows "
+              f"({generated.get('sent', 0)} requests sent, the rest from the response cache), "
+              f"{curated['kept']} kept by curation; {time.perf_counter() - t0:.0f} s", flush=True)
+        for i, objective in enumerate(args.objectives.split(",")):
+            student = spec.student.model_copy(update={
+                "objective": objective, "eval_rows": n_eval, "evaluate_base": i == 0})
+            s = train(spec.model_copy(update={"student": student}), ws, run.id)
+            if i == 0:
+                results.append({"model": "base (untrained)", "accuracy": s.get("base_accuracy")})
+                print(results[-1], flush=True)
+            results.append({"model": objective, "accuracy": s["student_accuracy"],
+                            "examples": s["examples"], "steps": s["steps"],
+                            "final_loss": round(s["final_loss"], 4),
+                            "train_tokens_per_s": round(s["train_tokens_per_s"], 1)})
+            print(results[-1], flush=True)
+            if objective == "step_by_step":
+                loaded, tok, _ = base.load(f"catalog:{s['student_model_id']}",
+                                           catalog=ws.catalog)
+                label = evaluate_model((loaded, tok), eval_rows(ws, run.id, n_eval),
+                                       LabelTask(as_template(spec.generate.template)),
+                                       max_new_tokens=spec.student.eval_max_new_tokens,
+                                       with_loss=False)
+                results.append({"model": "step_by_step, asked its label task",
+                                "accuracy": label["accuracy"]})
+                print(results[-1], flush=True)
+    print(f"\n{curated['kept']} curated rows; {spec.student.max_steps} steps x batch "
+          f"{spec.student.batch_size}, lr {spec.student.learning_rate}, {spec.student.method}; "
+          f"{n_eval} held-out rows, greedy")
+    print("| student | held-out accuracy | training examples | final loss | train tokens/s |")
+    print("|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['model']} | {r['accuracy']:.1%} | {r['correct']}/{r['n']} | {r['train_s']} |")
+        acc = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
+        print(f"| {r['model']} | {acc} | {r.get('examples', '')} | {r.get('final_loss', '')} | "
+              f"{r.get('train_tokens_per_s', '')} |")
+    if args.json:
+        args.json.write_text(json.dumps({"run_id": run.id, "kept": curated["kept"],
+                                         "eval_rows": n_eval, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 PEERS = {"distilabel": "distilabel_runner.py", "curator": "curator_runner.py",
-         "data-designer": "datadesigner_runner.py"}
+         "data-designer": "data_designer_runner.py"}
 PEER_ROOT = Path("/work/bench-venvs")
 
 
@@ -193,29 +193,49 @@ def bench_peer(name: str, runner: str, url: str, args, tmp: Path) -> dict | None
     folder = tmp / name
     folder.mkdir()
     corpus = demo_jsonl(folder / "corpus.jsonl", args.requests, seed=7)
+    prompts = folder / "prompts.jsonl"
 
-    def once() -> tuple[dict, int]:
+    def write_prompts() -> None:
+        # The bare loop's requests: one user message per corpus row, from the same corpus file
+        # stairs reads, so a one-row corpus edit changes exactly one request.
+        with open(corpus, encoding="utf-8") as f, open(prompts, "w", encoding="utf-8") as out:
+            for line in f:
+                row = json.loads(line)
+                out.write(json.dumps({"messages": [{"role": "user", "content":
+                                                    row["passage"] + " " + row["question"]}]})
+                          + "\n")
+
+    def once(workdir: Path) -> tuple[dict, int]:
+        write_prompts()
         before = received(url)
-        out = subprocess.run([str(venv_python), str(script), "--base-url", url, "--corpus",
-                              str(corpus), "--concurrency", str(args.concurrency),
-                              "--workdir", str(folder / "work")],
+        out = subprocess.run([str(venv_python), str(script), "--base-url", url, "--prompts",
+                              str(prompts), "--n", str(args.requests), "--concurrency",
+                              str(args.concurrency), "--workdir", str(workdir)],
                              capture_output=True, text=True, timeout=1800)
         if out.returncode != 0:
             raise RuntimeError(out.stderr.strip()[-400:])
         return json.loads(out.stdout.strip().splitlines()[-1]), received(url) - before
 
     try:
-        first, sent = once()
-        _, resent_rerun = once()
+        # Each repetition in a fresh work folder (no cache); then, in the last one's folder,
+        # an unchanged rerun and a one-row edit, as for stairs.
+        reps = [once(folder / f"work-{i}") for i in range(args.repeats)]
+        _, resent_rerun = once(folder / f"work-{args.repeats - 1}")
         edit_one_row(corpus)
-        _, resent_edit = once()
+        _, resent_edit = once(folder / f"work-{args.repeats - 1}")
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
         return {"tool": name, "error": str(e)[-300:]}
-    return {"tool": name, "completions_per_s": args.requests / first["wall_s"],
-            "wall_s": first["wall_s"],
-            "cpu_s": first["cpu_s"], "peak_rss_mb": first["peak_rss_mb"], "sent": sent,
+    docs = [r for r, _ in reps]
+    wall = statistics.median(r["wall_s"] for r in docs)
+    return {"tool": f"{name} {docs[0].get('version', '')}".strip(),
+            "completions_per_s": min(r["completed"] for r in docs) / wall,
+            "wall_s": wall, "completed": min(r["completed"] for r in docs),
+            "failed": max(r["failed"] for r in docs),
+            "cpu_s": statistics.median(r["client_cpu_s"] for r in docs),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in docs),
+            "sent": [s for _, s in reps],
             "resent_rerun": resent_rerun, "resent_edit": resent_edit,
-            "note": "wall time of the whole pipeline run (includes its startup)"}
+            "reps": [round(r["wall_s"], 3) for r, _ in reps]}
 
 
 def main() -> None:

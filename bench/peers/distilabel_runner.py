@@ -1,52 +1,48 @@
-"""distilabel on the teacher-throughput workload (run with the distilabel venv's python).
+"""The bench workload through distilabel: one TextGeneration task on OpenAILLM pointed at
+base_url. distilabel sends one input batch's requests concurrently, so input_batch_size = C is its
+concurrency knob. Its pipeline cache (use_cache=True, under --workdir) is on, as a user has it.
 
     /work/bench-venvs/distilabel/bin/python bench/peers/distilabel_runner.py \
-        --base-url http://127.0.0.1:PORT/v1 --corpus rows.jsonl --concurrency 64 --workdir DIR
-
-One TextGeneration task on OpenAILLM; input_batch_size = concurrency, since distilabel sends a
-batch's requests concurrently. Its own pipeline cache (use_cache=True, in --workdir) is on, as a
-user would have it. Prints one JSON line: wall_s, cpu_s (self + children), peak_rss_mb, rows.
+        --base-url http://127.0.0.1:8911/v1 --n 2000 --concurrency 64 --workdir /tmp/dl-bench
 """
 
-import argparse
-import json
-import resource
-import time
+from __future__ import annotations
+
+import os
+import tempfile
+
+from peer_common import Meter, parse_args, report, workload
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--base-url", required=True)
-    ap.add_argument("--corpus", required=True)
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--workdir", required=True)
-    args = ap.parse_args()
+def main() -> None:
+    args = parse_args("distilabel")
+    workdir = args.workdir or tempfile.mkdtemp(prefix="distilabel-bench-")
+    os.environ.setdefault("DISTILABEL_TELEMETRY", "0")
+    from importlib.metadata import version
+
+    from distilabel.models import OpenAILLM
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
     from distilabel.steps.tasks import TextGeneration
-    try:
-        from distilabel.models import OpenAILLM
-    except ImportError:
-        from distilabel.llms import OpenAILLM
 
-    rows = [json.loads(line) for line in open(args.corpus)]
-    data = [{"instruction": f"Text: {r['passage']}\n\nQuestion: {r['question']}"} for r in rows]
-    t0 = time.perf_counter()
-    with Pipeline(name="stairs-bench", cache_dir=args.workdir) as pipeline:
-        load = LoadDataFromDicts(data=data, batch_size=args.concurrency)
-        gen = TextGeneration(llm=OpenAILLM(model="fake", base_url=args.base_url, api_key="x",
-                                           max_retries=6, timeout=30,
-                                           generation_kwargs={"max_new_tokens": 64}),
-                             input_batch_size=args.concurrency)
-        load >> gen
-    distiset = pipeline.run(use_cache=True)
-    wall = time.perf_counter() - t0
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    n = sum(len(d) for split in distiset.values() for d in split.values())
-    print(json.dumps({"wall_s": wall, "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime
-                      + kids.ru_stime, "peak_rss_mb": max(me.ru_maxrss, kids.ru_maxrss) / 1024,
-                      "rows": n}))
+    requests = workload(args)
+    if any(len(m) != 1 or m[0]["role"] != "user" for m in requests):
+        raise SystemExit("distilabel_runner: each request must be one user message")
+    data = [{"instruction": m[0]["content"]} for m in requests]
+    with Meter() as meter:
+        with Pipeline(name="stairs-bench", cache_dir=workdir) as pipeline:
+            load = LoadDataFromDicts(data=data, batch_size=args.concurrency)
+            gen = TextGeneration(
+                llm=OpenAILLM(model=args.model, base_url=args.base_url, api_key="unused",
+                              max_retries=3, timeout=30,
+                              generation_kwargs={"max_new_tokens": args.max_tokens}),
+                input_batch_size=args.concurrency)
+            load >> gen
+        distiset = pipeline.run(use_cache=True)
+    rows = [r for split in distiset.values() for d in split.values() for r in d]
+    completed = sum(1 for r in rows if r.get("generation"))
+    report("distilabel", version("distilabel"), args, meter, completed, args.n - completed,
+           workdir=workdir)
 
 
 if __name__ == "__main__":

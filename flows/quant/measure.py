@@ -18,22 +18,12 @@ import numpy as np
 
 from flows.answers import answers_match, extract_answer
 
-# Used only until the prompts helper's templates (flows.prompting) are merged: the same shape as
-# its `rationale` template (system instruction, then text and question), so numbers carry over.
-FALLBACK_SYSTEM = ("You solve questions about a short text. Use only the facts in the text. Think "
-                   "step by step, then write the final answer on its own line as "
-                   "\"Answer: <answer>\".")
-
-
 def eval_messages(row: dict, template: str) -> list[dict]:
-    """The chat messages for one eval row: the generate stage's template when available."""
-    try:
-        from flows.prompting import load_template
-    except ImportError:
-        return [{"role": "system", "content": FALLBACK_SYSTEM},
-                {"role": "user", "content": f"Text: {row['passage']}\n\n"
-                                            f"Question: {row['question']}\n"}]
-    return load_template(template).render(row, few_shot=False)  # as the student was trained
+    """The chat messages for one eval row: the generate stage's template, without its worked
+    examples (as the student was trained)."""
+    from flows.prompting import load_template
+
+    return load_template(template).render(row, few_shot=False)
 
 
 def perplexity_text(row: dict) -> str:

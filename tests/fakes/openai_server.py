@@ -137,12 +137,12 @@ class FakeOpenAI:
         await self._json(send, 200, self.completion(request))
 
     def completion(self, request: dict) -> dict:
-        user = request["messages"][-1]["content"]
+        user = message_text(request["messages"][-1])
         text, finish = solve(user), "stop"
         for needle, (scripted, reason) in self.script.items():
             if needle in user:
                 text, finish = scripted, reason
-        prompt_tokens = sum(len(m["content"]) for m in request["messages"]) // 4
+        prompt_tokens = sum(len(message_text(m)) for m in request["messages"]) // 4
         choice = {"index": 0, "finish_reason": finish,
                   "message": {"role": "assistant", "content": text}}
         if request.get("logprobs"):
@@ -280,6 +280,15 @@ def _multipart_file(content_type: str, body: bytes) -> bytes:
 def _file(file_id: str, size: int, purpose: str) -> dict:
     return {"id": file_id, "object": "file", "bytes": size, "created_at": 0,
             "filename": "upload.jsonl", "purpose": purpose, "status": "processed"}
+
+
+def message_text(message: dict) -> str:
+    """A message's text: the API takes `content` as a string or as a list of parts
+    ({"type": "text", "text": ...}), and clients differ (data-designer sends parts)."""
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content
 
 
 def content_key(messages, seed) -> str:
