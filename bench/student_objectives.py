@@ -61,9 +61,9 @@ def main() -> None:
         ingest(spec, ws, run.id)
         generated = generate(spec, ws, run.id, round_index=0, progress_bar=False)
         curated = curate(spec, ws, run.id, round_index=0)
-        print(f"run {run.id}: {generated.get('rows_written')} teacher rows "
-              f"({generated.get('sent', 0)} requests sent, the rest from the response cache), "
-              f"{curated['kept']} kept by curation; {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"run {run.id}: {generated.get('rows_written')} teacher rows, {curated['kept']} "
+              f"kept by curation ({time.perf_counter() - t0:.0f} s: stages another run of this "
+              "curriculum finished are reused)", flush=True)
         for i, objective in enumerate(args.objectives.split(",")):
             student = spec.student.model_copy(update={
                 "objective": objective, "eval_rows": n_eval, "evaluate_base": i == 0})

@@ -21,7 +21,8 @@ configure_prefect()
 
 app = typer.Typer(help="stairs: turn big language models into small ones.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-out = Console()
+# Piped into a log file, rich would wrap tables at 80 columns and cut every cell; a log has room.
+out = Console(width=None if Console().is_terminal else 200)
 err = Console(stderr=True)
 
 CurriculumArg = typer.Argument(..., help="Curriculum YAML file (see curricula/).")

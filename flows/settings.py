@@ -65,6 +65,9 @@ def configure_prefect() -> None:
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # ...but a flow's own lines (its prints, "Finished in state ...") stay visible, on the
+    # console and in the UI's flow-run log: they are how a long staircase shows where it is.
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
     # The temporary server migrates its database on first start; on 2 busy cores that can take
     # longer than Prefect's 20 s default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

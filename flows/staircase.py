@@ -110,11 +110,17 @@ def run_round(spec: Curriculum, ws: Workspace, run_id: str, index: int, teacher:
     """One step of the staircase; returns what the next round needs."""
     rnd = _round_row(ws, run_id, index, teacher, teacher_model_id)
     generated = generate(spec, ws, run_id, round_index=index, teacher=teacher)
+    print(f"round {index} generate: {generated.get('rows_written', 0)} rows, "
+          f"{generated.get('sent', 0)} requests sent, {generated.get('cache_hits', 0)} answered "
+          f"from the cache")
     if not generated.get("complete", True):
         raise RuntimeError(f"round {index}: generation stopped before the end "
                            f"({generated.get('stopped_because', 'budget or errors')}); "
                            "run the same command again to resume")
     curated = curate(spec, ws, run_id, round_index=index)
+    drops = ", ".join(f"{k} {v}" for k, v in curated.get("drops_by_reason", {}).items())
+    print(f"round {index} curate: kept {curated.get('kept', 0)} of {curated.get('generated', 0)}"
+          + (f" (dropped: {drops})" if drops else ""))
     if not curated.get("kept"):
         reason = ("curation kept no rows to train on (drops: " + ", ".join(
             f"{k}={v}" for k, v in curated.get("drops_by_reason", {}).items()) + ")")
@@ -122,7 +128,13 @@ def run_round(spec: Curriculum, ws: Workspace, run_id: str, index: int, teacher:
         print(f"round {index}: {reason}; the staircase stops here")
         return {"passed": False, "promoted": None, "student_acc": None}
     trained = train(spec, ws, run_id, round_index=index)
+    print(f"round {index} train: {trained.get('steps')} steps, final loss "
+          f"{trained.get('final_loss', float('nan')):.4f}, student "
+          f"{_pct(trained.get('student_accuracy'))} on {trained.get('eval_rows', 0)} eval rows")
     quantized = quantize(spec, ws, run_id, round_index=index)
+    print(f"round {index} quantize: " + ", ".join(
+        f"{r['quant']} {r['size_mb']:.0f} MB {_pct(r['accuracy'])}"
+        for r in quantized.get("table", [])))
     promoted = next((row for row in quantized.get("table", [])
                      if row["quant"] == spec.staircase.promote), None)
     student_acc = promoted["accuracy"] if promoted else None

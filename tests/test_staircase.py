@@ -45,7 +45,7 @@ def test_gate_threshold_and_unscored_teacher():
 
 
 @pytest.mark.slow
-def test_reduced_staircase_with_the_real_embedded_models(workspace, tmp_path):
+def test_reduced_staircase_with_the_real_embedded_models(workspace, tmp_path, capsys):
     from flows.report import round_report, write_report
     from flows.staircase import staircase
 
@@ -54,6 +54,11 @@ def test_reduced_staircase_with_the_real_embedded_models(workspace, tmp_path):
     spec = load(path)
     run_id = workspace.start_run(spec, "run").id
     staircase(spec, workspace, run_id)
+    printed = capsys.readouterr().out
+    # One line per stage, so a log (or the UI's flow-run log) shows where a long staircase is.
+    for line in ("round 0 generate: 16 rows", "round 0 curate: kept", "round 0 train:",
+                 "round 0 quantize: F16", "round 1 generate:"):
+        assert line in printed, printed
 
     rounds = workspace.catalog.rounds(run_id)
     assert [r.index for r in rounds][:1] == [0]
