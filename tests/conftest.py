@@ -8,6 +8,13 @@ import os
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect binds its console log handler to whatever sys.stderr is when it first sets up logging.
+# Set it up now, on pytest's session-long stream, with the levels the CLI uses
+# (flows.settings.configure_prefect): first set up inside a CliRunner.invoke, it would keep
+# writing to that invoke's stream after it is closed.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
+import prefect.main  # noqa: E402,F401  (sets up Prefect's logging)
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +56,15 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop Prefect's temporary API servers while pytest's streams are still open: left to
+    Prefect's atexit hook, the "Stopping temporary server" log line is written to a stream pytest
+    has already closed, and a logging traceback ends every run's output."""
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+    except ImportError:
+        return
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
