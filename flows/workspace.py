@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 from storage.catalog import Catalog
 from storage.shards import ShardStore
-from storage.tables import Run, Shard, Stage
+from storage.tables import Run, Shard, Stage, utcnow
 
 
 @dataclass
@@ -95,10 +95,13 @@ class Workspace:
         if done.run_id == run_id and done.round_index == round_index:
             return done
         origin_id = done.reused_from_id or done.id
+        # Started and finished now: in this run it took no time (the origin, through
+        # reused_from_id, keeps when the work itself ran).
+        now = utcnow()
         stage = Stage(run_id=run_id, name=name, round_index=round_index, fingerprint=fingerprint,
                       reused_from_id=origin_id, status="completed",
                       params_json=done.params_json, summary_json=done.summary_json,
-                      finished_at=done.finished_at)
+                      started_at=now, finished_at=now)
         return self.catalog.add(stage)
 
     def shards(self, stage: Stage, kind: str | None = None) -> list[Shard]:

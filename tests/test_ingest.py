@@ -131,6 +131,7 @@ def test_identical_ingest_is_reused(workspace):
     ingest(spec, workspace, run2.id)
     stage2 = workspace.catalog.stages(run2.id)[0]
     assert stage2.reused_from_id is not None
+    assert stage2.started_at == stage2.finished_at  # no time spent in this run
     again = workspace.store.scan(workspace.shards(stage2, "corpus")).collect()
     assert again.equals(first["corpus"])
 
