@@ -198,8 +198,6 @@ def run_datasketch(texts, workdir: Path) -> np.ndarray:
 
 
 def run_datatrove(texts, workdir: Path) -> np.ndarray:
-    import struct
-
     import polars as pl
     from datatrove.executor.local import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (

@@ -94,7 +94,8 @@ def main() -> None:
         ingest(spec, ws, run.id)
         result = quantize(spec, ws, run.id, student=student)
     elapsed = time.perf_counter() - start
-    f16 = next(Path(m["path"]) for m in _models(result) if m["quant"] == "F16")
+    f16 = next(Path(ws.catalog.get(Model, r["model_id"]).path) for r in result["table"]
+               if r["quant"] == "F16")
     sizes = size_comparison(f16, home / "size-comparison")
 
     who = ("base model SmolLM2-135M-Instruct (no trained student in this run)"
@@ -115,15 +116,6 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"result": result, "sizes": sizes,
                                          "elapsed_s": elapsed}, indent=1, default=str))
-
-
-def _models(result: dict) -> list[dict]:
-    from storage.catalog import Catalog
-    from storage.tables import Model
-
-    catalog = Catalog()
-    return [{"quant": m.quant, "path": m.path}
-            for m in (catalog.get(Model, r["model_id"]) for r in result["table"])]
 
 
 if __name__ == "__main__":

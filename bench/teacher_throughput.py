@@ -92,6 +92,11 @@ def child(curriculum: str) -> None:
                       "peak_rss_mb": after.ru_maxrss / 1024}))
 
 
+def bare_messages(row: dict) -> list[dict]:
+    """The bare loop's request for a corpus row; the peers get the same ones."""
+    return [{"role": "user", "content": row["passage"] + " " + row["question"]}]
+
+
 def bare(url: str, n: int, concurrency: int) -> None:
     """The machine's ceiling: a bare aiohttp loop, same requests, no cache/rows/shards."""
     import asyncio
@@ -108,8 +113,7 @@ def bare(url: str, n: int, concurrency: int) -> None:
                 connector=aiohttp.TCPConnector(limit=concurrency + 8)) as s:
             async def one(row):
                 async with sem:
-                    body = {"model": "fake", "max_tokens": 64, "messages": [
-                        {"role": "user", "content": row["passage"] + " " + row["question"]}]}
+                    body = {"model": "fake", "max_tokens": 64, "messages": bare_messages(row)}
                     async with s.post(f"{url}/chat/completions", json=body) as r:
                         return (await r.json())["choices"][0]["message"]["content"]
             await asyncio.gather(*(one(r) for r in rows))
@@ -196,17 +200,12 @@ def bench_peer(name: str, runner: str, url: str, args, tmp: Path) -> dict | None
     prompts = folder / "prompts.jsonl"
 
     def write_prompts() -> None:
-        # The bare loop's requests: one user message per corpus row, from the same corpus file
-        # stairs reads, so a one-row corpus edit changes exactly one request.
+        # From the same corpus file stairs reads, so a one-row corpus edit changes one request.
         with open(corpus, encoding="utf-8") as f, open(prompts, "w", encoding="utf-8") as out:
             for line in f:
-                row = json.loads(line)
-                out.write(json.dumps({"messages": [{"role": "user", "content":
-                                                    row["passage"] + " " + row["question"]}]})
-                          + "\n")
+                out.write(json.dumps({"messages": bare_messages(json.loads(line))}) + "\n")
 
     def once(workdir: Path) -> tuple[dict, int]:
-        write_prompts()
         before = received(url)
         out = subprocess.run([str(venv_python), str(script), "--base-url", url, "--prompts",
                               str(prompts), "--n", str(args.requests), "--concurrency",
@@ -219,9 +218,11 @@ def bench_peer(name: str, runner: str, url: str, args, tmp: Path) -> dict | None
     try:
         # Each repetition in a fresh work folder (no cache); then, in the last one's folder,
         # an unchanged rerun and a one-row edit, as for stairs.
+        write_prompts()
         reps = [once(folder / f"work-{i}") for i in range(args.repeats)]
         _, resent_rerun = once(folder / f"work-{args.repeats - 1}")
         edit_one_row(corpus)
+        write_prompts()
         _, resent_edit = once(folder / f"work-{args.repeats - 1}")
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
         return {"tool": name, "error": str(e)[-300:]}

@@ -44,6 +44,17 @@ def _emit_json(doc) -> None:
     sys.stdout.flush()
 
 
+def _call_flow(flow, params, *, failure: str, errors: tuple[type[Exception], ...],
+               code: int = 1):
+    """Run a stage flow; an error the stage expects (bad run id, unreachable teacher, ...)
+    becomes one red line naming what failed and exit `code`, not a traceback."""
+    try:
+        return flow(params)
+    except errors as e:
+        err.print(f"[red]{failure}[/red] {e}")
+        raise typer.Exit(code) from None
+
+
 def _workspace():
     from flows.workspace import Workspace
 
@@ -62,7 +73,6 @@ def validate(curriculum: Path = CurriculumArg) -> None:
 def ingest(curriculum: Path = CurriculumArg, as_json: bool = JsonOpt) -> None:
     """Read the curriculum's corpus, hold out the eval split, write corpus/eval/rejects shards."""
     _load(curriculum)
-    configure_prefect()
     from flows.ingest import ingest_flow
     from flows.params import StageParams
 
@@ -82,16 +92,12 @@ def generate(curriculum: Path = CurriculumArg, run_id: Optional[str] = typer.Opt
         "unfinished generate run, else start one)."), as_json: bool = JsonOpt) -> None:
     """Ask the teacher to rewrite the corpus (ingesting first when needed): generated shards."""
     _load(curriculum)
-    configure_prefect()
     from flows.generate import generate_flow
     from flows.params import StageParams
     from flows.teachers import TeacherUnreachable
 
-    try:
-        result = generate_flow(StageParams(curriculum=str(curriculum), run_id=run_id))
-    except TeacherUnreachable as e:
-        err.print(f"[red]teacher unreachable[/red] {e}")
-        raise typer.Exit(3) from None
+    result = _call_flow(generate_flow, StageParams(curriculum=str(curriculum), run_id=run_id),
+                        failure="teacher unreachable", errors=(TeacherUnreachable,), code=3)
     if as_json:
         _emit_json(result)
         return
@@ -123,16 +129,12 @@ def curate(curriculum: Path = CurriculumArg,
            as_json: bool = JsonOpt) -> None:
     """Filter, dedup, decontaminate and order the latest generated rows: kept/dropped/train shards."""
     _load(curriculum)
-    configure_prefect()
     from flows.params import RoundParams
     from flows.curate import CurateError, curate_flow
 
-    try:
-        result = curate_flow(RoundParams(curriculum=str(curriculum), run_id=run_id,
-                                          round_index=round_index))
-    except CurateError as e:
-        err.print(f"[red]cannot curate[/red] {e}")
-        raise typer.Exit(1) from None
+    result = _call_flow(curate_flow, RoundParams(curriculum=str(curriculum), run_id=run_id,
+                                                 round_index=round_index),
+                        failure="cannot curate", errors=(CurateError,))
     if as_json:
         _emit_json(result)
         return
@@ -148,8 +150,6 @@ def run(curriculum: Path = CurriculumArg, new: bool = typer.Option(
         as_json: bool = JsonOpt) -> None:
     """Run the whole staircase the curriculum describes (resumes an unfinished run)."""
     _load(curriculum)
-    configure_prefect()
-    from flows.runinfo import run_details
     from flows.params import StaircaseParams
     from flows.staircase import staircase_flow
 
@@ -225,16 +225,12 @@ def train(curriculum: Path = CurriculumArg,
           as_json: bool = JsonOpt) -> None:
     """Fine-tune the student on a run's curated rows; score it and its base on held-out rows."""
     _load(curriculum)
-    configure_prefect()
     from flows.params import RoundParams
     from flows.train import TrainError, train_flow
 
-    try:
-        result = train_flow(RoundParams(curriculum=str(curriculum), run_id=run_id,
-                                         round_index=round_index))
-    except TrainError as e:
-        err.print(f"[red]cannot train[/red] {e}")
-        raise typer.Exit(1) from None
+    result = _call_flow(train_flow, RoundParams(curriculum=str(curriculum), run_id=run_id,
+                                                round_index=round_index),
+                        failure="cannot train", errors=(TrainError,))
     if as_json:
         _emit_json(result)
         return
@@ -255,18 +251,14 @@ def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, '
           as_json: bool = JsonOpt) -> None:
     """Score any model on a curriculum's held-out rows (exact-match accuracy, loss, tokens/s)."""
     _load(curriculum)
-    configure_prefect()
     from flows.student.base import ModelRefError
     from flows.params import EvalParams
     from flows.train import TrainError, eval_flow
 
-    try:
-        result = eval_flow(EvalParams(model=model, curriculum=str(curriculum), rows=rows))
-    except (TrainError, ModelRefError) as e:
-        err.print(f"[red]cannot evaluate[/red] {e}")
-        raise typer.Exit(1) from None
+    result = _call_flow(eval_flow, EvalParams(model=model, curriculum=str(curriculum), rows=rows),
+                        failure="cannot evaluate", errors=(TrainError, ModelRefError))
     if as_json:
-        _emit_json({k: v for k, v in result.items()})
+        _emit_json(result)
         return
     out.print(f"{model} ({result['format']}): accuracy {result['accuracy']:.1%} "
               f"({result['correct']}/{result['n']}), {result['tokens_per_s']:.1f} tokens/s"
@@ -282,7 +274,6 @@ def quantize(curriculum: Path = CurriculumArg,
     """Quantize the run's student (the base model until one is trained): GGUF + llama.cpp
     k-quants, int8 absmax, int4; measure each on the held-out rows."""
     _load(curriculum)
-    configure_prefect()
     from flows.params import RoundParams
     from flows.quantize import quantize_flow
 

@@ -13,7 +13,6 @@ curriculum order). The stage summary counts drops by reason (`stairs show RUN --
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import polars as pl

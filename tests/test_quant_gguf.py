@@ -38,6 +38,21 @@ def _logits(llm, ids):
     return np.asarray(llm.scores[: len(ids)])
 
 
+def _both_logits(model, tok, path):
+    """TEXT through llama.cpp (the GGUF at path) and through transformers (model): both logits,
+    and llama.cpp's own tokenization of TEXT (from the exported vocab and merges)."""
+    ids = tok(TEXT)["input_ids"]
+    llm = _llama(path)
+    try:
+        llama_ids = llm.tokenize(TEXT.encode(), add_bos=False, special=False)
+        got = _logits(llm, ids)
+    finally:
+        llm.close()
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0].numpy()
+    return got, want, llama_ids
+
+
 def test_interleave_rope_rows_pairs_the_two_halves_of_each_head():
     w = np.arange(8).reshape(8, 1)  # 2 heads of 4 rows: halves [0,1|2,3] and [4,5|6,7]
     assert interleave_rope_rows(w, 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
@@ -46,16 +61,8 @@ def test_interleave_rope_rows_pairs_the_two_halves_of_each_head():
 def test_f32_export_matches_transformers_logits(tiny, tmp_path):
     model, tok = tiny
     path = export_gguf(model, tok, tmp_path / "tiny-F32.gguf", float_type="F32")
-    ids = tok(TEXT)["input_ids"]
-    llm = _llama(path)
-    try:
-        # llama.cpp's own tokenizer (from the exported vocab and merges) agrees with HF's.
-        assert llm.tokenize(TEXT.encode(), add_bos=False, special=False) == ids
-        got = _logits(llm, ids)
-    finally:
-        llm.close()
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0].numpy()
+    got, want, llama_ids = _both_logits(model, tok, path)
+    assert llama_ids == tok(TEXT)["input_ids"]  # llama.cpp's tokenizer agrees with HF's
     assert np.abs(want).max() > 1.0  # not a degenerate all-zero model
     assert np.abs(got - want).max() < LOGIT_TOLERANCE
 
@@ -67,14 +74,7 @@ def test_without_the_rope_interleave_logits_would_not_match(tiny, tmp_path, monk
     model, tok = tiny
     monkeypatch.setattr(gguf_export, "interleave_rope_rows", lambda w, n: w)
     path = export_gguf(model, tok, tmp_path / "wrong.gguf", float_type="F32")
-    ids = tok(TEXT)["input_ids"]
-    llm = _llama(path)
-    try:
-        got = _logits(llm, ids)
-    finally:
-        llm.close()
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0].numpy()
+    got, want, _ = _both_logits(model, tok, path)
     assert np.abs(got - want).max() > 100 * LOGIT_TOLERANCE
 
 
@@ -96,14 +96,7 @@ def test_export_metadata_and_untied_head(tmp_path):
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["output.weight"] == "F16" and types["token_embd.weight"] == "F16"
     assert types["blk.0.attn_norm.weight"] == "F32"  # norms stay F32
-    ids = tok(TEXT)["input_ids"]
-    llm = _llama(path)
-    try:
-        got = _logits(llm, ids)
-    finally:
-        llm.close()
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0].numpy()
+    got, want, _ = _both_logits(model, tok, path)
     assert np.abs(got - want).max() < 0.05  # F16 weights: a looser bound than F32
 
 

@@ -9,7 +9,6 @@ Each request is one user message, so --prompts files must hold single-message re
 
 from __future__ import annotations
 
-import os
 import tempfile
 
 from peer_common import Meter, parse_args, report, workload

@@ -18,13 +18,6 @@ import numpy as np
 
 from flows.answers import answers_match, extract_answer
 
-def eval_messages(row: dict, template: str) -> list[dict]:
-    """The chat messages for one eval row: the generate stage's template, without its worked
-    examples (as the student was trained)."""
-    from flows.prompting import load_template
-
-    return load_template(template).render(row, few_shot=False)
-
 
 def perplexity_text(row: dict) -> str:
     return f"{row['passage']}\n{row['question']}\nAnswer: {row['answer']}"
@@ -154,7 +147,11 @@ def _nll_from_logits(logits: np.ndarray, targets: np.ndarray) -> float:
 def measure(engine, rows: list[dict], *, tokenizer, template: str, max_new_tokens: int,
             speed_tokens: int, speed_repeats: int = 3) -> dict:
     """Accuracy, perplexity and decode tokens/s of one engine on the same eval rows."""
-    messages = [eval_messages(r, template) for r in rows]
+    from flows.prompting import load_template
+
+    # The generate stage's template without its worked examples, as the student was trained.
+    prompt = load_template(template)
+    messages = [prompt.render(r, few_shot=False) for r in rows]
     replies = engine.generate(messages, max_new_tokens)
     correct = [answers_match(extract_answer(text), r["answer"]) for text, r in zip(replies, rows)]
     total_nll, total_tokens = 0.0, 0

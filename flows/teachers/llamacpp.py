@@ -64,14 +64,14 @@ class LlamaCppTeacher(OpenAITeacher):
     def start(self) -> None:
         from flows.settings import cpu_threads, stairs_home
 
-        port = free_port()
+        port, threads = free_port(), str(cpu_threads())
         self.base_url = f"http://127.0.0.1:{port}/v1"
         logs = stairs_home() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.log_path = logs / f"llamacpp-{port}.log"
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf),
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(self.n_ctx),
-               "--n_threads", str(cpu_threads()), "--n_threads_batch", str(cpu_threads())]
+               "--n_threads", threads, "--n_threads_batch", threads]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
