@@ -34,17 +34,21 @@ CURRICULUM = {
 SIZE_TYPES = ["Q8_0", "Q6_K", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K"]
 
 
-def size_comparison(ours_f16: Path, out: Path) -> list[dict]:
+def size_comparison(ours_f16: Path, out: Path, imatrix=None) -> list[dict]:
     """Bytes of each type from our F16 export vs from llama.cpp's converter output (the
-    embedded GGUF), both through llama.cpp's quantizer: differences come from the exporter."""
+    embedded GGUF), both through llama.cpp's quantizer with the same importance matrix as the
+    stage used (it adds the same quantize.imatrix.* keys to both): differences come from the
+    exporter."""
     from flows.embedded import embedded_gguf
     from flows.quant.gguf_export import gguf_weight_stats, llama_quantize
+    from flows.quantize import IMATRIX_IGNORED
 
     rows = []
     for t in SIZE_TYPES:
-        ours = llama_quantize(ours_f16, out / f"ours-{t}.gguf", t, threads=1)
+        im = None if t in IMATRIX_IGNORED else imatrix
+        ours = llama_quantize(ours_f16, out / f"ours-{t}.gguf", t, threads=1, imatrix=im)
         ref = llama_quantize(embedded_gguf(), out / f"llamacpp-{t}.gguf", t, threads=1,
-                             allow_requantize=True)
+                             allow_requantize=True, imatrix=im)
         a, b = gguf_weight_stats(ours), gguf_weight_stats(ref)
         rows.append({"type": t, "ours_bytes": ours.stat().st_size,
                      "llamacpp_bytes": ref.stat().st_size,
@@ -58,6 +62,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100, help="held-out eval rows per artifact")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--speed-tokens", type=int, default=32)
+    ap.add_argument("--imatrix-tokens", type=int, default=None,
+                    help="calibration tokens for the importance matrix (default: the spec's; 0: none)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--curriculum", type=Path, default=None,
                     help="curriculum whose corpus gives the eval rows (default: the quickstart "
@@ -80,6 +86,8 @@ def main() -> None:
     # The quantization section's defaults are the full table; only the measurement budget is set.
     doc["quantization"] = {"eval_rows": args.rows, "max_new_tokens": args.max_new_tokens,
                            "speed_tokens": args.speed_tokens}
+    if args.imatrix_tokens is not None:
+        doc["quantization"]["imatrix_tokens"] = args.imatrix_tokens
     path = home / "bench-quantization.yaml"
     home.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc))
@@ -96,11 +104,32 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     f16 = next(Path(ws.catalog.get(Model, r["model_id"]).path) for r in result["table"]
                if r["quant"] == "F16")
-    sizes = size_comparison(f16, home / "size-comparison")
+    imatrix = None
+    if spec.quantization.imatrix_tokens:
+        from transformers import AutoTokenizer
+
+        from flows.models import model_path
+        from flows.quant.imatrix import compute_imatrix
+        from flows.quantize import calibration_ids, load_student
+
+        student_model = ws.catalog.get(Model, result["student_id"])
+        folder = model_path(student_model.path)
+        ids, dataset = calibration_ids(ws, run.id, student_model,
+                                       AutoTokenizer.from_pretrained(folder), spec)
+        imatrix = compute_imatrix(load_student(folder)[0], ids,
+                                  max_tokens=spec.quantization.imatrix_tokens, dataset=dataset)
+    sizes = size_comparison(f16, home / "size-comparison", imatrix)
+    made = {r["quant"]: ws.catalog.get(Model, r["model_id"]).bytes for r in result["table"]}
+    for s in sizes:  # the stage's own files are the ones compared
+        if s["type"] in made and made[s["type"]] != s["ours_bytes"]:
+            raise SystemExit(f"{s['type']}: the stage's file has {made[s['type']]} bytes, the "
+                             f"comparison's {s['ours_bytes']}")
 
     who = ("base model SmolLM2-135M-Instruct (no trained student in this run)"
            if result["student_is_base_stand_in"] else result["student"])
-    print(f"\nstudent: {who}; {result['eval_rows']} held-out rows; {elapsed:.0f} s\n")
+    print(f"\nstudent: {who}; {result['eval_rows']} held-out rows; {elapsed:.0f} s")
+    print(f"importance matrix: {result.get('imatrix_tokens') or 'none'} tokens of "
+          f"{result.get('imatrix_dataset') or '-'}\n")
     print("| artifact | engine | size (MB) | bits/weight | eval accuracy | perplexity | tokens/s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in result["table"]:

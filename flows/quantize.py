@@ -24,11 +24,14 @@ from flows.orchestration import in_flow_run, step, task_runner
 from flows.params import RoundParams
 from flows.quant import absmax
 from flows.quant.gguf_export import export_gguf, gguf_weight_stats, llama_quantize
+from flows.quant.imatrix import Imatrix, compute_imatrix
 from flows.quant.measure import GGUFEngine, TorchEngine, measure
 from flows.spec import Curriculum
 from flows.workspace import Workspace
 from storage.tables import Model
 
+# llama.cpp types whose quantizer takes no importance matrix (the rest are shaped by it).
+IMATRIX_IGNORED = ("Q8_0",)
 TABLE_COLUMNS = ("artifact", "format", "quant", "engine", "size_mb", "bits_per_weight",
                  "accuracy", "perplexity", "tokens_per_s", "model_id")
 
@@ -76,6 +79,30 @@ def calibration_texts(ws: Workspace, run_id: str, limit: int) -> list[str]:
     return [f"{r['passage']}\n{r['question'] or ''}" for r in rows]
 
 
+def calibration_ids(ws: Workspace, run_id: str, student: Model, tokenizer,
+                    spec: Curriculum) -> tuple[list[list[int]], str]:
+    """Token ids of the text the student was trained on (its run and round's curated rows,
+    prompt + target as the train stage encodes them) and a label for it; this run's corpus text
+    when there are none (the base model standing in)."""
+    from flows.student.examples import RowError, row_examples
+    from flows.train import _stage_shards
+
+    shards = (_stage_shards(ws, student.run_id, "curate", "train", student.round_index)
+              if student.run_id and student.round_index is not None else [])
+    ids = []
+    for row in ws.store.table(shards).to_pylist() if shards else []:
+        try:
+            examples = row_examples(row, tokenizer, spec.student.objective,
+                                    spec.student.max_length)
+        except RowError:
+            continue  # the train stage skipped it too
+        ids += [e.input_ids for e in examples if e is not None]
+    if ids:
+        return ids, f"{student.run_id} round {student.round_index} curated train rows"
+    texts = calibration_texts(ws, run_id, 10_000)
+    return [tokenizer(t)["input_ids"] for t in texts], f"{run_id} corpus"
+
+
 # -- steps (Prefect tasks inside a flow run, plain calls otherwise) -----------------------------
 @step(name="export-gguf")
 def export_step(student_dir: Path, out: Path, float_type: str) -> Path:
@@ -83,9 +110,17 @@ def export_step(student_dir: Path, out: Path, float_type: str) -> Path:
     return export_gguf(model, tok, out, float_type=float_type)
 
 
+@step(name="imatrix")
+def imatrix_step(student_dir: Path, token_ids: list[list[int]], max_tokens: int,
+                 dataset: str) -> Imatrix:
+    model, _ = load_student(student_dir)
+    return compute_imatrix(model, token_ids, max_tokens=max_tokens, dataset=dataset)
+
+
 @step(name="llama-quantize")
-def llama_quantize_step(src: Path, dst: Path, quant: str, threads: int | None) -> Path:
-    return llama_quantize(src, dst, quant, threads=threads)
+def llama_quantize_step(src: Path, dst: Path, quant: str, threads: int | None,
+                        imatrix: Imatrix | None = None) -> Path:
+    return llama_quantize(src, dst, quant, threads=threads, imatrix=imatrix)
 
 
 @step(name="absmax-quantize")
@@ -187,12 +222,21 @@ def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
                           "student_is_base_stand_in": stand_in}) as st:
         artifacts = plan_artifacts(spec, student, out)
         float_gguf = artifacts[0]["path"]
+        imatrix = None
+        if q.imatrix_tokens and any(t not in IMATRIX_IGNORED for t in q.gguf_types):
+            from transformers import AutoTokenizer
+
+            ids, dataset = calibration_ids(ws, run_id, student,
+                                           AutoTokenizer.from_pretrained(student_dir), spec)
+            imatrix = imatrix_step(student_dir, ids, q.imatrix_tokens, dataset)
+            st.summary.update({"imatrix_tokens": imatrix.tokens, "imatrix_dataset": dataset})
         table = []
         for art in artifacts:
             if art is artifacts[0]:
                 export_step(student_dir, art["path"], q.gguf_float)
             elif art["format"] == "gguf":
-                llama_quantize_step(float_gguf, art["path"], art["quant"], q.threads)
+                llama_quantize_step(float_gguf, art["path"], art["quant"], q.threads,
+                                    _imatrix_for(art, imatrix))
             elif art["format"] == "gptq":
                 from flows.quant.gptq import gptq_quantize
 
@@ -208,7 +252,9 @@ def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
                 kind="quantized", format=art["format"], quant=art["quant"], path=str(art["path"]),
                 bytes=result["bytes"], parent_id=student.id,
                 params_json=json.dumps({"bits_per_weight": result["bits_per_weight"],
-                                        "engine": result["engine"]})))
+                                        "engine": result["engine"],
+                                        "imatrix_tokens": getattr(_imatrix_for(art, imatrix),
+                                                                  "tokens", None)})))
             row = {"artifact": art["name"], "format": art["format"], "quant": art["quant"],
                    "engine": result["engine"], "size_mb": round(result["bytes"] / 2**20, 2),
                    "bits_per_weight": round(result["bits_per_weight"], 3),
@@ -230,6 +276,13 @@ def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
         if in_flow_run():
             _table_artifact(run_id, round_index, student, stand_in, table)
     return st.summary
+
+
+def _imatrix_for(art: dict, imatrix: Imatrix | None) -> Imatrix | None:
+    """The importance matrix this artifact is quantized with: none for the float export and
+    for types whose quantizer ignores it (their files would otherwise claim one)."""
+    used = art["format"] == "gguf" and art["quant"] not in (*IMATRIX_IGNORED, "F16", "F32")
+    return imatrix if used else None
 
 
 def _table_artifact(run_id: str, round_index: int, student: Model, stand_in: bool,

@@ -323,6 +323,10 @@ class QuantizationSpec(Strict):
     quantize_embeddings: bool = Field(
         True, description="Also quantize the (tied) embedding/output matrix in int8/int4; in a "
                           "135M model it is a fifth of the weights.")
+    imatrix_tokens: int = Field(
+        8192, ge=0, description="Calibration tokens (the round's training text) for the importance "
+                                "matrix llama.cpp's k-quants use; 0 quantizes without one. Q8_0 "
+                                "ignores it.")
     gptq_bits: Literal[2, 3, 4, 8] | None = Field(
         None, description="GPTQ through gptqmodel (the 'gptq' extra, CUDA only); null to skip.")
     gptq_group_size: int = Field(128, ge=-1, description="GPTQ group size (-1: per channel).")

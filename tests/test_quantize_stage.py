@@ -92,3 +92,54 @@ def test_validate_refuses_gptq_where_it_cannot_run():
     why = gptq_available()
     assert problems == ([] if why is None else [f"quantization.gptq_bits: {why}"])
     assert not [p for p in checks.run_all(_spec()) if p.startswith("quantization.")]
+
+
+def test_k_quants_get_an_importance_matrix_from_the_rounds_training_text(workspace, tmp_path):
+    import pyarrow as pa
+    from gguf import GGUFReader
+
+    from flows.ingest import ingest
+    from flows.prompting import load_template
+
+    spec = _spec(gguf_types=["Q8_0", "Q4_0"], int8_absmax=None, int4_group_size=None,
+                 imatrix_tokens=64)
+    run_id = workspace.start_run(spec, "quantize").id
+    ingest(spec, workspace, run_id)
+    template = load_template("rationale")
+    rows = [{"id": f"t{i}", "messages": json.dumps(template.render(r)), "answer": r["answer"],
+             "rationale": "Add them up."}
+            for i, r in enumerate(workspace.store.table(workspace.shards(
+                workspace.latest_stage("ingest", run_id=run_id), "corpus")).to_pylist()[:4])]
+    with workspace.stage(run_id, "curate", round_index=0) as st:
+        workspace.store.write(pa.Table.from_pylist(rows), stage=st.stage, kind="train")
+    folder = save_tiny(tmp_path / "student")
+    workspace.catalog.add_model(Model(run_id=run_id, round_index=0, name="tiny", kind="student",
+                                      format="hf", path=str(folder)))
+
+    summary = quantize(spec, workspace, run_id)
+    assert summary["imatrix_tokens"] == 64
+    assert summary["imatrix_dataset"] == f"{run_id} round 0 curated train rows"
+    models = {m.quant: m for m in workspace.catalog.models(run_id) if m.kind == "quantized"}
+    used = {q: json.loads(m.params_json)["imatrix_tokens"] for q, m in models.items()}
+    assert used == {"F16": None, "Q8_0": None, "Q4_0": 64}  # Q8_0's quantizer ignores it
+    fields = GGUFReader(models["Q4_0"].path).fields
+    assert fields["quantize.imatrix.chunks_count"].contents() >= 1
+    assert "quantize.imatrix.dataset" not in GGUFReader(models["Q8_0"].path).fields
+
+
+def test_without_curated_rows_the_corpus_calibrates_and_zero_tokens_turns_it_off(
+        workspace, tmp_path):
+    from flows.ingest import ingest
+
+    for tokens, want in ((32, 32), (0, None)):
+        spec = _spec(gguf_types=["Q4_0"], int8_absmax=None, int4_group_size=None,
+                     imatrix_tokens=tokens)
+        run_id = workspace.start_run(spec, "quantize").id
+        ingest(spec, workspace, run_id)
+        workspace.catalog.add_model(Model(run_id=run_id, round_index=0, name="tiny",
+                                          kind="student", format="hf",
+                                          path=str(save_tiny(tmp_path / f"s{tokens}"))))
+        summary = quantize(spec, workspace, run_id)
+        assert summary.get("imatrix_tokens") == want
+        if want:
+            assert summary["imatrix_dataset"] == f"{run_id} corpus"

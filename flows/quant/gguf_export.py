@@ -24,7 +24,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
+from flows.quant.imatrix import Imatrix, imatrix_array, metadata_overrides
+
 FloatType = Literal["F16", "F32"]
 
 
@@ -185,8 +186,9 @@ def ftype_of(quant: str) -> int:
 
 
 def llama_quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None,
-                   allow_requantize: bool = False) -> Path:
-    """llama.cpp's own quantizer (llama_model_quantize), defaults as its CLI uses them."""
+                   allow_requantize: bool = False, imatrix: Imatrix | None = None) -> Path:
+    """llama.cpp's own quantizer (llama_model_quantize), defaults as its CLI uses them, with
+    an importance matrix where given (as its `--imatrix` option passes one)."""
     import llama_cpp
 
     dst = Path(dst)
@@ -196,10 +198,16 @@ def llama_quantize(src: Path, dst: Path, quant: str, *, threads: int | None = No
     params.ftype = ftype_of(quant)
     params.nthread = threads or 0
     params.allow_requantize = allow_requantize
+    keep_alive = None  # the ctypes arrays llama.cpp reads must outlive the call
+    if imatrix is not None and imatrix.values:
+        keep_alive = (imatrix_array(imatrix), metadata_overrides(imatrix))
+        params.imatrix = ctypes.cast(keep_alive[0][0], type(params.imatrix))
+        params.kv_overrides = ctypes.cast(keep_alive[1], type(params.kv_overrides))
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if rc != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"llama.cpp could not quantize {src} to {quant} (return code {rc})")
+    del keep_alive
     os.replace(tmp, dst)
     return dst
 
