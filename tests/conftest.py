@@ -63,8 +63,12 @@ def pytest_sessionfinish(session, exitstatus):
     Prefect's atexit hook, the "Stopping temporary server" log line is written to a stream pytest
     has already closed, and a logging traceback ends every run's output."""
     try:
+        from prefect.logging.handlers import APILogWorker
         from prefect.server.api.server import SubprocessASGIServer
     except ImportError:
         return
+    # Flow-run logs still queued for the API go out first: sent after the server stopped, they
+    # end the output with "Error logging to API".
+    APILogWorker.drain_all(timeout=10)
     for server in list(SubprocessASGIServer._instances.values()):
         server.stop()
