@@ -1,4 +1,4 @@
-"""Near-duplicate detection benchmark: ours (flows/curation/minhash.py) against datatrove's MinHash
+"""Near-duplicate detection benchmark: ours (flows/curate/minhash.py) against datatrove's MinHash
 pipeline, rensa and datasketch, side by side on the same rows.
 
     # peers live in their own venvs, never in the project's:
@@ -158,7 +158,7 @@ def _union_find(n: int, pairs) -> np.ndarray:
 
 
 def run_ours(texts, workdir: Path) -> np.ndarray:
-    from flows.curation.minhash import MinHashParams, near_duplicate_clusters
+    from flows.curate.minhash import MinHashParams, near_duplicate_clusters
 
     params = MinHashParams(shingle=SHINGLE, permutations=PERMS, bands=BANDS, rows=ROWS,
                            threshold=THRESHOLD, seed=SEED)
@@ -166,7 +166,7 @@ def run_ours(texts, workdir: Path) -> np.ndarray:
 
 
 def run_ours_permutations(texts, workdir: Path) -> np.ndarray:
-    from flows.curation.minhash import MinHashParams, near_duplicate_clusters
+    from flows.curate.minhash import MinHashParams, near_duplicate_clusters
 
     params = MinHashParams(shingle=SHINGLE, permutations=PERMS, bands=BANDS, rows=ROWS,
                            threshold=THRESHOLD, seed=SEED, scheme="permutations")
@@ -201,7 +201,11 @@ def run_datatrove(texts, workdir: Path) -> np.ndarray:
     import polars as pl
     from datatrove.executor.local import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (
-        MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature)
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import ParquetReader
     from datatrove.utils.hashing import HashConfig
 

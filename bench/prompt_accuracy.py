@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from flows.answers import answers_match, extract_answer
-from flows.corpus import demo
 from flows.embedded import embedded_gguf
+from flows.ingest import demo
 from flows.prompting import load_template
 
 

@@ -40,8 +40,8 @@ def size_comparison(ours_f16: Path, out: Path, imatrix=None) -> list[dict]:
     stage used (it adds the same quantize.imatrix.* keys to both): differences come from the
     exporter."""
     from flows.embedded import embedded_gguf
-    from flows.quant.gguf_export import gguf_weight_stats, llama_quantize
     from flows.quantize import IMATRIX_IGNORED
+    from flows.quantize.gguf_export import gguf_weight_stats, llama_quantize
 
     rows = []
     for t in SIZE_TYPES:
@@ -73,9 +73,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.curriculum is None:
         os.environ.setdefault("STAIRS_HOME", tempfile.mkdtemp(prefix="stairs-bench-quant-"))
-    from flows import spec as spec_mod
     from flows.ingest import ingest
     from flows.models import resolve_model
+    from flows.preflight import load_checked
     from flows.quantize import quantize
     from flows.workspace import Workspace
     from storage.tables import Model
@@ -91,7 +91,7 @@ def main() -> None:
     path = home / "bench-quantization.yaml"
     home.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc))
-    spec = spec_mod.load(path)
+    spec = load_checked(path)
     ws = Workspace.open()
     student = None
     if args.student:
@@ -102,39 +102,29 @@ def main() -> None:
         ingest(spec, ws, run.id)
         result = quantize(spec, ws, run.id, student=student)
     elapsed = time.perf_counter() - start
-    f16 = next(Path(ws.catalog.get(Model, r["model_id"]).path) for r in result["table"]
-               if r["quant"] == "F16")
+    f16 = Path(ws.catalog.get(Model, result.artifact("F16").model_id).path)
     imatrix = None
-    if spec.quantization.imatrix_tokens:
-        from transformers import AutoTokenizer
+    if result.imatrix_tokens:  # the same matrix the stage made (it is deterministic)
+        from flows.quantize import student_imatrix
 
-        from flows.models import model_path
-        from flows.quant.imatrix import compute_imatrix
-        from flows.quantize import calibration_ids, load_student
-
-        student_model = ws.catalog.get(Model, result["student_id"])
-        folder = model_path(student_model.path)
-        ids, dataset = calibration_ids(ws, run.id, student_model,
-                                       AutoTokenizer.from_pretrained(folder), spec)
-        imatrix = compute_imatrix(load_student(folder)[0], ids,
-                                  max_tokens=spec.quantization.imatrix_tokens, dataset=dataset)
+        imatrix = student_imatrix(ws, run.id, ws.catalog.get(Model, result.student_id), spec)
     sizes = size_comparison(f16, home / "size-comparison", imatrix)
-    made = {r["quant"]: ws.catalog.get(Model, r["model_id"]).bytes for r in result["table"]}
+    made = {r.quant: ws.catalog.get(Model, r.model_id).bytes for r in result.table}
     for s in sizes:  # the stage's own files are the ones compared
         if s["type"] in made and made[s["type"]] != s["ours_bytes"]:
             raise SystemExit(f"{s['type']}: the stage's file has {made[s['type']]} bytes, the "
                              f"comparison's {s['ours_bytes']}")
 
     who = ("base model SmolLM2-135M-Instruct (no trained student in this run)"
-           if result["student_is_base_stand_in"] else result["student"])
-    print(f"\nstudent: {who}; {result['eval_rows']} held-out rows; {elapsed:.0f} s")
-    print(f"importance matrix: {result.get('imatrix_tokens') or 'none'} tokens of "
-          f"{result.get('imatrix_dataset') or '-'}\n")
+           if result.student_is_base_stand_in else result.student)
+    print(f"\nstudent: {who}; {result.eval_rows} held-out rows; {elapsed:.0f} s")
+    print(f"importance matrix: {result.imatrix_tokens or 'none'} tokens of "
+          f"{result.imatrix_dataset or '-'}\n")
     print("| artifact | engine | size (MB) | bits/weight | eval accuracy | perplexity | tokens/s |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for r in result["table"]:
-        print(f"| {r['quant']} | {r['engine']} | {r['size_mb']:.1f} | {r['bits_per_weight']:.2f} "
-              f"| {r['accuracy']:.3f} | {r['perplexity']:.3f} | {r['tokens_per_s']:.1f} |")
+    for r in result.table:
+        print(f"| {r.quant} | {r.engine} | {r.size_mb:.1f} | {r.bits_per_weight:.2f} "
+              f"| {r.accuracy:.3f} | {r.perplexity:.3f} | {r.tokens_per_s:.1f} |")
     print("\n| type | ours (bytes) | llama.cpp pipeline (bytes) | ours - theirs | "
           "bits/weight ours / theirs |")
     print("|---|---:|---:|---:|---:|")
@@ -143,7 +133,7 @@ def main() -> None:
               f"{s['ours_bytes'] - s['llamacpp_bytes']:+,} | "
               f"{s['ours_bpw']:.3f} / {s['llamacpp_bpw']:.3f} |")
     if args.json:
-        args.json.write_text(json.dumps({"result": result, "sizes": sizes,
+        args.json.write_text(json.dumps({"result": result.to_json(), "sizes": sizes,
                                          "elapsed_s": elapsed}, indent=1, default=str))
 
 

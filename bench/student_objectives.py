@@ -28,7 +28,7 @@ class LabelTask:
         self.template, self.name, self.content_hash = template, template.name + "+label", None
 
     def render(self, row, few_shot=False):
-        from flows.student.examples import LABEL_PREFIX, with_prefix
+        from flows.train.examples import LABEL_PREFIX, with_prefix
 
         return with_prefix(self.template.render(row, few_shot=few_shot), LABEL_PREFIX)
 
@@ -42,17 +42,15 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = p.parse_args()
 
-    from flows import spec as spec_mod
     from flows.curate import curate
-    from flows.evaluate import as_template, evaluate_model
+    from flows.evaluate import eval_template, evaluate_model, held_out_rows
     from flows.generate import generate
     from flows.ingest import ingest
-    from flows.quantize import eval_rows
-    from flows.student import base
+    from flows.preflight import load_checked
     from flows.train import train
     from flows.workspace import Workspace
 
-    spec = spec_mod.load(args.curriculum)
+    spec = load_checked(args.curriculum)
     n_eval = args.eval_rows or spec.quantization.eval_rows
     ws = Workspace.open()
     results = []
@@ -61,7 +59,7 @@ def main() -> None:
         ingest(spec, ws, run.id)
         generated = generate(spec, ws, run.id, round_index=0, progress_bar=False)
         curated = curate(spec, ws, run.id, round_index=0)
-        print(f"run {run.id}: {generated.get('rows_written')} teacher rows, {curated['kept']} "
+        print(f"run {run.id}: {generated.rows_written} teacher rows, {curated.kept} "
               f"kept by curation ({time.perf_counter() - t0:.0f} s: stages another run of this "
               "curriculum finished are reused)", flush=True)
         for i, objective in enumerate(args.objectives.split(",")):
@@ -69,24 +67,22 @@ def main() -> None:
                 "objective": objective, "eval_rows": n_eval, "evaluate_base": i == 0})
             s = train(spec.model_copy(update={"student": student}), ws, run.id)
             if i == 0:
-                results.append({"model": "base (untrained)", "accuracy": s.get("base_accuracy")})
+                results.append({"model": "base (untrained)", "accuracy": s.base_accuracy})
                 print(results[-1], flush=True)
-            results.append({"model": objective, "accuracy": s["student_accuracy"],
-                            "examples": s["examples"], "steps": s["steps"],
-                            "final_loss": round(s["final_loss"], 4),
-                            "train_tokens_per_s": round(s["train_tokens_per_s"], 1)})
+            results.append({"model": objective, "accuracy": s.student_accuracy,
+                            "examples": s.examples, "steps": s.steps,
+                            "final_loss": round(s.final_loss, 4),
+                            "train_tokens_per_s": round(s.train_tokens_per_s, 1)})
             print(results[-1], flush=True)
             if objective == "step_by_step":
-                loaded, tok, _ = base.load(f"catalog:{s['student_model_id']}",
-                                           catalog=ws.catalog)
-                label = evaluate_model((loaded, tok), eval_rows(ws, run.id, n_eval),
-                                       LabelTask(as_template(spec.generate.template)),
-                                       max_new_tokens=spec.student.eval_max_new_tokens,
-                                       with_loss=False)
+                rows, _ = held_out_rows(ws, run.id, n_eval)
+                label = evaluate_model(f"catalog:{s.student_model_id}", rows,
+                                       LabelTask(eval_template(spec)), catalog=ws.catalog,
+                                       max_new_tokens=spec.student.eval_max_new_tokens)
                 results.append({"model": "step_by_step, asked its label task",
-                                "accuracy": label["accuracy"]})
+                                "accuracy": label.accuracy})
                 print(results[-1], flush=True)
-    print(f"\n{curated['kept']} curated rows; {spec.student.max_steps} steps x batch "
+    print(f"\n{curated.kept} curated rows; {spec.student.max_steps} steps x batch "
           f"{spec.student.batch_size}, lr {spec.student.learning_rate}, {spec.student.method}; "
           f"{n_eval} held-out rows, greedy")
     print("| student | held-out accuracy | training examples | final loss | train tokens/s |")
@@ -96,7 +92,7 @@ def main() -> None:
         print(f"| {r['model']} | {acc} | {r.get('examples', '')} | {r.get('final_loss', '')} | "
               f"{r.get('train_tokens_per_s', '')} |")
     if args.json:
-        args.json.write_text(json.dumps({"run_id": run.id, "kept": curated["kept"],
+        args.json.write_text(json.dumps({"run_id": run.id, "kept": curated.kept,
                                          "eval_rows": n_eval, "results": results}, indent=1))
 
 

@@ -4,7 +4,7 @@ endpoint with fixed latency, what it costs in client CPU and memory, and what it
     PYTHONPATH=. python bench/teacher_throughput.py                  # 2,000 requests, c=64, 200 ms
     PYTHONPATH=. python bench/teacher_throughput.py --requests 300   # quick
 
-The fake OpenAI-compatible server (tests/fakes/openai_server.py) runs in its own process on
+The fake OpenAI-compatible server (tests/helpers/openai_server.py) runs in its own process on
 127.0.0.1, so the client's CPU seconds are the client's alone. Ideal completions/s =
 concurrency / latency. Each repetition runs the whole generate stage (cache lookups, cache
 writes, row parsing, shard writes) in a fresh subprocess with a fresh STAIRS_HOME; we report
@@ -29,17 +29,17 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 PEERS = {"distilabel": "distilabel_runner.py", "curator": "curator_runner.py",
          "data-designer": "data_designer_runner.py"}
 PEER_ROOT = Path("/work/bench-venvs")
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    from fakes.openai_server import free_port
+    from tests.helpers.openai_server import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/fakes/openai_server.py"),
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/helpers/openai_server.py"),
                              "--port", str(port), "--latency", str(latency)])
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(200):
@@ -57,7 +57,6 @@ def received(url: str) -> int:
 
 def write_workload(folder: Path, url: str, n: int, concurrency: int) -> Path:
     import yaml
-
     from gen_helpers import demo_jsonl
 
     demo_jsonl(folder / "corpus.jsonl", n, seed=7)
@@ -73,11 +72,11 @@ def write_workload(folder: Path, url: str, n: int, concurrency: int) -> Path:
 
 def child(curriculum: str) -> None:
     """One generate run in this process; prints its measurements as JSON."""
-    from flows import spec as spec_mod
     from flows.generate import generate
+    from flows.preflight import load_checked
     from flows.workspace import Workspace
 
-    spec = spec_mod.load(curriculum)
+    spec = load_checked(curriculum)
     ws = Workspace.open()
     run_id = ws.start_run(spec, "generate").id
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -85,8 +84,8 @@ def child(curriculum: str) -> None:
     s = generate(spec, ws, run_id, progress_bar=False)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"wall_s": wall, "teach_s": s.get("elapsed_s"), "sent": s.get("sent", 0),
-                      "rows": s.get("rows_written"), "complete": s.get("complete"),
+    print(json.dumps({"wall_s": wall, "teach_s": s.elapsed_s, "sent": s.sent,
+                      "rows": s.rows_written, "complete": s.complete,
                       "cpu_s": (after.ru_utime + after.ru_stime)
                       - (before.ru_utime + before.ru_stime),
                       "peak_rss_mb": after.ru_maxrss / 1024}))
@@ -103,7 +102,7 @@ def bare(url: str, n: int, concurrency: int) -> None:
 
     import aiohttp
 
-    from flows.corpus import demo
+    from flows.ingest import demo
 
     rows = list(demo.generate(n, seed=7, people=2, colors=2, max_count=9, tasks=["sum"]))
 

@@ -1,4 +1,4 @@
-"""Student training throughput: our loop (flows/student/trainer.py) vs a plain transformers
+"""Student training throughput: our loop (flows/train/trainer.py) vs a plain transformers
 `Trainer`, same model, rows, batch size, steps, optimizer (AdamW, linear schedule), precision
 and length-grouped batching, side by side in one run.
 
@@ -23,7 +23,7 @@ import time
 
 
 def demo_rows(n: int) -> list[dict]:
-    from flows.corpus import demo
+    from flows.ingest import demo
     from flows.prompting import load_template
 
     template = load_template("rationale")
@@ -48,11 +48,12 @@ def peak_memory_mb(device: str) -> float:
 def measure(which: str, args) -> dict:
     import torch
 
-    from flows.student import base, examples
-    from flows.student.trainer import TrainConfig, fit, pick_device, prepare
+    from flows import models
+    from flows.train import examples
+    from flows.train.trainer import TrainConfig, fit, pick_device, prepare
 
     device = pick_device("auto")
-    model, tok, _ = base.load(args.model, device=device)
+    model, tok, _ = models.load(args.model, device=device)
     cfg = TrainConfig(objective="cot", max_steps=args.steps, batch_size=args.batch_size,
                       learning_rate=5e-5, warmup_ratio=0.0, max_length=args.max_length, seed=0)
     groups = examples.build(demo_rows(args.rows), tok, "cot", cfg.max_length).groups
@@ -117,9 +118,9 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, args)))
         return
-    from flows.student import base
+    from flows import models
 
-    base.hf_folder(base.resolve(args.model))  # convert/cache once, outside the timings
+    models.hf_folder(models.resolve(args.model))  # convert/cache once, outside the timings
     results: dict[str, list[dict]] = {"ours": [], "hf-trainer": []}
     passthrough = ["--model", args.model, "--steps", str(args.steps), "--batch-size",
                    str(args.batch_size), "--max-length",

@@ -30,16 +30,20 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.
 
 
 def _load(path: Path):
-    from flows.spec import SpecError, load
+    """The curriculum, parsed and through every pre-flight check, or one red line and exit 2."""
+    from flows.preflight import load_checked
+    from flows.spec import SpecError
 
     try:
-        return load(path)
+        return load_checked(path)
     except SpecError as e:
         err.print(f"[red]invalid curriculum[/red] {e}")
         raise typer.Exit(2) from None
 
 
 def _emit_json(doc) -> None:
+    if hasattr(doc, "to_json"):  # a typed stage result
+        doc = doc.to_json()
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
@@ -80,9 +84,9 @@ def ingest(curriculum: Path = CurriculumArg, as_json: bool = JsonOpt) -> None:
     if as_json:
         _emit_json(result)
         return
-    out.print(f"run [bold]{result['run_id']}[/bold]: {result['train_rows']} train rows, "
-              f"{result['eval_rows']} eval rows, {result['rejected']} rejected")
-    for reason, n in result["rejects_by_reason"].items():
+    out.print(f"run [bold]{result.run_id}[/bold]: {result.train_rows} train rows, "
+              f"{result.eval_rows} eval rows, {result.rejected} rejected")
+    for reason, n in result.rejects_by_reason.items():
         out.print(f"  rejected {n:>6}  {reason}")
 
 
@@ -104,19 +108,17 @@ def generate(curriculum: Path = CurriculumArg, run_id: Optional[str] = typer.Opt
     out.print(generate_report(result))
 
 
-def generate_report(r: dict) -> str:
-    lines = [f"run [bold]{r['run_id']}[/bold]: {r.get('rows_written', 0)} rows from "
-             f"{r.get('requests', 0)} requests to {r.get('teacher')} "
-             f"({r.get('cache_hits', 0)} cache hits, {r.get('sent', 0)} sent, "
-             f"{r.get('resumed_requests', 0)} resumed)"
-             + (" [dim](reused finished stage)[/dim]" if r.get("reused_stage") else ""),
-             f"  tokens: {r.get('prompt_tokens', 0)} in, {r.get('completion_tokens', 0)} out"
-             + (f", cost ${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else "")]
-    for reason, n in (r.get("errors_by_reason") or {}).items():
+def generate_report(r) -> str:
+    lines = [f"run [bold]{r.run_id}[/bold]: {r.rows_written} rows from {r.requests} requests "
+             f"to {r.teacher} ({r.cache_hits} cache hits, {r.sent} sent, "
+             f"{r.resumed_requests} resumed)"
+             + (" [dim](reused finished stage)[/dim]" if r.reused_stage else ""),
+             f"  tokens: {r.prompt_tokens} in, {r.completion_tokens} out"
+             + (f", cost ${r.cost_usd:.4f}" if r.cost_usd is not None else "")]
+    for reason, n in r.errors_by_reason.items():
         lines.append(f"  error {n:>6}  {reason}")
-    if not r.get("complete", True):
-        why = "budget reached" if r.get("budget_exhausted") else \
-            f"{r.get('unanswered', 0)} requests unanswered"
+    if not r.complete:
+        why = "budget reached" if r.budget_exhausted else f"{r.unanswered} requests unanswered"
         lines.append(f"  [yellow]incomplete[/yellow] ({why}): run the same command to resume")
     return "\n".join(lines)
 
@@ -129,8 +131,8 @@ def curate(curriculum: Path = CurriculumArg,
            as_json: bool = JsonOpt) -> None:
     """Filter, dedup, decontaminate and order the latest generated rows: kept/dropped/train shards."""
     _load(curriculum)
-    from flows.params import RoundParams
     from flows.curate import CurateError, curate_flow
+    from flows.params import RoundParams
 
     result = _call_flow(curate_flow, RoundParams(curriculum=str(curriculum), run_id=run_id,
                                                  round_index=round_index),
@@ -138,9 +140,9 @@ def curate(curriculum: Path = CurriculumArg,
     if as_json:
         _emit_json(result)
         return
-    out.print(f"run [bold]{result['run_id']}[/bold] round {result['round']}: "
-              f"{result['kept']} kept, {result['dropped']} dropped of {result['generated']}")
-    for reason, n in result["drops_by_reason"].items():
+    out.print(f"run [bold]{result.run_id}[/bold] round {result.round}: "
+              f"{result.kept} kept, {result.dropped} dropped of {result.generated}")
+    for reason, n in result.drops_by_reason.items():
         out.print(f"  dropped {n:>6}  {reason}")
 
 
@@ -234,12 +236,13 @@ def train(curriculum: Path = CurriculumArg,
     if as_json:
         _emit_json(result)
         return
-    out.print(f"run [bold]{result['run_id']}[/bold]: student model {result['student_model_id']} "
-              f"({result['objective']}, {result['steps']} steps, loss {result['first_loss']:.3f}"
-              f" -> {result['final_loss']:.3f})")
+    out.print(f"run [bold]{result.run_id}[/bold]: student model {result.student_model_id} "
+              f"({result.objective}, {result.steps} steps, loss {result.first_loss:.3f}"
+              f" -> {result.final_loss:.3f})")
     for key in ("base_accuracy", "student_accuracy"):
-        if key in result:
-            out.print(f"  {key.replace('_', ' ')}: {result[key]:.1%} of {result['eval_rows']}")
+        if getattr(result, key) is not None:
+            out.print(f"  {key.replace('_', ' ')}: {getattr(result, key):.1%} of "
+                      f"{result.eval_rows}")
 
 
 @app.command("eval")
@@ -251,19 +254,19 @@ def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, '
           as_json: bool = JsonOpt) -> None:
     """Score any model on a curriculum's held-out rows (exact-match accuracy, loss, tokens/s)."""
     _load(curriculum)
-    from flows.student.base import ModelRefError
+    from flows.evaluate import EvalError, eval_flow
+    from flows.models import ModelRefError
     from flows.params import EvalParams
-    from flows.train import TrainError, eval_flow
 
     result = _call_flow(eval_flow, EvalParams(model=model, curriculum=str(curriculum), rows=rows),
-                        failure="cannot evaluate", errors=(TrainError, ModelRefError))
+                        failure="cannot evaluate", errors=(EvalError, ModelRefError))
     if as_json:
         _emit_json(result)
         return
-    out.print(f"{model} ({result['format']}): accuracy {result['accuracy']:.1%} "
-              f"({result['correct']}/{result['n']}), {result['tokens_per_s']:.1f} tokens/s"
-              + (f", eval loss {result['eval_loss']:.3f}" if result["eval_loss"] else "")
-              + f"  [model {result['model_id']}, run {result['run_id']}]")
+    out.print(f"{model} ({result.format}): accuracy {result.accuracy:.1%} "
+              f"({result.correct}/{result.n}), {result.tokens_per_s:.1f} tokens/s"
+              + (f", eval loss {result.eval_loss:.3f}" if result.eval_loss else "")
+              + f"  [model {result.model_id}, run {result.run_id}]")
 
 
 @app.command()
@@ -281,14 +284,14 @@ def quantize(curriculum: Path = CurriculumArg,
     if as_json:
         _emit_json(result)
         return
-    stand_in = " (base model standing in for a student)" if result.get(
-        "student_is_base_stand_in") else ""
-    out.print(f"run [bold]{result['run_id']}[/bold]: quantized {result.get('student')}{stand_in}")
+    stand_in = " (base model standing in for a student)" if result.student_is_base_stand_in \
+        else ""
+    out.print(f"run [bold]{result.run_id}[/bold]: quantized {result.student}{stand_in}")
     table = Table("artifact", "model id", "MB", "bits/w", "accuracy", "ppl", "tok/s", "engine")
-    for r in result.get("table", []):
-        table.add_row(r["artifact"], str(r["model_id"]), f"{r['size_mb']:.1f}",
-                      f"{r['bits_per_weight']:.2f}", f"{r['accuracy']:.3f}",
-                      f"{r['perplexity']:.3f}", f"{r['tokens_per_s']:.1f}", r["engine"])
+    for r in result.table:
+        table.add_row(r.artifact, str(r.model_id), f"{r.size_mb:.1f}",
+                      f"{r.bits_per_weight:.2f}", f"{r.accuracy:.3f}",
+                      f"{r.perplexity:.3f}", f"{r.tokens_per_s:.1f}", r.engine)
     out.print(table)
 
 
@@ -337,7 +340,7 @@ def demo_data(out_file: Path = typer.Argument(..., help="JSONL file to write."),
               rows: int = 100, seed: int = 0, people: int = 2, colors: int = 2,
               max_count: int = 9, tasks: str = typer.Option("sum", help="Comma-separated.")) -> None:
     """Write the demo corpus (open-book problems about fictional people) as JSONL."""
-    from flows.corpus import demo
+    from flows.ingest import demo
 
     with open(out_file, "w", encoding="utf-8") as f:
         for row in demo.generate(rows, seed=seed, people=people, colors=colors,
@@ -394,7 +397,8 @@ def serve_flows(api_url: Optional[str] = ApiOpt, name: Optional[list[str]] = typ
     """Serve every deployment from this process (flow.serve): no work pool, no worker."""
     import os
 
-    from flows.deployments import prefect_env, serve_flows as run_serve
+    from flows.deployments import prefect_env
+    from flows.deployments import serve_flows as run_serve
 
     os.environ.update(prefect_env(api_url))
     run_serve(names=name or None)

@@ -126,7 +126,7 @@ def worker_command(pool: str | None = None, limit: int | None = None) -> list[st
 
 
 def import_flow(entrypoint: str):
-    """'flows/ingest.py:ingest_flow' -> the flow, imported as the package module flows.ingest
+    """'flows/ingest/flow.py:ingest_flow' -> the flow, imported as the module flows.ingest.flow
     (Prefect's loader would load the file a second time under another module name).
 
     The runner ships the flow to its run process with cloudpickle, which copies a decorated

@@ -1,23 +1,46 @@
-"""Model references shared by every stage: resolve "catalog:<id>", the embedded model's name, or a
-path to a file/folder on disk; and the base student (the embedded SmolLM2 as a transformers folder).
+"""The one home of model references, for every stage (teachers, students, evaluation, quantize,
+serve): what a reference means, where its files are, how it loads, and how it is registered.
+
+A reference is one of:
+    "smollm2-135m"        the embedded SmolLM2-135M-Instruct GGUF (flows/embedded.py)
+    "catalog:12"          a model the catalog recorded (a student, a quantized file, ...)
+    "/x/student.gguf"     a GGUF file, or a Hugging Face model folder (one with config.json)
 
     resolve_model("catalog:12", catalog)   -> path of catalog model 12 (file or folder)
-    resolve_model("smollm2-135m")          -> the embedded GGUF
-    resolve_model("/x/student.gguf")       -> that path, if it exists
+    resolve("smollm2-135m")                -> ResolvedModel(kind="gguf", path=...)
+    load("smollm2-135m")                   -> (transformers model, tokenizer, hf folder)
+
+transformers dequantizes a GGUF into a float model, which takes ~30 s on 2 cores (tokenizer ~15 s
+of it), so the conversion is cached once as safetensors under STAIRS_HOME/cache/hf/<name>-<file
+hash> (cache_root()); later loads take a second.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from flows.embedded import EMBEDDED_NAME, embedded_gguf
 
 CATALOG_PREFIX = "catalog:"
+STAIRS_META = "stairs.json"  # written next to every model we save: lineage and how it was made
 
 
 class ModelRefError(ValueError, FileNotFoundError):
     """A model reference that does not name an existing model; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    ref: str          # what the user wrote
+    kind: str         # hf | gguf
+    path: Path        # folder (hf) or file (gguf)
+    catalog_id: int | None = None
 
 
 def model_path(path: str) -> Path:
@@ -29,8 +52,8 @@ def model_path(path: str) -> Path:
 
 
 def resolve_model(ref: str, catalog=None, *, base_dir: Path | None = None) -> Path:
-    """The one place a model reference becomes a path (teachers, students, quantize, serve).
-    A relative path is taken against base_dir (a curriculum's folder) when given."""
+    """A reference as a path on disk. A relative path is taken against base_dir (a curriculum's
+    folder) when given."""
     ref = str(ref).strip()
     if ref.startswith(CATALOG_PREFIX):
         from storage.tables import Model
@@ -60,6 +83,66 @@ def resolve_model(ref: str, catalog=None, *, base_dir: Path | None = None) -> Pa
     return path.resolve()
 
 
+def resolve(ref: str, catalog=None, *, base_dir: Path | None = None) -> ResolvedModel:
+    """A reference as a concrete GGUF file or HF folder, without loading anything."""
+    path = resolve_model(ref, catalog, base_dir=base_dir)  # raises ModelRefError naming the ref
+    catalog_id = int(ref.split(":", 1)[1]) if ref.startswith(CATALOG_PREFIX) else None
+    if path.is_file() and path.suffix == ".gguf":
+        return ResolvedModel(ref, "gguf", path, catalog_id=catalog_id)
+    if path.is_dir() and (path / "config.json").exists():
+        return ResolvedModel(ref, "hf", path, catalog_id=catalog_id)
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ResolvedModel(ref, "gguf", ggufs[0].resolve())
+    raise ModelRefError(
+        f"{ref!r}: not '{EMBEDDED_NAME}', 'catalog:<id>', a GGUF file or a Hugging Face model "
+        "folder (one with config.json)")
+
+
+def curriculum_ref(spec, ref: str) -> str:
+    """Paths in a curriculum are relative to its file; names and catalog refs pass through."""
+    if ref.startswith(CATALOG_PREFIX) or ("/" not in ref and not ref.endswith(".gguf")):
+        return ref
+    return str(spec.resolve(ref))
+
+
+# -- identity --------------------------------------------------------------------------------------
+def file_identity(path: Path) -> str:
+    """Content hash of a model file or folder: a cache key must change when the weights do, even
+    if a path is reused (a student overwritten in place)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return _hash_files(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@lru_cache(maxsize=32)
+def _hash_files(files: tuple) -> str:
+    h = hashlib.sha256()
+    for name, _size, _mtime in files:
+        with open(name, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()[:20]
+
+
+def _quick_hash(path: Path, limit: int = 8 << 20) -> str:
+    """Hash of size + the first and last 8 MiB: enough to tell GGUF files apart, and fast."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(limit))
+        f.seek(max(0, path.stat().st_size - limit))
+        h.update(f.read(limit))
+    return h.hexdigest()[:12]
+
+
+def folder_bytes(path: Path) -> int:
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(
+        p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# -- loading ---------------------------------------------------------------------------------------
 def cache_root() -> Path:
     """Conversions that depend only on a model file's content (a GGUF as safetensors), keyed by
     its hash: STAIRS_HOME/cache, or STAIRS_CACHE to share them between homes (the tests do)."""
@@ -70,21 +153,90 @@ def cache_root() -> Path:
     return root
 
 
+def hf_folder(resolved: ResolvedModel) -> Path:
+    """An HF folder for the model: itself, or the cached safetensors conversion of a GGUF."""
+    if resolved.kind == "hf":
+        return resolved.path
+    cache = cache_root() / "hf" / f"{resolved.path.stem}-{_quick_hash(resolved.path)}"
+    if (cache / "config.json").exists() and (cache / STAIRS_META).exists():
+        return cache
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = resolved.path.parent, resolved.path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    # The weights are already dequantized to float; only the GGUF marker blocks saving them.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer, model.is_quantized = None, False
+    tmp = cache.with_name(cache.name + ".tmp")
+    model.save_pretrained(tmp)  # safetensors by default
+    tokenizer.save_pretrained(tmp)
+    (tmp / STAIRS_META).write_text(json.dumps({"converted_from": str(resolved.path)}))
+    if cache.exists():
+        shutil.rmtree(cache)
+    tmp.rename(cache)  # the cache is visible only once complete
+    return cache
+
+
 def base_hf_folder() -> Path:
     """The embedded SmolLM2-135M-Instruct as a transformers safetensors folder (float32)."""
-    from flows.student.base import hf_folder, resolve
-
     return hf_folder(resolve(EMBEDDED_NAME))
 
 
-def register_base_model(catalog) -> "object":
-    """The base student as a catalog Model (kind base, format hf), created once per catalog."""
+def load(ref: str, *, catalog=None, device: str = "cpu", dtype=None):
+    """(model, tokenizer, folder) for any reference; GGUF files go through the safetensors cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = hf_folder(resolve(ref, catalog))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "float32").to(device)
+    if tokenizer.pad_token is None:
+        # Padding is always masked out of attention and loss, so any token will do.
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, folder
+
+
+def load_folder(path: Path):
+    """A saved student folder as a float32 transformers model and tokenizer (a LoRA adapter
+    merged in), in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (path / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = model.merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def read_meta(folder: Path) -> dict:
+    p = Path(folder) / STAIRS_META
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+# -- the catalog -----------------------------------------------------------------------------------
+def register_base(catalog, ref: str, run_id: str | None = None, *, name: str | None = None):
+    """The catalog row of a base model (one per file or folder, reused across runs); a catalog
+    reference is returned as is."""
     from storage.tables import Model
 
-    folder = base_hf_folder()
+    resolved = resolve(ref, catalog)
+    if resolved.catalog_id is not None:
+        return catalog.get(Model, resolved.catalog_id)
     for m in catalog.models():
-        if m.kind == "base" and m.path == str(folder):
+        if model_path(m.path) == resolved.path:
             return m
-    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    return catalog.add_model(Model(name=EMBEDDED_NAME, kind="base", format="hf", quant="F32",
-                                   path=str(folder), bytes=size))
+    return catalog.add_model(Model(run_id=run_id, name=name or ref, kind="base",
+                                   format=resolved.kind, path=str(resolved.path),
+                                   bytes=folder_bytes(resolved.path),
+                                   params_json=json.dumps({"ref": ref})))
+
+
+def register_embedded_base(catalog):
+    """The embedded base as a transformers folder: what the quantize stage starts from when a run
+    has no trained student yet."""
+    return register_base(catalog, str(base_hf_folder()), name=EMBEDDED_NAME)

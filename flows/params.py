@@ -5,8 +5,8 @@ Validation happens in two places, on purpose:
 - The JSON schema of these models (types, the `.yaml` pattern, bounds on `rounds`) is enforced by
   the Prefect server itself when a run is created from a deployment, so a malformed request is
   refused with HTTP 409 and the schema's message before any worker picks it up.
-- The `curriculum` validator loads the file with `flows.spec.load` (keys, types, referenced files,
-  stage pre-flight checks). That needs the project's files, so it runs where the flow runs: a bad
+- The `curriculum` validator loads the file with `flows.preflight.load_checked` (keys, types,
+  then every stage's pre-flight check: referenced files, templates, models). That needs the project's files, so it runs where the flow runs: a bad
   curriculum fails the flow run at once, with the spec's message in its state.
 
 Every stage flow takes `StageParams`; the staircase takes `StaircaseParams`.
@@ -50,16 +50,18 @@ class FlowParams(BaseModel):
     @field_validator("curriculum")
     @classmethod
     def _loads(cls, value: str) -> str:
-        from flows.spec import SpecError, load
+        from flows.preflight import load_checked
+        from flows.spec import SpecError
 
         try:
-            load(resolve_curriculum(value))
+            load_checked(resolve_curriculum(value))
         except SpecError as e:
             raise ValueError(str(e)) from None
         return value
 
     def load(self):
-        """The parsed curriculum (loaded once per params object)."""
+        """The parsed curriculum (loaded once per params object; the validator above has already
+        run its pre-flight checks)."""
         if self._spec is None:
             from flows.spec import load
 

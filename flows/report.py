@@ -10,13 +10,16 @@ import io
 import json
 from pathlib import Path
 
+from flows.results import RESULTS
 from flows.settings import stairs_home
 from flows.workspace import Workspace
 
 
-def _summary(ws: Workspace, run_id: str, name: str, index: int) -> dict:
+def _result(ws: Workspace, run_id: str, name: str, index: int):
+    """The typed result of a round's stage (empty when the stage has not finished)."""
+    cls = RESULTS[name]
     stage = ws.latest_stage(name, run_id=run_id, round_index=index)
-    return ws.summary(stage) if stage else {}
+    return cls.of(run_id, ws.summary(stage)) if stage else cls(run_id=run_id)
 
 
 def round_report(ws: Workspace, run_id: str) -> list[dict]:
@@ -25,29 +28,29 @@ def round_report(ws: Workspace, run_id: str) -> list[dict]:
     promote = json.loads(ws.catalog.get_run(run_id).spec_json)["staircase"]["promote"]
     rows, previous_student = [], None
     for r in ws.catalog.rounds(run_id):
-        generated = _summary(ws, run_id, "generate", r.index)
-        curated = _summary(ws, run_id, "curate", r.index)
-        trained = _summary(ws, run_id, "train", r.index)
-        table = _summary(ws, run_id, "quantize", r.index).get("table", [])
-        promoted = next((t for t in table if t["quant"] == promote), None)
+        generated = _result(ws, run_id, "generate", r.index)
+        curated = _result(ws, run_id, "curate", r.index)
+        trained = _result(ws, run_id, "train", r.index)
+        quantized = _result(ws, run_id, "quantize", r.index)
+        promoted = quantized.artifact(promote)
         # A promoted student's score is measured once, as a student; it is the next teacher's.
         teacher_acc = teacher_scores.get(r.index, previous_student)
         rows.append({
             "round": r.index, "teacher": r.teacher, "teacher_accuracy": teacher_acc,
-            "student_accuracy": promoted["accuracy"] if promoted else None,
-            "student_hf_accuracy": trained.get("student_accuracy"),
-            "base_accuracy": trained.get("base_accuracy"),
-            "rows_generated": generated.get("rows_written", generated.get("requests")),
-            "rows_kept": curated.get("kept"), "drops_by_reason": curated.get("drops_by_reason", {}),
-            "quantized": [{"type": t["quant"] or t["artifact"], "format": t["format"],
-                           "bytes": round(t["size_mb"] * 2**20), "accuracy": t["accuracy"],
-                           "tokens_per_s": t["tokens_per_s"], "model_id": t["model_id"]}
-                          for t in table],
+            "student_accuracy": promoted.accuracy if promoted else None,
+            "student_hf_accuracy": trained.student_accuracy,
+            "base_accuracy": trained.base_accuracy,
+            "rows_generated": generated.rows_written or generated.requests,
+            "rows_kept": curated.kept, "drops_by_reason": curated.drops_by_reason,
+            "quantized": [{"type": t.quant or t.artifact, "format": t.format,
+                           "bytes": round(t.size_mb * 2**20), "accuracy": t.accuracy,
+                           "tokens_per_s": t.tokens_per_s, "model_id": t.model_id}
+                          for t in quantized.table],
             "candidate": promote, "promoted": promote if r.gate_passed else None,
             "gate_passed": r.gate_passed,
             "gate_reason": r.gate_reason, "status": r.status,
         })
-        previous_student = promoted["accuracy"] if (promoted and r.gate_passed) else teacher_acc
+        previous_student = promoted.accuracy if (promoted and r.gate_passed) else teacher_acc
     return rows
 
 

@@ -37,7 +37,7 @@ class Columns(Strict):
 
 
 class DemoSpec(Strict):
-    """The built-in open-book reasoning corpus about fictional people (flows/corpus/demo.py)."""
+    """The built-in open-book reasoning corpus about fictional people (flows/ingest/demo.py)."""
 
     rows: int = Field(600, ge=1, le=1_000_000)
     seed: int = 0
@@ -153,7 +153,7 @@ class GenerateSpec(Strict):
 
 # -- curation -----------------------------------------------------------------------------------
 class CurationNearDedup(Strict):
-    """MinHash + LSH near-duplicate removal (flows/curation/minhash.py)."""
+    """MinHash + LSH near-duplicate removal (flows/curate/minhash.py)."""
 
     enabled: bool = True
     shingle: int = Field(5, ge=1, le=50, description="Words per shingle.")
@@ -242,7 +242,7 @@ class CurationSpec(Strict):
 
 # -- student ------------------------------------------------------------------------------------
 class StudentSpec(Strict):
-    """The student stage (flows/train.py). CPU defaults train the quickstart in minutes on 2
+    """The student stage (flows/train/flow.py). CPU defaults train the quickstart in minutes on 2
     cores; the same keys run unchanged on a GPU (bf16 there)."""
 
     base: str = Field("smollm2-135m", description="Student base: 'smollm2-135m' (embedded), a "
@@ -409,7 +409,8 @@ def format_errors(err: ValidationError) -> list[str]:
 
 
 def load(path: Path | str) -> Curriculum:
-    """Parse and validate a curriculum file, then check what it points to exists."""
+    """Parse and validate a curriculum file (keys, types, values). What it points to is checked by
+    flows/preflight.py."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -426,19 +427,4 @@ def load(path: Path | str) -> Curriculum:
     except ValidationError as e:
         raise SpecError(f"{path}: " + "; ".join(format_errors(e))) from None
     spec._source = path.resolve()
-    problems = check_references(spec)
-    if problems:
-        raise SpecError(f"{path}: " + "; ".join(problems))
     return spec
-
-
-def check_references(spec: Curriculum) -> list[str]:
-    """Files and templates the spec names must exist before anything runs."""
-    problems = []
-    corpus = spec.corpus
-    if corpus.path is not None and not spec.resolve(corpus.path).exists():
-        problems.append(f"corpus.path: file not found: {spec.resolve(corpus.path)}")
-    from flows import checks
-
-    problems.extend(checks.run_all(spec))
-    return problems

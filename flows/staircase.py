@@ -20,7 +20,7 @@ from flows.generate import generate
 from flows.ingest import ingest
 from flows.orchestration import step, task_runner
 from flows.params import StaircaseParams
-from flows.quantize import eval_rows, quantize
+from flows.quantize import quantize
 from flows.report import write_report
 from flows.runinfo import run_details
 from flows.spec import Curriculum, TeacherSpec
@@ -29,14 +29,6 @@ from flows.workspace import Workspace
 from storage.tables import Round, utcnow
 
 LOCAL_BACKENDS = ("llamacpp", "transformers")
-
-
-def resume_or_start(ws: Workspace, spec, *, new: bool) -> str:
-    if not new:
-        previous = ws.catalog.latest_run(spec.fingerprint())
-        if previous is not None and previous.status != "completed" and previous.command == "run":
-            return previous.id
-    return ws.start_run(spec, "run").id
 
 
 def describe(teacher: TeacherSpec) -> str:
@@ -54,21 +46,19 @@ def score_teacher(spec: Curriculum, ws: Workspace, run_id: str, teacher: Teacher
             return m.value  # resumed run: already measured
     if teacher.backend not in LOCAL_BACKENDS:
         return None
-    from flows.evaluate import evaluate_model
-    from flows.models import resolve_model
+    from flows.evaluate import eval_template, evaluate_model, held_out_rows
+    from flows.models import curriculum_ref
 
     q = spec.quantization
-    ref = teacher.model if teacher.backend == "transformers" else str(
-        resolve_model(teacher.model, ws.catalog))
-    result = evaluate_model(ref, eval_rows(ws, run_id, q.eval_rows), spec.generate.template,
+    rows, _ = held_out_rows(ws, run_id, q.eval_rows)
+    # The same function, rows, template and decoding as every quantized student's score.
+    result = evaluate_model(curriculum_ref(spec, teacher.model), rows, eval_template(spec),
                             max_new_tokens=q.max_new_tokens, catalog=ws.catalog,
-                            prompts_dir=spec.generate.prompts_dir and spec.resolve(
-                                spec.generate.prompts_dir), with_loss=False,
                             few_shot=teacher.few_shot)
-    ws.catalog.log_metric("teacher_accuracy", result["accuracy"], run_id=run_id,
+    ws.catalog.log_metric("teacher_accuracy", result.accuracy, run_id=run_id,
                           round_index=round_index, split="eval",
-                          meta={"teacher": describe(teacher), "eval_rows": result["n"]})
-    return result["accuracy"]
+                          meta={"teacher": describe(teacher), "eval_rows": result.n})
+    return result.accuracy
 
 
 def gate(spec: Curriculum, student_acc: float | None, teacher_acc: float | None) -> tuple[bool, str]:
@@ -110,38 +100,36 @@ def run_round(spec: Curriculum, ws: Workspace, run_id: str, index: int, teacher:
     """One step of the staircase; returns what the next round needs."""
     rnd = _round_row(ws, run_id, index, teacher, teacher_model_id)
     generated = generate(spec, ws, run_id, round_index=index, teacher=teacher)
-    print(f"round {index} generate: {generated.get('rows_written', 0)} rows, "
-          f"{generated.get('sent', 0)} requests sent, {generated.get('cache_hits', 0)} answered "
-          f"from the cache")
-    if not generated.get("complete", True):
-        raise RuntimeError(f"round {index}: generation stopped before the end "
-                           f"({generated.get('stopped_because', 'budget or errors')}); "
+    print(f"round {index} generate: {generated.rows_written} rows, "
+          f"{generated.sent} requests sent, {generated.cache_hits} answered from the cache")
+    if not generated.complete:
+        why = "budget reached" if generated.budget_exhausted else (
+            f"{generated.unanswered} requests unanswered")
+        raise RuntimeError(f"round {index}: generation stopped before the end ({why}); "
                            "run the same command again to resume")
     curated = curate(spec, ws, run_id, round_index=index)
-    drops = ", ".join(f"{k} {v}" for k, v in curated.get("drops_by_reason", {}).items())
-    print(f"round {index} curate: kept {curated.get('kept', 0)} of {curated.get('generated', 0)}"
+    drops = ", ".join(f"{k} {v}" for k, v in curated.drops_by_reason.items())
+    print(f"round {index} curate: kept {curated.kept} of {curated.generated}"
           + (f" (dropped: {drops})" if drops else ""))
-    if not curated.get("kept"):
+    if not curated.kept:
         reason = ("curation kept no rows to train on (drops: " + ", ".join(
-            f"{k}={v}" for k, v in curated.get("drops_by_reason", {}).items()) + ")")
+            f"{k}={v}" for k, v in curated.drops_by_reason.items()) + ")")
         _finish_round(ws, rnd.id, status="completed", gate_passed=False, gate_reason=reason)
         print(f"round {index}: {reason}; the staircase stops here")
         return {"passed": False, "promoted": None, "student_acc": None}
     trained = train(spec, ws, run_id, round_index=index)
-    print(f"round {index} train: {trained.get('steps')} steps, final loss "
-          f"{trained.get('final_loss', float('nan')):.4f}, student "
-          f"{_pct(trained.get('student_accuracy'))} on {trained.get('eval_rows', 0)} eval rows")
+    final_loss = trained.final_loss if trained.final_loss is not None else float("nan")
+    print(f"round {index} train: {trained.steps} steps, final loss {final_loss:.4f}, student "
+          f"{_pct(trained.student_accuracy)} on {trained.eval_rows} eval rows")
     quantized = quantize(spec, ws, run_id, round_index=index)
     print(f"round {index} quantize: " + ", ".join(
-        f"{r['quant']} {r['size_mb']:.0f} MB {_pct(r['accuracy'])}"
-        for r in quantized.get("table", [])))
-    promoted = next((row for row in quantized.get("table", [])
-                     if row["quant"] == spec.staircase.promote), None)
-    student_acc = promoted["accuracy"] if promoted else None
+        f"{r.quant} {r.size_mb:.0f} MB {_pct(r.accuracy)}" for r in quantized.table))
+    promoted = quantized.artifact(spec.staircase.promote)
+    student_acc = promoted.accuracy if promoted else None
     passed, reason = gate(spec, student_acc, teacher_acc)
     _finish_round(ws, rnd.id, status="completed", gate_passed=passed, gate_reason=reason,
-                  student_model_id=trained.get("student_model_id") or quantized.get("student_id"),
-                  promoted_model_id=promoted["model_id"] if (promoted and passed) else None)
+                  student_model_id=trained.student_model_id or quantized.student_id,
+                  promoted_model_id=promoted.model_id if (promoted and passed) else None)
     print(f"round {index}: teacher {describe(teacher)} ({_pct(teacher_acc)}), student "
           f"{spec.staircase.promote} {_pct(student_acc)}: "
           f"{'promoted' if passed else 'not promoted'} ({reason})")
@@ -160,7 +148,7 @@ def staircase(spec: Curriculum, ws: Workspace, run_id: str) -> None:
         result = run_round(spec, ws, run_id, index, teacher, teacher_model_id, teacher_acc)
         if not result["passed"]:
             break  # the gate's reason is on the round row
-        model_id = result["promoted"]["model_id"]
+        model_id = result["promoted"].model_id
         # The promoted file teaches next, served by llama.cpp like any GGUF teacher, and asked
         # without worked examples, the way it was trained.
         teacher = spec.teacher.model_copy(update={
@@ -174,7 +162,7 @@ def staircase_flow(params: StaircaseParams) -> dict:
     """Run (or resume) the whole staircase a curriculum describes."""
     spec = params.load()
     ws = Workspace.open()
-    run_id = resume_or_start(ws, spec, new=params.new)
+    run_id = ws.resume_or_start(spec, "run", new=params.new)
     print(f"run {run_id}: curriculum {spec.name}, {spec.staircase.rounds} round(s)")
     try:
         with ws.run_scope(None, lambda: run_id):

@@ -51,6 +51,16 @@ class Workspace:
             curriculum=spec.name, path=str(spec.source or ""), spec_json=spec.spec_json(),
             spec_hash=spec.fingerprint(), command=command)
 
+    def resume_or_start(self, spec, command: str, *, new: bool = False) -> str:
+        """The newest unfinished run of this exact curriculum that `command` started (so the same
+        command resumes it), else a new run; new=True always starts one."""
+        if not new:
+            previous = self.catalog.latest_run(spec.fingerprint())
+            if previous is not None and previous.status != "completed" \
+                    and previous.command == command:
+                return previous.id
+        return self.start_run(spec, command).id
+
     @contextmanager
     def run_scope(self, run_id: str | None, start: Callable[[], str]) -> Iterator[RunScope]:
         """Work inside `run_id` (left as it is: its owner finishes it) or inside a run made by
@@ -115,6 +125,13 @@ class Workspace:
         if round_index is not None:
             stages = [s for s in stages if s.round_index == round_index]
         return stages[-1] if stages else None
+
+    def stage_shards(self, run_id: str, name: str, kind: str, *,
+                     round_index: int | None = None) -> list[Shard]:
+        """Shards of one kind from the newest completed `name` stage of a run (of that round,
+        when given); empty when there is none."""
+        stage = self.latest_stage(name, run_id=run_id, round_index=round_index)
+        return self.shards(stage, kind) if stage else []
 
     def summary(self, stage: Stage) -> dict:
         return json.loads(stage.summary_json or "{}")

@@ -34,6 +34,22 @@ def stairs_home(tmp_path, monkeypatch, conversion_cache):
     return home
 
 
+@pytest.fixture(autouse=True)
+def stage_results_are_complete(monkeypatch):
+    """Every key a stage writes into its summary must be a field of its typed result
+    (flows/results.py): readers use the fields, so a key missing there would be invisible."""
+    from flows.results import StageResult
+
+    original = StageResult.of.__func__
+
+    def of(cls, run_id, summary, **extra):
+        unknown = set(summary) - set(cls.model_fields)
+        assert not unknown, f"{cls.__name__} lacks field(s) {sorted(unknown)}"
+        return original(cls, run_id, summary, **extra)
+
+    monkeypatch.setattr(StageResult, "of", classmethod(of))
+
+
 @pytest.fixture
 def workspace(stairs_home):
     from flows.workspace import Workspace

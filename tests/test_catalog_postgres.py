@@ -93,7 +93,7 @@ def test_stages_run_on_a_postgres_catalog(postgres_url, monkeypatch, tmp_path):
     run = ws.start_run(spec, "ingest")
     summary = ingest(spec, ws, run.id)
     ws.catalog.finish_run(run.id)
-    assert summary["train_rows"] + summary["eval_rows"] == 30
+    assert summary.train_rows + summary.eval_rows == 30
 
     # A second run reuses the finished stage through the Postgres catalog.
     again = ws.start_run(spec, "ingest")

@@ -302,10 +302,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def in_process(stack, monkeypatch):
     """Flows run in this process talk to the module's server (and so do Dask workers we spawn,
     through the environment), never to a temporary one."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     monkeypatch.setenv("PREFECT_API_URL", stack.api)
     with temporary_settings(updates={PREFECT_API_URL: stack.api}):

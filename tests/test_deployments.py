@@ -14,20 +14,28 @@ from prefect import Flow
 
 import flows
 from flows.deployments import (
-    PREFECT_FILE, deploy_command, deployment_entries, pool_name, server_command, worker_command,
+    PREFECT_FILE,
+    deploy_command,
+    deployment_entries,
+    pool_name,
+    server_command,
+    worker_command,
 )
 from flows.params import FlowParams
 from flows.settings import PROJECT_ROOT
 
 
 def flows_in_package() -> dict[str, Flow]:
-    """Every @flow defined in a flows/ module, by 'flows/<module>.py:<function>'."""
+    """Every @flow defined in a flows/ module (stage packages included), by
+    'flows/<path>.py:<function>'."""
     found = {}
-    for info in pkgutil.iter_modules(flows.__path__):
-        module = importlib.import_module(f"flows.{info.name}")
+    for info in pkgutil.walk_packages(flows.__path__, "flows."):
+        if info.ispkg or info.name.endswith(("vllm_offline", "gptq")):
+            continue
+        module = importlib.import_module(info.name)
         for attr, value in vars(module).items():
             if isinstance(value, Flow) and value.fn.__module__ == module.__name__:
-                found[f"flows/{info.name}.py:{attr}"] = value
+                found[f"{info.name.replace('.', '/')}.py:{attr}"] = value
     return found
 
 

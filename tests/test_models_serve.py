@@ -49,8 +49,8 @@ def test_serving_refuses_a_folder(tmp_path):
 
 
 def test_tiny_gguf_served_on_loopback_and_stopped(workspace, tmp_path):
-    from flows.quant.gguf_export import export_gguf
-    from tests.tiny_llama import tiny_llama, tiny_tokenizer
+    from flows.quantize.gguf_export import export_gguf
+    from tests.helpers.tiny_llama import tiny_llama, tiny_tokenizer
 
     tok = tiny_tokenizer()
     path = export_gguf(tiny_llama(tok), tok, tmp_path / "tiny-F16.gguf")

@@ -38,15 +38,15 @@ def test_a_stage_writes_and_reads_shards_on_a_remote_store(memory_url, curriculu
     summary = ingest(curriculum, ws, run.id)
     stage = ws.catalog.stages(run.id)[0]
     corpus = ws.shards(stage, "corpus")
-    assert sum(s.rows for s in corpus) == summary["train_rows"]
+    assert sum(s.rows for s in corpus) == summary.train_rows
     url = ws.store.path(corpus[0])
     bucket = memory_url.removeprefix("memory://").split("/")[0]
     assert url.startswith("memory://") and f"{bucket}/shards/{run.id}/" in url
     assert not (stairs_home / "shards" / run.id).exists()  # nothing went to the local folder
 
     frame = ws.store.scan(corpus).collect()
-    assert frame.height == summary["train_rows"] and set(frame["split"]) == {"train"}
-    assert ws.store.dataset(corpus).num_rows == summary["train_rows"]
+    assert frame.height == summary.train_rows and set(frame["split"]) == {"train"}
+    assert ws.store.dataset(corpus).num_rows == summary.train_rows
     assert all(ws.store.verify(s) for s in ws.catalog.run_shards(run.id))
 
 

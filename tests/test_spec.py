@@ -62,8 +62,12 @@ def test_missing_required(tmp_path):
 
 
 def test_missing_corpus_file_is_named(tmp_path):
+    from flows.preflight import load_checked
+
+    path = write(tmp_path, {"name": "t", "corpus": {"path": "nope.jsonl"}})
+    load(path)  # parsing alone does not look at the world
     with pytest.raises(SpecError, match=r"corpus\.path: file not found: .*nope\.jsonl"):
-        load(write(tmp_path, {"name": "t", "corpus": {"path": "nope.jsonl"}}))
+        load_checked(path)
 
 
 def test_path_is_relative_to_the_curriculum(tmp_path):

@@ -23,7 +23,9 @@ def main() -> None:
     from data_designer.config.column_configs import LLMTextColumnConfig
     from data_designer.config.config_builder import DataDesignerConfigBuilder
     from data_designer.config.models import (
-        ChatCompletionInferenceParams, ModelConfig, ModelProvider,
+        ChatCompletionInferenceParams,
+        ModelConfig,
+        ModelProvider,
     )
     from data_designer.config.seed_source_dataframe import DataFrameSeedSource
     from data_designer.interface.data_designer import DataDesigner

@@ -8,7 +8,13 @@
 
 from flows.prompting.parsers import PARSERS, item
 from flows.prompting.template import (
-    Template, TemplateError, default_prompts_dir, list_templates, load_template, template_path, zero_shot,
+    Template,
+    TemplateError,
+    default_prompts_dir,
+    list_templates,
+    load_template,
+    template_path,
+    zero_shot,
 )
 
 __all__ = ["PARSERS", "Template", "TemplateError", "default_prompts_dir", "item",

@@ -1,10 +1,9 @@
-"""`stairs validate` pre-flight for the generate template: it must load and render against a real
+"""Pre-flight check (flows/preflight.py) for the generate template: it must load and render against a real
 row of the curriculum's corpus, so a missing field or a broken template fails before any request.
 """
 
 from __future__ import annotations
 
-from flows import checks
 from flows.prompting.template import Template, TemplateError, load_template
 from flows.spec import Curriculum
 
@@ -19,7 +18,6 @@ def generate_template(spec: Curriculum) -> Template:
     return load_template(spec.generate.template, prompts_dir_of(spec))
 
 
-@checks.register
 def check_generate_template(spec: Curriculum) -> list[str]:
     d = spec.generate.prompts_dir
     if d is not None and not spec.resolve(d).is_dir():

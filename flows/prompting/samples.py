@@ -7,8 +7,8 @@ rows, so `stairs validate` and `stairs prompts render` see exactly the fields in
 
 from __future__ import annotations
 
-from flows.corpus.rows import Reject, content_id, split_of, validate
-from flows.ingest import _records
+from flows.ingest.readers import source_records
+from flows.ingest.rows import Reject, content_id, split_of, validate
 from flows.spec import Curriculum
 
 
@@ -21,7 +21,7 @@ def sample_rows(spec: Curriculum, n: int) -> list[dict]:
     rows: list[dict] = []
     if n <= 0:
         return rows
-    for source, line, record, error, _raw in _records(spec):
+    for source, line, record, error, _raw in source_records(spec):
         if error is not None:
             continue
         try:

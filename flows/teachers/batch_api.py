@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import AsyncIterator, Iterable
 
 from flows.teachers.base import Reply, Request, TeacherUnreachable
-from flows.teachers.openai_compat import OpenAITeacher, _logprobs, api_key
+from flows.teachers.openai_compat import OpenAITeacher, api_key, logprobs_of
 from flows.teachers.transport import OPENAI_URL
 
 MAX_LINES = 50_000  # the Batch API's limit per input file
@@ -116,4 +116,4 @@ class OpenAIBatchTeacher(OpenAITeacher):
                      finish_reason=choice.get("finish_reason"),
                      prompt_tokens=usage.get("prompt_tokens") or 0,
                      completion_tokens=usage.get("completion_tokens") or 0,
-                     logprobs=_logprobs(choice))
+                     logprobs=logprobs_of(choice))

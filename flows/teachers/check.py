@@ -1,4 +1,4 @@
-"""`stairs validate` pre-flight for the teacher: its model file must exist and its API key
+"""Pre-flight check (flows/preflight.py) for the teacher: its model file must exist and its API key
 variable be set, before any request. Kept free of heavy imports (no prefect, no openai): the
 CLI loads checks before it configures Prefect."""
 
@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import os
 
-from flows import checks
 
-
-@checks.register
 def check_teacher(spec) -> list[str]:
-    from flows.teachers.models import ModelNotFound, resolve_model
+    from flows.models import ModelRefError, resolve_model
 
     t = spec.teacher
     problems = []
     if t.backend in ("llamacpp", "transformers"):
         try:
             resolve_model(t.model, base_dir=spec.base_dir)
-        except (ModelNotFound, FileNotFoundError) as e:
-            problems.append(str(e))
+        except (ModelRefError, FileNotFoundError) as e:
+            problems.append(f"teacher.model: {e}")
     if t.api_key_env is not None and not os.environ.get(t.api_key_env):
         problems.append(f"teacher.api_key_env: environment variable {t.api_key_env} is not set")
     return problems

@@ -9,8 +9,8 @@ import asyncio
 from pathlib import Path
 from typing import AsyncIterator, Iterable
 
+from flows.models import file_identity, resolve_model
 from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage
-from flows.teachers.models import file_identity, resolve_model
 
 
 class TransformersTeacher:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from flows.models import file_identity, resolve_model
 from flows.teachers.base import TeacherUnreachable
-from flows.teachers.models import file_identity, resolve_model
 from flows.teachers.openai_compat import OpenAITeacher
 
 HEALTH_TIMEOUT_S = 180.0  # loading a model on 2 busy cores can take a while

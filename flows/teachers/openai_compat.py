@@ -37,7 +37,7 @@ def _estimate_tokens(req: Request) -> int:
     return chars // 4 + req.sampling.max_tokens
 
 
-def _logprobs(choice: dict) -> list | None:
+def logprobs_of(choice: dict) -> list | None:
     content = (choice.get("logprobs") or {}).get("content")
     if not content:
         return None
@@ -100,7 +100,7 @@ class OpenAITeacher:
                      finish_reason=choice.get("finish_reason"),
                      prompt_tokens=usage.get("prompt_tokens") or 0,
                      completion_tokens=usage.get("completion_tokens") or 0,
-                     logprobs=_logprobs(choice))
+                     logprobs=logprobs_of(choice))
 
     async def _one(self, req: Request, limit: AdaptiveLimit) -> tuple[Request, Reply]:
         attempt = 0
@@ -119,7 +119,8 @@ class OpenAITeacher:
                     if kind == "connection":
                         raise TeacherUnreachable(
                             f"teacher {self.name} stopped answering at "
-                            f"{self.base_url or 'api.openai.com'}: {r} (after {attempt} tries)")
+                            f"{self.base_url or 'api.openai.com'}: {r} (after {attempt} tries)"
+                        ) from r
                     # Not written as a row: a later run of the same stage sends it again.
                     return req, Reply(error=f"request_failed: {r} (after {attempt} tries)",
                                       transient=True)

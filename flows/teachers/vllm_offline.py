@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import AsyncIterator, Iterable
 
+from flows.models import file_identity, resolve_model
 from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage
-from flows.teachers.models import file_identity, resolve_model
 
 # Submit in slices this big: answers reach the cache (and survive a crash) slice by slice,
 # while each slice is still large enough to keep a GPU busy.

@@ -1,1 +1,0 @@
-"""Ingest internals: corpus readers, row validation, stable ids, the demo corpus."""

@@ -1,0 +1,120 @@
+"""Curate flow: turn a round's generated rows into the rows the student trains on.
+
+    stairs curate curricula/quickstart.yaml            # latest run of that curriculum
+    stairs curate curricula/quickstart.yaml --run RUN --round 0 --json
+
+Reads the round's latest "generate" stage shards (kind "generated") and the run's held-out
+"eval" shards (for decontamination), runs flows/curate/pipeline.py and writes three shard
+kinds, each linked to the shards it came from: "kept" (rows that survived), "dropped" (every
+other row, with its named reason: nothing is silently lost) and "train" (the kept rows in
+curriculum order). The stage summary counts drops by reason (`stairs show RUN --json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import polars as pl
+from prefect import flow
+
+from flows.curate import decontam
+from flows.curate.pipeline import curate_rows, drops_by_reason
+from flows.orchestration import step, task_runner
+from flows.params import RoundParams
+from flows.results import CurateResult
+from flows.spec import Curriculum
+from flows.workspace import Workspace
+from storage.tables import Shard
+
+
+class CurateError(RuntimeError):
+    """Curation cannot start: the message says what is missing and what to run."""
+
+
+def _fingerprint(spec: Curriculum, shards: list[Shard]) -> str:
+    h = hashlib.sha256(spec.fingerprint("curation").encode())
+    for s in shards:
+        h.update(s.checksum.encode())
+    for path in spec.curation.decontaminate.benchmarks:
+        h.update(hashlib.sha256(spec.resolve(path).read_bytes()).hexdigest().encode())
+    return h.hexdigest()[:16]
+
+
+def _inputs(ws: Workspace, run_id: str, round_index: int) -> tuple[list[Shard], list[Shard]]:
+    gen = ws.latest_stage("generate", run_id=run_id, round_index=round_index)
+    if gen is None:
+        raise CurateError(f"run {run_id} has no completed generate stage for round {round_index}:"
+                          " run `stairs generate` (or `stairs run`) first")
+    generated = ws.shards(gen, "generated")
+    ingest = ws.latest_stage("ingest", run_id=run_id)
+    evals = ws.shards(ingest, "eval") if ingest is not None else []
+    return generated, evals
+
+
+# Inputs are a workspace and arrays: nothing Prefect could key a cache on.
+@step(name="eval-ngrams")
+def eval_ngrams(spec: Curriculum, ws: Workspace, evals: list[Shard]) -> np.ndarray:
+    texts = [decontam.eval_texts(ws.store.scan(evals))] if evals else []
+    texts += [decontam.benchmark_texts(spec.resolve(p))
+              for p in spec.curation.decontaminate.benchmarks]
+    return decontam.eval_ngrams(texts, spec.curation.decontaminate.ngram)
+
+
+@step(name="curate-rows")
+def run_pipeline(spec: Curriculum, ws: Workspace, generated: list[Shard],
+                 grams: np.ndarray) -> pl.DataFrame:
+    if not generated or sum(s.rows for s in generated) == 0:
+        raise CurateError("the generate stage wrote no rows: nothing to curate")
+    return curate_rows(ws.store.scan(generated), spec.curation, eval_grams=grams)
+
+
+def curate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0) -> CurateResult:
+    """Run (or reuse) curation of one round's generated rows; returns the stage summary."""
+    generated, evals = _inputs(ws, run_id, round_index)
+    fingerprint = _fingerprint(spec, generated + evals)
+    done = ws.reuse(run_id, "curate", fingerprint, round_index=round_index)
+    if done is not None:
+        return CurateResult.of(run_id, ws.summary(done))
+    with ws.stage(run_id, "curate", round_index=round_index, fingerprint=fingerprint,
+                  params={"curation": spec.curation.model_dump(mode="json")}) as st:
+        grams = eval_ngrams(spec, ws, evals)
+        rows = run_pipeline(spec, ws, generated, grams)
+        kept = rows.filter(pl.col("keep"))
+        dropped = rows.filter(~pl.col("keep"))
+        parents = generated + evals
+        store = ws.store
+        kept_shard = store.write(kept, stage=st.stage, kind="kept", parents=parents)
+        store.write(dropped, stage=st.stage, kind="dropped", parents=parents)
+        store.write(kept.sort("order"), stage=st.stage, kind="train", parents=[kept_shard])
+        stages = kept.group_by("curriculum_stage").len().sort("curriculum_stage")
+        st.summary.update({
+            "round": round_index, "generated": len(rows), "kept": len(kept),
+            "dropped": len(dropped), "drops_by_reason": drops_by_reason(rows),
+            "eval_ngrams": int(len(grams)),
+            "kept_by_stage": dict(zip(map(str, stages["curriculum_stage"].to_list()),
+                                      stages["len"].to_list())),
+            "mean_confidence": float(kept["confidence"].mean()) if len(kept) else None,
+        })
+    return CurateResult.of(run_id, st.summary)
+
+
+def latest_run_with(ws: Workspace, curriculum: str, stage: str) -> str | None:
+    """Newest run of this curriculum (by name) that completed `stage`."""
+    for run in ws.catalog.runs(limit=200):
+        if run.curriculum == curriculum and ws.latest_stage(stage, run_id=run.id) is not None:
+            return run.id
+    return None
+
+
+@flow(name="curate", log_prints=True, task_runner=task_runner())
+def curate_flow(params: RoundParams) -> CurateResult:
+    """Curate a round's generated rows (default run: the newest of this curriculum that has
+    generated rows)."""
+    spec, round_index = params.load(), params.round_index
+    ws = Workspace.open()
+    run_id = params.run_id or latest_run_with(ws, spec.name, "generate")
+    if run_id is None:
+        raise CurateError(f"no run of curriculum {spec.name!r} has generated rows: "
+                          "run `stairs generate` (or `stairs run`) first")
+    return curate(spec, ws, run_id, round_index=round_index)

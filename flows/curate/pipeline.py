@@ -1,0 +1,77 @@
+"""The curation pipeline over generated rows: filters -> decontamination -> self-consistency ->
+exact dedup -> near dedup -> (semantic dedup) -> curriculum. Every row comes out, kept or with
+the first reason it was dropped; see flows/curate/flow.py for the stage that reads and writes shards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from flows.curate import consistency, curriculum, decontam, dedup, filters
+from flows.curate.answers import normalized
+from flows.curate.minhash import MinHashParams
+
+# Columns of the generated-rows contract that curation reads.
+REQUIRED = ["id", "source_id", "rationale", "answer", "error"]
+TEXT_COLUMNS = ["id", "source_id", "passage", "gold_answer", "question", "rationale", "answer",
+                "error", "messages"]
+OUTPUT_COLUMNS = {"keep": pl.Boolean, "drop_reason": pl.String, "dedup_cluster": pl.String,
+                  "confidence": pl.Float64, "difficulty": pl.Float64,
+                  "curriculum_stage": pl.Int64, "order": pl.Int64}
+
+
+def minhash_params(cfg) -> MinHashParams:
+    nd = cfg.near_dedup
+    return MinHashParams(shingle=nd.shingle, permutations=nd.permutations, bands=nd.bands,
+                         rows=nd.rows, threshold=nd.threshold, seed=nd.seed,
+                         scheme=nd.scheme)
+
+
+def check_columns(columns: list[str]) -> None:
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise ValueError(f"generated rows lack column(s) {missing}: not the generate contract")
+
+
+def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = None) -> pl.DataFrame:
+    """All generated rows plus the curation columns (see docs/contracts.md 'Curated rows')."""
+    columns = generated.collect_schema().names()
+    check_columns(columns)
+    missing = [f for f in cfg.dedup_fields if f not in columns]
+    if missing:
+        raise ValueError(f"curation.dedup_fields: generated rows have no column(s) {missing}")
+    # Rows built in memory may carry all-null text columns typed Null; shards never do.
+    text = [c for c in TEXT_COLUMNS if c in columns]
+    generated = generated.with_columns(pl.col(c).cast(pl.String) for c in text)
+    gold = normalized("gold_answer") if "gold_answer" in columns else pl.lit("")
+    df = (generated
+          .with_columns(drop_reason=filters.drop_reason(cfg, columns),
+                        _answer_norm=normalized("answer"), _gold_norm=gold,
+                        dedup_cluster=pl.lit(None, pl.String))
+          .collect())
+    dup_ids = df.filter(pl.col("id").is_duplicated())["id"].unique()
+    if len(dup_ids):
+        raise ValueError(f"generated rows repeat id {dup_ids[0]!r} ({len(dup_ids)} ids repeat): "
+                         "each generated row needs its own id")
+    if eval_grams is not None and cfg.decontaminate.enabled:
+        df = decontam.mark(df, eval_grams, cfg.decontaminate.ngram)
+    df = consistency.vote(df, min_confidence=cfg.min_confidence)
+    if cfg.exact_dedup:
+        df = dedup.exact(df, cfg.dedup_fields)
+    if cfg.near_dedup.enabled:
+        df = dedup.near(df, cfg.dedup_fields, minhash_params(cfg))
+    if cfg.semantic_dedup_threshold is not None:
+        df = dedup.semantic(df, cfg.dedup_fields, cfg.semantic_dedup_threshold)
+    cur = cfg.curriculum
+    df = curriculum.order(df, stages=cur.stages, mix=cur.mix,
+                          agreement_weight=cur.agreement_weight)
+    df = df.with_columns(keep=pl.col("drop_reason").is_null())
+    return df.drop("_answer_norm", "_gold_norm").with_columns(
+        [pl.col(c).cast(t) for c, t in OUTPUT_COLUMNS.items()])
+
+
+def drops_by_reason(df: pl.DataFrame) -> dict[str, int]:
+    counts = (df.filter(pl.col("drop_reason").is_not_null()).group_by("drop_reason").len()
+              .sort(["len", "drop_reason"], descending=[True, False]))
+    return dict(zip(counts["drop_reason"].to_list(), counts["len"].to_list()))

@@ -1,0 +1,140 @@
+"""Scoring on held-out rows: the one function every accuracy in stairs comes from (the teacher's
+score, the student's eval in the train stage, every quantized artifact), so the two numbers the
+staircase's gate compares come from the same code, prompts, decoding and template.
+
+Each eval row (never seen by teacher or student) is rendered through the curriculum's generate
+template, answered greedily by an engine (flows/evaluate/engines.py), and its final answer is
+scored with flows/answers.py, the same normalizer curation uses to keep teacher rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flows.answers import answers_match, extract_answer
+from flows.prompting.template import zero_shot
+
+
+@dataclass
+class Scored:
+    """Accuracy of one model on a list of rows, with every prediction."""
+
+    n: int
+    correct: int
+    accuracy: float
+    generated_tokens: int
+    seconds: float
+    predictions: list[dict] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds else 0.0
+
+
+def gold(row: dict):
+    return row["gold_answer"] if "gold_answer" in row else row.get("answer")
+
+
+def answer_accuracy(engine, rows: list[dict], template, *, few_shot: bool,
+                    max_new_tokens: int) -> Scored:
+    """Render each row through `template`, answer greedily with `engine`, and score the final
+    answer against the row's gold answer. Students are asked without the template's worked
+    examples (as they were trained, few_shot=False); a base teacher with them, as it teaches."""
+    conversations = [template.render(r, few_shot=few_shot) for r in rows]
+    started = time.perf_counter()
+    outputs, generated = engine.generate(conversations, max_new_tokens)
+    seconds = time.perf_counter() - started
+    golds = [gold(r) for r in rows]
+    predicted, correct = score_outputs(outputs, golds)
+    n = len(correct)
+    return Scored(
+        n=n, correct=sum(correct), accuracy=sum(correct) / n if n else 0.0,
+        generated_tokens=generated, seconds=seconds,
+        predictions=[{"id": r.get("id"), "gold": g, "predicted": p, "correct": c, "output": o}
+                     for r, g, p, c, o in zip(rows, golds, predicted, correct, outputs)])
+
+
+def score_outputs(outputs: list[str | None], golds: list) -> tuple[list, list[bool]]:
+    """The final answer extracted from each output, and whether it matches its gold answer
+    (flows/answers.py: the normalizer curation keeps teacher rows with)."""
+    predicted = [extract_answer(o) for o in outputs]
+    return predicted, [answers_match(p, g) for p, g in zip(predicted, golds)]
+
+
+def perplexity_text(row: dict) -> str:
+    return f"{row['passage']}\n{row['question']}\nAnswer: {row['answer']}"
+
+
+def perplexity(engine, rows: list[dict], tokenizer) -> float:
+    """Perplexity of the eval rows' text with their gold answers (same token ids in every
+    engine: the student's tokenizer)."""
+    total_nll, total_tokens = 0.0, 0
+    for r in rows:
+        ids = tokenizer(perplexity_text(r))["input_ids"]
+        total_nll += engine.nll(ids)
+        total_tokens += len(ids) - 1
+    return float(np.exp(total_nll / total_tokens)) if total_tokens else float("nan")
+
+
+def target_loss(model, tokenizer, rows: list[dict], template, *, max_length: int = 512,
+                batch_size: int = 8) -> dict | None:
+    """Mean token loss of "rationale\\nAnswer: answer" after the rendered prompt, over the rows
+    that carry a rationale (None when none do). Torch models only."""
+    import torch
+
+    from flows.train import examples as ex_mod
+    from flows.train import losses
+    from flows.train.trainer import collate
+
+    built = []
+    for row in rows:
+        if not row.get("rationale"):
+            continue
+        messages = (zero_shot(json.loads(row["messages"])) if row.get("messages")
+                    else template.render(row, few_shot=False))
+        e = ex_mod.encode(tokenizer, messages,
+                          ex_mod.cot_target(row["rationale"], str(gold(row))), max_length)
+        if e is not None:
+            built.append(e)
+    if not built:
+        return None
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for b in range(0, len(built), batch_size):
+            batch = {k: v.to(device) for k, v in collate(
+                built[b:b + batch_size], tokenizer.pad_token_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits
+            per_token = losses.token_losses(logits, batch["labels"])
+            mask = losses.target_mask(batch["labels"])
+            total += float((per_token * mask).sum())
+            count += int(mask.sum())
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "rows": len(built),
+            "tokens": count}
+
+
+def measure(engine, rows: list[dict], template, *, tokenizer, max_new_tokens: int,
+            speed_tokens: int, speed_repeats: int = 3) -> dict:
+    """What every quantized artifact gets: accuracy (answer_accuracy, as the student was trained:
+    no worked examples), perplexity and median decode tokens/s, on the same eval rows."""
+    import statistics
+
+    scored = answer_accuracy(engine, rows, template, few_shot=False,
+                             max_new_tokens=max_new_tokens)
+    messages = template.render(rows[0], few_shot=False)
+    speeds = [engine.decode_speed(messages, speed_tokens) for _ in range(speed_repeats)]
+    return {
+        "accuracy": scored.accuracy, "eval_rows": scored.n,
+        "perplexity": perplexity(engine, rows, tokenizer),
+        "tokens_per_s": statistics.median(speeds),
+        "samples": [{"id": p["id"], "gold": p["gold"], "reply": p["output"][:300],
+                     "correct": p["correct"]} for p in scored.predictions[:3]],
+    }

@@ -1,0 +1,72 @@
+"""Generated rows: the Arrow schema (docs/contracts.md) and how one teacher reply becomes rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+
+from flows.teachers.base import Reply, Request
+
+GENERATED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("source_id", pa.string()), ("round", pa.int64()),
+    ("template", pa.string()), ("template_hash", pa.string()), ("teacher", pa.string()),
+    ("sampling", pa.string()), ("request_hash", pa.string()), ("sample_index", pa.int64()),
+    ("messages", pa.string()), ("passage", pa.string()), ("gold_answer", pa.string()),
+    ("question", pa.string()), ("facts", pa.string()), ("rationale", pa.string()),
+    ("answer", pa.string()), ("response", pa.string()), ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("error", pa.string()),
+    ("logprobs", pa.string()),
+])
+
+
+def row_id(source_id: str, template_hash: str, sample_index: int, item: int) -> str:
+    blob = f"{source_id}\x1f{template_hash}\x1f{sample_index}\x1f{item}".encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, dict)):  # facts may come back as a list from a JSON template
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def build_rows(*, source: dict, request: Request, reply: Reply, template, teacher_name: str,
+               round_index: int) -> list[dict]:
+    """One row per parsed item (a disentangle reply holds several questions). Tokens sit on the
+    first item only, so summing the column gives the true usage."""
+    if reply.error is not None:
+        items = [{"error": reply.error}]
+    else:
+        # The template's parser names bad output (empty, refused, no_answer, truncated...).
+        items = template.parse(reply.text, reply.finish_reason) or [{"error": "empty"}]
+    base = {
+        "source_id": source["id"], "round": round_index, "template": template.name,
+        "template_hash": template.content_hash, "teacher": teacher_name,
+        "sampling": json.dumps(request.sampling.as_dict(), sort_keys=True),
+        "request_hash": request.key, "sample_index": request.sample_index,
+        "messages": json.dumps(request.messages, ensure_ascii=False),
+        "passage": source.get("passage"), "response": reply.text,
+        "finish_reason": reply.finish_reason,
+        "logprobs": json.dumps(reply.logprobs) if reply.logprobs else None,
+    }
+    rows = []
+    for i, item in enumerate(items):
+        question = item.get("question")
+        own_question = question is not None and question != source.get("question")
+        rows.append({
+            **base,
+            "id": row_id(source["id"], template.content_hash, request.sample_index, i),
+            "question": question if own_question else source.get("question"),
+            # A question the teacher wrote itself has no gold answer to check against.
+            "gold_answer": None if own_question else source.get("answer"),
+            "facts": _text(item.get("facts")), "rationale": _text(item.get("rationale")),
+            "answer": _text(item.get("answer")),
+            "prompt_tokens": reply.prompt_tokens if i == 0 else 0,
+            "completion_tokens": reply.completion_tokens if i == 0 else 0,
+            "error": item.get("error"),
+        })
+    return rows

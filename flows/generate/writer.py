@@ -1,0 +1,66 @@
+"""Batched shard writer: rows collect in memory and land as a "generated" shard every
+`batch_rows` rows or `flush_seconds`, and on close (also after Ctrl-C or an error). Answers that
+were not yet flushed when a process is killed are still in the response cache, so the next
+attempt rebuilds them without asking the teacher again.
+
+Shards are written by one background thread, in order: a write (Arrow file, fsync, rename,
+catalog row) takes ~50-150 ms here, during which the request loop keeps answering.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pyarrow as pa
+
+from flows.generate.rows import GENERATED_SCHEMA
+
+
+class ShardWriter:
+    def __init__(self, store, stage, parents, *, batch_rows: int, flush_seconds: float):
+        self.store, self.stage, self.parents = store, stage, list(parents)
+        self.batch_rows, self.flush_seconds = batch_rows, flush_seconds
+        self.buffer: list[dict] = []
+        self.rows_written = 0
+        self.shards = 0
+        self._last = time.monotonic()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stairs-shards")
+        self._pending: list[Future] = []
+
+    def add(self, rows: list[dict]) -> None:
+        self.buffer.extend(rows)
+        if (len(self.buffer) >= self.batch_rows
+                or time.monotonic() - self._last >= self.flush_seconds):
+            self._submit()
+
+    def _submit(self) -> None:
+        self._last = time.monotonic()
+        self._collect(wait=False)
+        if self.buffer:
+            rows, self.buffer = self.buffer, []
+            self._pending.append(self._pool.submit(self._write, rows))
+
+    def _write(self, rows: list[dict]) -> int:
+        table = pa.Table.from_pylist(rows, GENERATED_SCHEMA)
+        self.store.write(table, stage=self.stage, kind="generated", parents=self.parents)
+        return len(rows)
+
+    def _collect(self, *, wait: bool) -> None:
+        """Count finished writes; re-raise the first failure (a full disk stops the run)."""
+        still = []
+        for f in self._pending:
+            if wait or f.done():
+                self.rows_written += f.result()
+                self.shards += 1
+            else:
+                still.append(f)
+        self._pending = still
+
+    def flush(self) -> None:
+        """Write what is buffered and wait for every write: after this, all rows are shards."""
+        self._submit()
+        try:
+            self._collect(wait=True)
+        finally:
+            self._pool.shutdown(wait=True)

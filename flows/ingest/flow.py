@@ -1,0 +1,122 @@
+"""Ingest flow: read a raw corpus, validate every row, give it a stable id, hold out the eval
+split before anything else sees it, and write corpus / eval / rejects shards.
+
+    stairs ingest curricula/quickstart.yaml
+
+Bad rows never crash the run: each becomes a row in the rejects shard with its source line and a
+named reason, and the counts by reason are in the stage summary (`stairs show RUN --json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import pyarrow as pa
+from prefect import flow
+
+from flows import artifacts
+from flows.artifacts import artifact_key
+from flows.ingest.readers import source_records
+from flows.ingest.rows import (
+    CORPUS_SCHEMA,
+    RAW_KEEP,
+    REJECTS_SCHEMA,
+    Reject,
+    content_id,
+    split_of,
+    validate,
+)
+from flows.orchestration import step, task_runner
+from flows.params import StageParams
+from flows.results import IngestResult
+from flows.spec import Curriculum
+from flows.workspace import Workspace
+
+
+def source_fingerprint(spec: Curriculum) -> str:
+    """Hash of the corpus settings and the bytes of the corpus file(s)."""
+    h = hashlib.sha256(spec.fingerprint("corpus").encode())
+    if spec.corpus.path is not None:
+        root = spec.resolve(spec.corpus.path)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for p in files:
+            h.update(str(p.relative_to(root) if root.is_dir() else p.name).encode())
+            with open(p, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
+# Pure reading: safe to retry (a corpus on a network filesystem can hiccup).
+@step(name="read-and-validate", retries=1, retry_delay_seconds=2)
+def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
+    corpus = spec.corpus
+    has_questions = corpus.format != "text"
+    columns = corpus.columns if has_questions else corpus.columns.model_copy(
+        update={"question": None, "answer": None})
+    kept: list[dict] = []
+    rejects: list[dict] = []
+    seen: dict[str, int] = {}
+    for source, line, record, error, raw in source_records(spec):
+        try:
+            if error is not None:
+                reason, _, detail = error.partition(": ")
+                raise Reject(reason, None, detail)
+            fields = validate(record, columns=columns, min_chars=corpus.min_chars,
+                              max_chars=corpus.max_chars, has_questions=has_questions)
+            row_id = content_id(fields["passage"], fields["question"], fields["answer"])
+            if row_id in seen:
+                raise Reject("duplicate", None, f"same content as line {seen[row_id]}")
+            seen[row_id] = line
+        except Reject as r:
+            rejects.append({"source": source, "line": line, "reason": r.reason, "field": r.field,
+                            "detail": r.detail, "raw": (raw or str(record or ""))[:RAW_KEEP]})
+            continue
+        kept.append({"id": row_id, **fields, "split": split_of(row_id, corpus.eval_fraction),
+                     "source": source, "line": line})
+    if corpus.eval_max_rows is not None:
+        # Keep the cap's worth of eval rows with the smallest ids: still a stable choice.
+        evals = sorted((r for r in kept if r["split"] == "eval"), key=lambda r: r["id"])
+        for r in evals[corpus.eval_max_rows:]:
+            r["split"] = "train"
+    return kept, rejects
+
+
+def ingest(spec: Curriculum, ws: Workspace, run_id: str) -> IngestResult:
+    """Run (or reuse) ingest for this run."""
+    fingerprint = source_fingerprint(spec)
+    done = ws.reuse(run_id, "ingest", fingerprint)
+    if done is not None:
+        return IngestResult.of(run_id, ws.summary(done))
+    with ws.stage(run_id, "ingest", fingerprint=fingerprint,
+                  params={"corpus": spec.corpus.model_dump(mode="json")}) as st:
+        kept, rejects = read_rows(spec)
+        train = [r for r in kept if r["split"] == "train"]
+        evals = [r for r in kept if r["split"] == "eval"]
+        store = ws.store
+        store.write(pa.Table.from_pylist(train, CORPUS_SCHEMA), stage=st.stage, kind="corpus")
+        store.write(pa.Table.from_pylist(evals, CORPUS_SCHEMA), stage=st.stage, kind="eval")
+        store.write(pa.Table.from_pylist(rejects, REJECTS_SCHEMA), stage=st.stage, kind="rejects")
+        st.summary.update({
+            "rows_read": len(kept) + len(rejects), "train_rows": len(train),
+            "eval_rows": len(evals), "rejected": len(rejects),
+            "rejects_by_reason": dict(Counter(r["reason"] for r in rejects).most_common()),
+        })
+    artifacts.table(artifact_key("ingest", spec.name, "summary"),
+                    [{"train_rows": len(train), "eval_rows": len(evals), "rejected": len(rejects)}],
+                    description=f"Ingest of run {run_id}")
+    if rejects:
+        artifacts.table(artifact_key("ingest", spec.name, "rejects"),
+                        artifacts.counts_table(st.summary["rejects_by_reason"]),
+                        description=f"Rejected corpus rows by reason, run {run_id}")
+    return IngestResult.of(run_id, st.summary)
+
+
+@flow(name="ingest", log_prints=True, task_runner=task_runner())
+def ingest_flow(params: StageParams) -> IngestResult:
+    """Ingest the corpus a curriculum names, as a run of its own or a stage of an existing run."""
+    spec = params.load()
+    ws = Workspace.open()
+    with ws.run_scope(params.run_id, lambda: ws.start_run(spec, "ingest").id) as run:
+        return ingest(spec, ws, run.id)

@@ -1,0 +1,157 @@
+"""What each stage returns: typed results, read by the staircase, the CLI, the report and the
+Prefect artifacts. Each is built from the stage's summary (the JSON the catalog stores on the
+stage row), so a reused stage returns the same type as one that just ran.
+
+Unknown keys in a stored summary (from an older version) are ignored; a test checks that every
+key a stage writes today is a field here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StageResult(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    stage: ClassVar[str] = ""
+
+    run_id: str | None = None
+    round: int | None = None
+    reused_stage: int | None = Field(None, description="The stage whose work was reused, if any.")
+
+    @classmethod
+    def of(cls, run_id: str, summary: dict, **extra):
+        return cls.model_validate({**summary, **extra, "run_id": run_id})
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+class IngestResult(StageResult):
+    stage: ClassVar[str] = "ingest"
+    rows_read: int = 0
+    train_rows: int = 0
+    eval_rows: int = 0
+    rejected: int = 0
+    rejects_by_reason: dict[str, int] = {}
+
+
+class GenerateResult(StageResult):
+    stage: ClassVar[str] = "generate"
+    template: str | None = None
+    template_hash: str | None = None
+    teacher: str | None = None
+    samples: int = 1
+    source_rows: int = 0
+    requests: int = 0
+    resumed_requests: int = 0
+    resumed_shards: int = 0
+    rows_written: int = 0
+    shards_written: int = 0
+    sent: int = 0
+    retries: int = 0
+    transient_errors: dict[str, int] = {}
+    elapsed_s: float = 0.0
+    concurrency_min: int | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
+    answered: int = 0
+    unanswered: int = 0
+    errors_by_reason: dict[str, int] = {}
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
+    cost_usd: float | None = None
+    budget_exhausted: bool = False
+    complete: bool = False
+
+
+class CurateResult(StageResult):
+    stage: ClassVar[str] = "curate"
+    generated: int = 0
+    kept: int = 0
+    dropped: int = 0
+    drops_by_reason: dict[str, int] = {}
+    eval_ngrams: int = 0
+    kept_by_stage: dict[str, int] = {}
+    mean_confidence: float | None = None
+
+
+class TrainResult(StageResult):
+    stage: ClassVar[str] = "train"
+    objective: str | None = None
+    rows: int = 0
+    examples: int = 0
+    skipped: dict[str, int] = {}
+    steps: int = 0
+    resumed_from: int | None = None
+    first_loss: float | None = None
+    final_loss: float | None = None
+    train_tokens_per_s: float | None = None
+    student_model_id: int | None = None
+    base_model_id: int | None = None
+    base_accuracy: float | None = None
+    student_accuracy: float | None = None
+    eval_rows: int = 0
+
+
+class QuantizedArtifact(BaseModel):
+    """One row of the quantization table: a file (or folder) and its measurements."""
+
+    artifact: str
+    format: str
+    quant: str | None
+    engine: str
+    size_mb: float
+    bits_per_weight: float
+    accuracy: float
+    perplexity: float
+    tokens_per_s: float
+    model_id: int
+
+
+class QuantizeResult(StageResult):
+    stage: ClassVar[str] = "quantize"
+    student_id: int | None = None
+    student: str | None = None
+    student_is_base_stand_in: bool = False
+    eval_rows: int = 0
+    artifacts: int = 0
+    table: list[QuantizedArtifact] = []
+    imatrix_tokens: int | None = None
+    imatrix_dataset: str | None = None
+
+    def artifact(self, quant: str) -> QuantizedArtifact | None:
+        return next((row for row in self.table if row.quant == quant), None)
+
+
+class ModelEval(BaseModel):
+    """One model scored on held-out rows (flows/evaluate)."""
+
+    run_id: str | None = None
+    model_id: int | None = None
+    format: str
+    model: str
+    template: str
+    template_hash: str | None = None
+    few_shot: bool = False
+    n: int
+    correct: int
+    accuracy: float
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    tokens_per_s: float = 0.0
+    eval_loss: float | None = None
+    perplexity: float | None = None
+    loss_rows: int = 0
+    predictions: list[dict[str, Any]] = []
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+RESULTS: dict[str, type[StageResult]] = {
+    r.stage: r for r in (IngestResult, GenerateResult, CurateResult, TrainResult, QuantizeResult)}

@@ -1,0 +1,192 @@
+"""Train flow: fine-tune the student on a round's curated "train" shards, then score it and its
+untrained base on the held-out eval rows.
+
+    stairs train curricula/quickstart.yaml            # latest run of this curriculum with curated rows
+
+The stage is resumable: checkpoints land in STAIRS_HOME/models/students/<run>-r<round>-<hash>/
+checkpoints, and rerunning the same command after a crash continues from the newest one. The
+trained model is saved as a plain safetensors folder (LoRA merged in) and registered in the
+catalog with its parent base and the shards it was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from prefect import flow
+
+from flows.evaluate import already_scored, eval_template, evaluate_and_record, held_out_rows
+from flows.evaluate.engines import TorchEngine
+from flows.models import STAIRS_META, curriculum_ref, load, register_base
+from flows.orchestration import in_flow_run, task_runner
+from flows.params import RoundParams
+from flows.results import TrainResult
+from flows.settings import models_root
+from flows.spec import Curriculum
+from flows.train import examples as ex_mod
+from flows.train.layers import keep_layers
+from flows.train.trainer import (
+    TrainConfig,
+    batch_plan,
+    final_model,
+    fit,
+    pick_device,
+    prepare,
+    total_steps,
+)
+from flows.workspace import Workspace
+from storage.tables import Model, Shard
+
+
+class TrainError(RuntimeError):
+    """The train stage cannot start: says which run/round/shards are missing."""
+
+
+def train_inputs(ws: Workspace, run_id: str, round_index: int) -> tuple[list[Shard], list[Shard]]:
+    train = ws.stage_shards(run_id, "curate", "train", round_index=round_index)
+    if not train:
+        raise TrainError(f"run {run_id} round {round_index}: no curated 'train' shards (run "
+                         "generate and curate first, e.g. `stairs run CURRICULUM`)")
+    return train, ws.stage_shards(run_id, "ingest", "eval")
+
+
+def _fingerprint(spec: Curriculum, train: list[Shard], evals: list[Shard]) -> str:
+    h = hashlib.sha256(spec.fingerprint("student").encode())
+    h.update(spec.generate.template.encode())
+    for s in train + evals:
+        h.update(s.checksum.encode())
+    return h.hexdigest()[:16]
+
+
+def _loss_logger(ws: Workspace, run_id: str, stage_id: int, round_index: int):
+    artifact = None
+    if in_flow_run():
+        from prefect.artifacts import create_progress_artifact
+
+        artifact = create_progress_artifact(0.0, description="student training steps")
+
+    def log(step_no: int, record: dict) -> None:
+        ws.catalog.log_metric("train_loss", record["loss"], run_id=run_id, stage_id=stage_id,
+                              round_index=round_index, split="train", meta=record)
+        if artifact is not None:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(artifact, progress=100.0 * step_no / log.total)
+
+    log.total = 1
+    return log
+
+
+def _save(model, tokenizer, folder: Path, meta: dict) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / STAIRS_META).write_text(json.dumps(meta, indent=2, default=str))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0) -> TrainResult:
+    """Run (or reuse) the train stage of one round."""
+    s = spec.student
+    train_shards, eval_shards = train_inputs(ws, run_id, round_index)
+    fingerprint = _fingerprint(spec, train_shards, eval_shards)
+    done = ws.reuse(run_id, "train", fingerprint, round_index=round_index)
+    if done is not None:
+        return TrainResult.of(run_id, ws.summary(done))
+    cfg = TrainConfig.of(s)
+    out_dir = models_root() / "students" / f"{run_id}-r{round_index}-{fingerprint}"
+    with ws.stage(run_id, "train", round_index=round_index, fingerprint=fingerprint,
+                  params={"student": s.model_dump(mode="json")}) as st:
+        device = pick_device(s.device)
+        base_ref = curriculum_ref(spec, s.base)
+        base_row = register_base(ws.catalog, base_ref, run_id)
+        model, tokenizer, _ = load(base_ref, catalog=ws.catalog, device=device)
+        evals, eval_ids = held_out_rows(ws, run_id, s.eval_rows) if eval_shards else ([], [])
+        if s.evaluate_base and evals:
+            tmpl_hash = eval_template(spec).content_hash
+            if not already_scored(ws.catalog, base_row.id, eval_ids, len(evals), tmpl_hash):
+                base_result = evaluate_and_record(
+                    ws, TorchEngine(model, tokenizer), base_row.id, evals, spec, run_id=run_id,
+                    stage_id=st.id, round_index=round_index, eval_ids=eval_ids)
+                st.summary["base_accuracy"] = base_result.accuracy
+        if s.keep_layers:
+            model = keep_layers(model, s.keep_layers)
+        rows = ws.store.table(train_shards).to_pylist()
+        if rows and "order" in rows[0]:
+            rows.sort(key=lambda r: (r["order"] is None, r["order"]))
+        built = ex_mod.build(rows, tokenizer, s.objective, s.max_length, top_k=s.kd_top_k)
+        teacher = None
+        if s.objective == "kd" and s.kd_teacher:
+            teacher, t_tok, _ = load(curriculum_ref(spec, s.kd_teacher), catalog=ws.catalog,
+                                     device=device)
+            if t_tok.get_vocab() != tokenizer.get_vocab():
+                raise TrainError(f"student.kd_teacher {s.kd_teacher!r} does not share the "
+                                 "student's tokenizer; white-box kd needs identical vocabularies")
+        model = prepare(model, cfg)
+        log = _loss_logger(ws, run_id, st.id, round_index)
+        log.total = total_steps(batch_plan([sum(map(len, g)) for g in built.groups], cfg), cfg)
+        result = fit(model, built.groups, cfg, pad_id=tokenizer.pad_token_id,
+                     checkpoint_dir=out_dir / "checkpoints", teacher=teacher, device=device,
+                     on_log=log, description=f"train r{round_index} {s.objective}")
+        model = final_model(model)
+        meta = {"parent": s.base, "parent_model_id": base_row.id, "objective": s.objective,
+                "method": s.method, "keep_layers": s.keep_layers, "steps": result.steps,
+                "train_shards": [sh.id for sh in train_shards], "run_id": run_id,
+                "round": round_index, "config": cfg.model_dump(mode="json")}
+        final = out_dir / "model"
+        _save(model, tokenizer, final, meta)
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the model supersedes them
+        student = ws.catalog.add_model(Model(
+            run_id=run_id, stage_id=st.id, round_index=round_index,
+            name=f"{spec.name}-r{round_index}-{s.objective}", kind="student", format="hf",
+            path=str(final.relative_to(models_root())),
+            bytes=sum(p.stat().st_size for p in final.rglob("*") if p.is_file()),
+            parent_id=base_row.id, params_json=json.dumps(meta, default=str)),
+            trained_on=train_shards)
+        st.summary.update({
+            "round": round_index, "objective": s.objective, "rows": len(rows), "examples":
+            sum(len(g) for g in built.groups), "skipped": built.skipped, "steps": result.steps,
+            "resumed_from": result.resumed_from, "first_loss": result.losses[0]["loss"],
+            "final_loss": result.losses[-1]["loss"], "train_tokens_per_s": result.tokens_per_s,
+            "student_model_id": student.id, "base_model_id": base_row.id})
+        if evals:
+            res = evaluate_and_record(ws, TorchEngine(model, tokenizer), student.id, evals, spec,
+                                      run_id=run_id, stage_id=st.id, round_index=round_index,
+                                      eval_ids=eval_ids)
+            st.summary.update({"student_accuracy": res.accuracy, "eval_rows": res.n})
+        if in_flow_run():
+            _artifacts(st.summary, result.losses)
+    return TrainResult.of(run_id, st.summary)
+
+
+def _artifacts(summary: dict, history: list[dict]) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_table_artifact(history, key="student-loss", description="training loss per step")
+    lines = [f"| {k} | {v} |" for k, v in summary.items()]
+    create_markdown_artifact("| key | value |\n|---|---|\n" + "\n".join(lines),
+                             key="student-summary", description="student training summary")
+
+
+def latest_curated_run(ws: Workspace, spec: Curriculum) -> str:
+    for run in ws.catalog.runs(200):
+        if run.curriculum != spec.name:
+            continue
+        if any(s.name == "curate" and s.status == "completed" for s in ws.catalog.stages(run.id)):
+            return run.id
+    raise TrainError(f"no run of curriculum '{spec.name}' has curated rows yet; run "
+                     "`stairs run` (or generate + curate) first, or pass --run")
+
+
+@flow(name="train", log_prints=True, task_runner=task_runner())
+def train_flow(params: RoundParams) -> TrainResult:
+    """Train the student on a run's curated rows (default: the curriculum's latest such run)."""
+    spec = params.load()
+    ws = Workspace.open()
+    run_id = params.run_id or latest_curated_run(ws, spec)
+    return train(spec, ws, run_id, round_index=params.round_index)

@@ -1,0 +1,82 @@
+"""Generate with the REAL embedded teacher: llama.cpp's server running SmolLM2-135M on loopback,
+and the transformers backend on the same GGUF (logits -> top-k logprobs). Marked slow."""
+
+from __future__ import annotations
+
+import json
+
+import psutil
+import pytest
+
+from flows.generate import generate
+from flows.spec import Curriculum
+
+pytestmark = pytest.mark.slow
+
+
+def _spec(teacher: dict, rows: int = 5) -> Curriculum:
+    return Curriculum.model_validate({
+        "name": "slow-gen", "corpus": {"format": "demo", "demo": {"rows": 12, "seed": 1},
+                                       "eval_fraction": 0.2},
+        "teacher": {"max_tokens": 96, **teacher},
+        "generate": {"max_rows": rows, "batch_rows": 2}})
+
+
+def _servers() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True)
+            if "llama_cpp.server" in " ".join(p.cmdline())]
+
+
+def test_embedded_llamacpp_teacher_generates_rows(workspace):
+    spec = _spec({"backend": "llamacpp", "model": "smollm2-135m", "top_logprobs": 2})
+    run_id = workspace.start_run(spec, "generate").id
+    summary = generate(spec, workspace, run_id, progress_bar=False)
+    assert _servers() == []  # the server was stopped when the stage ended
+    stage = workspace.latest_stage("generate", run_id=run_id, round_index=0)
+    df = workspace.store.scan(workspace.shards(stage, "generated")).collect()
+    assert summary["complete"] and df.height == 5 == summary["sent"]
+    assert summary["completion_tokens"] > 0 and (df["completion_tokens"] > 0).all()
+    assert df["teacher"].unique().to_list() == ["llamacpp:smollm2-135m"]
+    assert all(r.strip() for r in df["response"].to_list())
+    assert json.loads(df["logprobs"][0])[0]["top"]  # llama.cpp returned top-k logprobs
+    # The second run of the same work costs nothing: the server is not even started.
+    again = generate(spec, workspace, workspace.start_run(spec, "generate").id,
+                     progress_bar=False)
+    assert again.get("reused_stage") == stage.id
+
+
+def test_transformers_teacher_keeps_logits_as_top_k_logprobs(workspace):
+    spec = _spec({"backend": "transformers", "model": "smollm2-135m", "top_logprobs": 3,
+                  "max_tokens": 24}, rows=2)
+    run_id = workspace.start_run(spec, "generate").id
+    summary = generate(spec, workspace, run_id, progress_bar=False)
+    stage = workspace.latest_stage("generate", run_id=run_id, round_index=0)
+    df = workspace.store.scan(workspace.shards(stage, "generated")).collect()
+    assert summary["complete"] and df.height == 2
+    steps = json.loads(df["logprobs"][0])
+    assert len(steps) == df["completion_tokens"][0]
+    assert len(steps[0]["top"]) == 3 and steps[0]["top"][0][1] >= steps[0]["top"][-1][1]
+
+
+def test_llamacpp_server_dies_with_a_killed_stairs_process(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("from flows.spec import TeacherSpec; from flows.teachers import make_teacher; "
+            "import time; t = make_teacher(TeacherSpec()); t.start(); print('up', flush=True); "
+            "time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(root),
+                                 "STAIRS_HOME": str(tmp_path)})
+    assert proc.stdout.readline().strip() == b"up"
+    server = [p for p in psutil.Process(proc.pid).children(recursive=True)
+              if "llama_cpp.server" in " ".join(p.cmdline())]
+    assert len(server) == 1
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(server, timeout=15)
+    assert not alive, "the llama.cpp server outlived a kill -9 of its parent"

@@ -1,0 +1,310 @@
+"""A real HTTP server on 127.0.0.1 that speaks OpenAI chat completions, for tests and benches.
+
+It answers deterministically (it solves the demo corpus's "how many ... in total" problems from
+the passage, or replies with a scripted text), waits a fixed latency per request, and injects
+faults on demand: 429 with Retry-After, 500, slow responses, dropped connections, malformed
+bodies. It counts every request it receives by content, so tests can prove what was (re)sent.
+
+A bare ASGI app on uvicorn (both already stairs dependencies through llama-cpp-python's server
+extra): no framework routing needed for two endpoints, and it keeps server overhead low for the
+throughput bench.
+
+    python tests/helpers/openai_server.py --port 8911 --latency 0.2     # standalone (bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import uvicorn
+
+FACT = re.compile(r"(\b[A-Z][a-z]+) has ([^.]*)\.")
+SUM_Q = re.compile(r"How many (\w+) does ([A-Z][a-z]+) have in total\?")
+
+
+def solve(text: str) -> str:
+    """A correct step-by-step answer for a demo 'sum' problem, else an honest non-answer."""
+    q = SUM_Q.search(text)
+    facts = {name: rest for name, rest in FACT.findall(text)}
+    if q and q.group(2) in facts:
+        numbers = [int(n) for n in re.findall(r"\d+", facts[q.group(2)])]
+        steps = " + ".join(map(str, numbers))
+        return (f"{q.group(2)} has {facts[q.group(2)]}. Adding them: {steps} = {sum(numbers)}.\n"
+                f"Answer: {sum(numbers)}")
+    return "I could not find the facts needed.\nAnswer: unknown"
+
+
+@dataclass
+class Faults:
+    """Probabilities per request (drawn from a seeded RNG, so runs repeat)."""
+
+    rate_limit: float = 0.0  # 429 with Retry-After
+    retry_after: float = 0.05
+    server_error: float = 0.0  # 500
+    disconnect: float = 0.0  # connection dropped mid-response
+    malformed: float = 0.0  # 200 with a body that is not JSON
+    slow: float = 0.0  # sleeps `slow_s` before answering (beyond a client timeout)
+    slow_s: float = 3.0
+    seed: int = 0
+
+
+@dataclass
+class FakeOpenAI:
+    latency: float = 0.0
+    faults: Faults = field(default_factory=Faults)
+    # substring of the user message -> (reply text, finish_reason)
+    script: dict[str, tuple[str, str]] = field(default_factory=dict)
+    port: int = 0
+    received: Counter = field(default_factory=Counter)  # content key -> times received
+    answered: Counter = field(default_factory=Counter)  # content key -> 200s sent
+    statuses: Counter = field(default_factory=Counter)
+    auth_headers: list = field(default_factory=list)
+    formats: list = field(default_factory=list)  # response_format of each chat request
+    hold_batches: bool = False  # batches stay "in_progress" (a job that takes hours)
+    reject_auth: bool = False  # answer chat requests with 401 (a revoked key)
+    files: dict = field(default_factory=dict)  # Batch API files: id -> bytes
+    batches: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._rng = random.Random(self.faults.seed)
+        self._server = self._thread = None
+
+    # -- HTTP --------------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        if path.endswith("/stats"):  # for benches running the server in another process
+            return await self._json(send, 200, {"received": sum(self.received.values()),
+                                                "distinct": len(self.received)})
+        if path.endswith("/models"):
+            return await self._json(send, 200, {"object": "list", "data": [
+                {"id": "fake", "object": "model", "created": 0, "owned_by": "tests"}]})
+        headers = dict(scope["headers"])
+        if "/files" in path or "/batches" in path:
+            return await self._batch_api(send, scope["method"], path, headers, body)
+        if not path.endswith("/chat/completions"):
+            return await self._json(send, 404, {"error": {"message": "not found"}})
+        self.auth_headers.append(headers.get(b"authorization", b"").decode())
+        if self.reject_auth:
+            return await self._json(send, 401, {"error": {"message": "invalid api key"}})
+        request = json.loads(body)
+        self.formats.append(request.get("response_format"))
+        key = content_key(request["messages"], request.get("seed"))
+        self.received[key] += 1
+        await asyncio.sleep(self.latency)
+        f, roll = self.faults, self._rng.random()
+        for name, p in (("rate_limit", f.rate_limit), ("server_error", f.server_error),
+                        ("disconnect", f.disconnect), ("malformed", f.malformed),
+                        ("slow", f.slow)):
+            if roll < p:
+                return await getattr(self, "_" + name)(send, request, key)
+            roll -= p
+        return await self._answer(send, request, key)
+
+    async def _json(self, send, status: int, doc, extra=()):
+        self.statuses[status] += 1
+        payload = json.dumps(doc).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()), *extra]})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _answer(self, send, request, key):
+        self.answered[key] += 1
+        await self._json(send, 200, self.completion(request))
+
+    def completion(self, request: dict) -> dict:
+        user = message_text(request["messages"][-1])
+        text, finish = solve(user), "stop"
+        for needle, (scripted, reason) in self.script.items():
+            if needle in user:
+                text, finish = scripted, reason
+        prompt_tokens = sum(len(message_text(m)) for m in request["messages"]) // 4
+        choice = {"index": 0, "finish_reason": finish,
+                  "message": {"role": "assistant", "content": text}}
+        if request.get("logprobs"):
+            k = request.get("top_logprobs") or 1
+            choice["logprobs"] = {"content": [
+                {"token": w, "logprob": -0.1, "bytes": None,
+                 "top_logprobs": [{"token": w, "logprob": -0.1, "bytes": None}] * k}
+                for w in text.split()[:8]]}
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                "model": request.get("model", "fake"), "choices": [choice],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
+                          "total_tokens": prompt_tokens + len(text.split())}}
+
+    # -- Batch API: files in, a batch that completes when first polled, files out --------------
+    async def _batch_api(self, send, method: str, path: str, headers: dict, body: bytes):
+        if method == "POST" and path.endswith("/files"):
+            content = _multipart_file(headers.get(b"content-type", b"").decode(), body)
+            file_id = f"file-{len(self.files)}"
+            self.files[file_id] = content
+            return await self._json(send, 200, _file(file_id, len(content), "batch"))
+        if method == "POST" and path.endswith("/batches"):
+            request = json.loads(body)
+            batch_id = f"batch-{len(self.batches)}"
+            self.batches[batch_id] = {"input": request["input_file_id"], "polls": 0}
+            return await self._json(send, 200, self._batch_doc(batch_id))
+        if method == "GET" and "/batches/" in path:
+            batch_id = path.rsplit("/", 1)[1]
+            batch = self.batches[batch_id]
+            batch["polls"] += 1
+            if batch["polls"] >= 2 and "output" not in batch and not self.hold_batches:  # "in_progress" on the 1st poll
+                out = []
+                for line in self.files[batch["input"]].decode().splitlines():
+                    item = json.loads(line)
+                    body_ = item["body"]
+                    key = content_key(body_["messages"], body_.get("seed"))
+                    self.received[key] += 1
+                    self.answered[key] += 1
+                    out.append(json.dumps({"id": "r", "custom_id": item["custom_id"],
+                                           "response": {"status_code": 200,
+                                                        "body": self.completion(body_)},
+                                           "error": None}))
+                file_id = f"file-{len(self.files)}"
+                self.files[file_id] = ("\n".join(out) + "\n").encode()
+                batch["output"] = file_id
+            return await self._json(send, 200, self._batch_doc(batch_id))
+        if method == "GET" and path.endswith("/content"):
+            file_id = path.split("/")[-2]
+            payload = self.files[file_id]
+            self.statuses[200] += 1
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"application/octet-stream"),
+                (b"content-length", str(len(payload)).encode())]})
+            return await send({"type": "http.response.body", "body": payload})
+        return await self._json(send, 404, {"error": {"message": f"no route {method} {path}"}})
+
+    def _batch_doc(self, batch_id: str) -> dict:
+        b = self.batches[batch_id]
+        return {"id": batch_id, "object": "batch", "endpoint": "/v1/chat/completions",
+                "input_file_id": b["input"], "completion_window": "24h", "created_at": 0,
+                "status": "completed" if "output" in b else "in_progress",
+                "output_file_id": b.get("output"), "error_file_id": None}
+
+    async def _rate_limit(self, send, request, key):
+        await self._json(send, 429, {"error": {"message": "slow down", "type": "rate_limit"}},
+                         [(b"retry-after", str(self.faults.retry_after).encode())])
+
+    async def _server_error(self, send, request, key):
+        await self._json(send, 500, {"error": {"message": "boom", "type": "server_error"}})
+
+    async def _disconnect(self, send, request, key):
+        self.statuses["disconnect"] += 1
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", b"5000")]})
+        await send({"type": "http.response.body", "body": b'{"id": "chatc', "more_body": True})
+        raise ConnectionResetError("fault injection: drop the connection mid-body")
+
+    async def _malformed(self, send, request, key):
+        self.statuses["malformed"] += 1
+        payload = b'{"id": "x", "choices": [ this is not json'
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _slow(self, send, request, key):
+        self.statuses["slow"] += 1
+        await asyncio.sleep(self.faults.slow_s)
+        await self._answer(send, request, key)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "FakeOpenAI":
+        self.port = self.port or free_port()
+        config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="critical",
+                                lifespan="on", backlog=2048, timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake OpenAI server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _multipart_file(content_type: str, body: bytes) -> bytes:
+    """The uploaded file of a multipart/form-data body (the stdlib email parser reads it)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "file":
+            return part.get_payload(decode=True)
+    raise ValueError("no file part in the upload")
+
+
+def _file(file_id: str, size: int, purpose: str) -> dict:
+    return {"id": file_id, "object": "file", "bytes": size, "created_at": 0,
+            "filename": "upload.jsonl", "purpose": purpose, "status": "processed"}
+
+
+def message_text(message: dict) -> str:
+    """A message's text: the API takes `content` as a string or as a list of parts
+    ({"type": "text", "text": ...}), and clients differ (data-designer sends parts)."""
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content
+
+
+def content_key(messages, seed) -> str:
+    return hashlib.sha256(json.dumps([messages, seed], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--latency", type=float, default=0.2)
+    args = ap.parse_args()
+    server = FakeOpenAI(latency=args.latency, port=args.port)
+    uvicorn.run(server, host="127.0.0.1", port=args.port, log_level="critical", backlog=4096)

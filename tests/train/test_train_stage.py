@@ -1,0 +1,128 @@
+"""Evaluation scoring and the train stage end to end on a tiny model (fast, offline)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from flows.evaluate import evaluate_model
+from flows.evaluate.engines import TorchEngine
+from flows.evaluate.score import score_outputs
+from flows.prompting import load_template
+from flows.train import examples as ex_mod
+from flows.train.trainer import TrainConfig, fit
+from tests.helpers.tiny_student import tiny_llama, tiny_tokenizer, train_rows
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def test_score_uses_the_shared_answer_normalizer():
+    outputs = ["3 + 4 = 7.\nAnswer: 7", "Answer: seven", "so Answer: 7 lanterns",
+               "the answer is unclear", None, "Answer: 8"]
+    _, correct = score_outputs(outputs, ["7", "7", "7", "7", "7", "7"])
+    assert correct == [True, True, True, False, False, False]
+
+
+def _eval_rows():
+    return [{"id": r["id"] if "id" in r else f"e{i}", "passage": r["passage"],
+             "question": r["question"], "answer": r["answer"]}
+            for i, r in enumerate(__import__("flows.ingest.demo", fromlist=["x"]).generate(2, seed=9))]
+
+
+def test_evaluation_scores_a_known_set_of_answers(tok):
+    """Teach a tiny model one reply, "Answer: A", for both held-out prompts, where A is the
+    gold answer of the first row only: greedy evaluation must score exactly that row correct."""
+    template = load_template("rationale")
+    rows = _eval_rows()
+    gold = rows[0]["answer"]
+    assert rows[1]["answer"] != gold
+    train = [{"id": f"t{i}", "messages": json.dumps(template.render(r)), "answer": gold}
+             for i, r in enumerate(rows)]
+    groups = ex_mod.build(train, tok, "label", 512).groups
+    model = tiny_llama(tok, seed=0)
+    cfg = TrainConfig(objective="label", max_steps=25, batch_size=2, learning_rate=2e-2,
+                      warmup_ratio=0.0)
+    fit(model, groups, cfg, pad_id=tok.pad_token_id, progress=False)
+    result = evaluate_model(TorchEngine(model, tok), rows, template, max_new_tokens=8)
+    assert [p["output"] for p in result.predictions] == [f"Answer: {gold}"] * 2
+    assert [p["correct"] for p in result.predictions] == [True, False]
+    assert [p["predicted"] for p in result.predictions] == [gold, gold]
+    assert result.accuracy == 0.5 and result.n == 2 and result.correct == 1
+    assert result.tokens_per_s > 0
+
+
+def _seed_run(ws, spec, rows, evals):
+    """A run with the shards the train stage reads, as ingest and curate write them."""
+    run = ws.start_run(spec, "run")
+    with ws.stage(run.id, "ingest") as st:
+        ws.store.write(pa.Table.from_pylist(evals), stage=st.stage, kind="eval")
+    with ws.stage(run.id, "curate", round_index=0) as st:
+        ws.store.write(pa.Table.from_pylist(rows), stage=st.stage, kind="train")
+    return run.id
+
+
+def test_train_stage_records_model_lineage_and_metrics(workspace, tok, tmp_path):
+    from flows.spec import Curriculum
+    from flows.train import train
+    from storage.tables import Model
+
+    base_dir = tmp_path / "tiny-base"
+    tiny_llama(tok, seed=0).save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    spec = Curriculum.model_validate({
+        "name": "tiny", "corpus": {"format": "demo"},
+        "student": {"base": str(base_dir), "objective": "step_by_step", "max_steps": 3,
+                    "batch_size": 2, "learning_rate": 1e-3, "eval_rows": 2,
+                    "eval_max_new_tokens": 4, "checkpoint_every": 2}})
+    rows = train_rows(6)
+    # Eval rows with a rationale get a loss too ("where available").
+    evals = _eval_rows()
+    evals[0]["rationale"] = "Add them."
+    run_id = _seed_run(workspace, spec, rows, evals)
+    summary = train(spec, workspace, run_id)
+    assert summary.steps == 3 and summary.examples == 12 and summary.rows == 6
+    cat = workspace.catalog
+    student = cat.get(Model, summary.student_model_id)
+    base = cat.get(Model, summary.base_model_id)
+    assert student.kind == "student" and student.parent_id == base.id and base.kind == "base"
+    trained_on = cat.model_training_shards(student.id)
+    assert [s.kind for s in trained_on] == ["train"]
+    names = {(m.name, m.model_id) for m in cat.metrics(run_id=run_id)}
+    assert ("eval_accuracy", base.id) in names and ("eval_accuracy", student.id) in names
+    assert ("eval_loss", student.id) in names
+    assert sum(1 for m in cat.metrics(run_id=run_id) if m.name == "train_loss") >= 1
+    meta = json.loads(next(m.meta_json for m in cat.metrics(model_id=student.id)
+                           if m.name == "eval_accuracy"))
+    assert meta["training_shards"] == [trained_on[0].id] and meta["n"] == 2
+    # The saved student is a plain HF folder that loads and evaluates by reference.
+    ref = f"catalog:{student.id}"
+    again = evaluate_model(ref, evals, load_template("rationale"), max_new_tokens=4, catalog=cat)
+    assert again.n == 2 and again.format == "hf"
+    # Same inputs: the stage is reused, not retrained.
+    assert train(spec, workspace, run_id) == summary
+    assert len([m for m in cat.models() if m.kind == "student"]) == 1
+
+
+def test_train_without_curated_rows_names_the_run(workspace):
+    from flows.spec import Curriculum
+    from flows.train import TrainError, train
+
+    spec = Curriculum.model_validate({"name": "tiny", "corpus": {"format": "demo"}})
+    run = workspace.start_run(spec, "run")
+    with pytest.raises(TrainError, match=f"run {run.id} round 0.*train"):
+        train(spec, workspace, run.id)
+
+
+def test_validate_names_a_missing_student_base(tmp_path):
+    from flows.preflight import load_checked
+    from flows.spec import SpecError
+
+    cur = tmp_path / "c.yaml"
+    cur.write_text("name: c\ncorpus: {format: demo}\nstudent: {base: ./no-such-model}\n")
+    with pytest.raises(SpecError, match="student.base: .*no-such-model"):
+        load_checked(cur)
