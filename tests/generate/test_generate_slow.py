@@ -34,15 +34,15 @@ def test_embedded_llamacpp_teacher_generates_rows(workspace):
     assert _servers() == []  # the server was stopped when the stage ended
     stage = workspace.latest_stage("generate", run_id=run_id, round_index=0)
     df = workspace.store.scan(workspace.shards(stage, "generated")).collect()
-    assert summary["complete"] and df.height == 5 == summary["sent"]
-    assert summary["completion_tokens"] > 0 and (df["completion_tokens"] > 0).all()
+    assert summary.complete and df.height == 5 == summary.sent
+    assert summary.completion_tokens > 0 and (df["completion_tokens"] > 0).all()
     assert df["teacher"].unique().to_list() == ["llamacpp:smollm2-135m"]
     assert all(r.strip() for r in df["response"].to_list())
     assert json.loads(df["logprobs"][0])[0]["top"]  # llama.cpp returned top-k logprobs
     # The second run of the same work costs nothing: the server is not even started.
     again = generate(spec, workspace, workspace.start_run(spec, "generate").id,
                      progress_bar=False)
-    assert again.get("reused_stage") == stage.id
+    assert again.reused_stage == stage.id
 
 
 def test_transformers_teacher_keeps_logits_as_top_k_logprobs(workspace):
@@ -52,7 +52,7 @@ def test_transformers_teacher_keeps_logits_as_top_k_logprobs(workspace):
     summary = generate(spec, workspace, run_id, progress_bar=False)
     stage = workspace.latest_stage("generate", run_id=run_id, round_index=0)
     df = workspace.store.scan(workspace.shards(stage, "generated")).collect()
-    assert summary["complete"] and df.height == 2
+    assert summary.complete and df.height == 2
     steps = json.loads(df["logprobs"][0])
     assert len(steps) == df["completion_tokens"][0]
     assert len(steps[0]["top"]) == 3 and steps[0]["top"][0][1] >= steps[0]["top"][-1][1]
