@@ -7,7 +7,8 @@ counts only if it is right AND parseable by the template's parser (what curation
 
 Right = answers_match(extract_answer(reply), gold): the same rule curation and evaluation use.
 Runs llama.cpp in-process (no server) on CPU; prompt prefixes are reused between the samples of
-one problem by llama.cpp's own prefix cache.
+one problem by llama.cpp's own prefix cache. For a curriculum's own rows, teacher and curation,
+the product command is `stairs prompts compare FILE A B` (parse rate, kept rate, accuracy).
 """
 
 from __future__ import annotations

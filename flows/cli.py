@@ -1,6 +1,8 @@
 """The `stairs` command line. Every verb that runs work runs it as a Prefect flow (a temporary
-local server unless PREFECT_API_URL points at one); `--json` prints exactly one JSON document on
-stdout and nothing else."""
+local server unless PREFECT_API_URL points at one), except the quick looks before a run that
+record no run (`preview`, `prompts compare`): they run in this process, so a template edit is
+checked in seconds, not after a server start. `--json` prints exactly one JSON document on stdout
+and nothing else."""
 
 from __future__ import annotations
 
@@ -144,6 +146,76 @@ def curate(curriculum: Path = CurriculumArg,
               f"{result.kept} kept, {result.dropped} dropped of {result.generated}")
     for reason, n in result.drops_by_reason.items():
         out.print(f"  dropped {n:>6}  {reason}")
+
+
+def _variant(spec, changes: dict):
+    """The curriculum with CLI changes applied, through every pre-flight check, or exit 2."""
+    from flows.preflight import require
+    from flows.spec import SpecError, with_changes
+
+    try:
+        return require(with_changes(spec, changes))
+    except SpecError as e:
+        err.print(f"[red]invalid curriculum[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+def _trial_or_exit(call):
+    """Run a trial; an unreachable teacher is one red line and exit 3, as for generate."""
+    from flows.spec import SpecError
+    from flows.teachers import TeacherUnreachable
+
+    try:
+        return call()
+    except TeacherUnreachable as e:
+        err.print(f"[red]teacher unreachable[/red] {e}")
+        raise typer.Exit(3) from None
+    except SpecError as e:
+        err.print(f"[red]invalid curriculum[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+def _cell(text, limit: int = 160) -> str:
+    text = " ⏎ ".join((text or "").split("\n"))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+@app.command()
+def preview(curriculum: Path = CurriculumArg,
+            template: Optional[str] = typer.Option(
+                None, "--template", help="Template name, or a template .yaml file (default: "
+                "the curriculum's generate.template)."),
+            teacher_model: Optional[str] = typer.Option(
+                None, "--teacher-model", help="Ask this teacher.model instead."),
+            n: int = typer.Option(8, "--n", min=1, help="How many corpus rows (the first train "
+                                  "rows, where generate starts)."),
+            as_json: bool = JsonOpt) -> None:
+    """Ask the teacher about N corpus rows and show what curation would keep.
+
+    Parse rate, kept rate, accuracy against gold, tokens and time, exactly as a generate + curate
+    run of those rows. Records no run; the answers go to the response cache, so the run
+    afterwards reuses them."""
+    from flows.preview.compare import template_changes
+    from flows.preview.trial import summary_line, trial
+
+    changes = template_changes(template) if template else {}
+    if teacher_model:
+        changes["teacher.model"] = teacher_model
+    spec = _variant(_load(curriculum), changes)
+    result = _trial_or_exit(lambda: trial(spec, _workspace(), n))
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(f"[bold]{result['template']}[/bold] sha256:{result['template_hash'][:12]} with "
+              f"{result['teacher']}", highlight=False)
+    table = Table("#", "question", "teacher's answer", "gold", "parsed answer", "verdict")
+    for r in result["rows"]:
+        verdict = "[green]kept[/green]" if r["verdict"] == "kept" else f"[red]{r['verdict']}[/red]"
+        table.add_row(f"{r['row']}" + (f".{r['sample']}" if r["sample"] else ""),
+                      _cell(r["question"], 80), _cell(r["reply"]), _cell(r["gold"], 20),
+                      _cell(r["answer"] or r["parse_error"], 30), verdict)
+    out.print(table)
+    out.print(summary_line(result["measures"]), highlight=False)
 
 
 @app.command()
@@ -402,7 +474,8 @@ def serve_flows(api_url: Optional[str] = ApiOpt, name: Optional[list[str]] = typ
 
     os.environ.update(prefect_env(api_url))
     run_serve(names=name or None)
-prompts_app = typer.Typer(help="Prompt templates (prompts/*.yaml): list them, render them.",
+prompts_app = typer.Typer(help="Prompt templates (prompts/*.yaml): list, render, compare two, "
+                               "history of versions.",
                           no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
 
@@ -456,6 +529,124 @@ def prompts_render(template: str = typer.Argument(..., help="Template name, e.g.
         for m in r["messages"]:
             out.print(f"[cyan]{m['role']}[/cyan]", highlight=False)
             out.print(m["content"], markup=False, highlight=False, soft_wrap=True)
+
+
+VariantArg = typer.Argument(..., help="A template name, a template .yaml file, or curriculum "
+                            "keys: 'teacher.temperature=0.8,teacher.model=other'.")
+
+
+@prompts_app.command("compare")
+def prompts_compare(curriculum: Path = CurriculumArg, a: str = VariantArg, b: str = VariantArg,
+                    n: int = typer.Option(30, "--n", min=1, help="How many corpus rows."),
+                    as_json: bool = JsonOpt) -> None:
+    """Two templates (or teachers, or sampling settings) on the same rows, side by side.
+
+    Each side is a full `stairs preview`; then the rows where the two disagree."""
+    from flows.preview.compare import compare
+
+    spec = _load(curriculum)
+    result = _trial_or_exit(lambda: compare(spec, _workspace(), a, b, n))
+    if as_json:
+        _emit_json(result)
+        return
+    sa, sb = result["a"], result["b"]
+    table = Table("", f"A: {a}", f"B: {b}")
+    table.add_row("template", f"{sa['template']} {sa['template_hash'][:12]}",
+                  f"{sb['template']} {sb['template_hash'][:12]}")
+    table.add_row("teacher", sa["teacher"], sb["teacher"])
+    ma, mb = sa["measures"], sb["measures"]
+
+    def pct(m, part, whole, rate):
+        return f"{m[part]}/{m[whole]}" + ("" if m[rate] is None else f" ({m[rate]:.0%})")
+
+    table.add_row("parsed", pct(ma, "parsed", "rows", "parse_rate"),
+                  pct(mb, "parsed", "rows", "parse_rate"))
+    table.add_row("kept", pct(ma, "kept", "rows", "kept_rate"), pct(mb, "kept", "rows",
+                                                                   "kept_rate"))
+    table.add_row("accuracy (gold)", pct(ma, "correct", "with_gold", "accuracy"),
+                  pct(mb, "correct", "with_gold", "accuracy"))
+    for key in ("prompt_tokens", "completion_tokens", "cache_hits", "sent", "seconds"):
+        table.add_row(key.replace("_", " "), str(ma[key]), str(mb[key]))
+    out.print(table)
+    if not result["disagree"]:
+        out.print("no row where they disagree")
+        return
+    rows = Table("#", "question", "gold", "A answer", "A verdict", "B answer", "B verdict",
+                 title=f"{len(result['disagree'])} row(s) where they disagree")
+    for d in result["disagree"]:
+        rows.add_row(f"{d['row']}" + (f".{d['sample']}" if d["sample"] else ""),
+                     _cell(d["question"], 80), _cell(d["gold"], 20), _cell(d["a"]["answer"], 30),
+                     _cell(d["a"]["verdict"], 30), _cell(d["b"]["answer"], 30),
+                     _cell(d["b"]["verdict"], 30))
+    out.print(rows)
+
+
+@prompts_app.command("history")
+def prompts_history(template: str = typer.Argument(..., help="Template name, e.g. rationale."),
+                    prompts_dir: Optional[Path] = typer.Option(
+                        None, "--prompts-dir", help="Template folder (default: the project's "
+                        "prompts/): which file is current, where --restore writes."),
+                    show: Optional[str] = typer.Option(
+                        None, "--show", help="Print the stored text of this version (a hash "
+                        "prefix from the list)."),
+                    restore: Optional[str] = typer.Option(
+                        None, "--restore", help="Write this version (hash prefix) back to the "
+                        "template's file."),
+                    force: bool = typer.Option(
+                        False, "--force", help="Let --restore overwrite a file whose current "
+                        "text no run used (not in the catalog)."),
+                    as_json: bool = JsonOpt) -> None:
+    """Each version of a template that runs used, with its kept rate and students' accuracy.
+
+    Versions are content hashes (first seen, runs); --show prints one, --restore writes it back."""
+    import hashlib
+
+    from flows.prompting import template_path
+    from flows.prompting.history import template_history, template_text
+
+    catalog = _workspace().catalog
+    if show or restore:
+        try:
+            name, content_hash, text = template_text(catalog, show or restore)
+        except KeyError as e:
+            err.print(f"[red]cannot {'show' if show else 'restore'}[/red] {e.args[0]} "
+                      f"(see `stairs prompts history {template}`)")
+            raise typer.Exit(1) from None
+        if show:
+            sys.stdout.write(text)
+            return
+        path = template_path(name, prompts_dir)
+        if path.exists() and not force:
+            current = hashlib.sha256(path.read_bytes()).hexdigest()
+            if not catalog.template_texts(current):
+                # Unsaved work: the file's text is in no run, so nothing could bring it back.
+                err.print(f"[red]not restored[/red] {path} holds a version no run used "
+                          f"(sha256:{current[:12]}); --force overwrites it")
+                raise typer.Exit(1)
+        path.write_text(text, encoding="utf-8")
+        out.print(f"restored {name} sha256:{content_hash[:12]} to {path}", highlight=False)
+        return
+    versions = template_history(catalog, template)
+    path = template_path(template, prompts_dir)
+    current = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    for v in versions:
+        v["current"] = v["content_hash"] == current
+    if as_json:
+        _emit_json({"template": template, "path": str(path), "current_hash": current,
+                    "versions": versions})
+        return
+    if not versions:
+        out.print(f"no run has used template {template!r} yet")
+        return
+    table = Table("version", "first seen", "runs", "kept / generated", "kept rate",
+                  "student accuracy", title=f"{template} ({path})")
+    for v in versions:
+        accs = ", ".join(f"{s['accuracy']:.1%}" for s in v["students"]) or "no student"
+        table.add_row(v["content_hash"][:12] + (" (current)" if v["current"] else ""),
+                      v["first_seen"][:19], ", ".join(v["runs"]),
+                      f"{v['kept']} / {v['generated']}",
+                      "" if v["kept_rate"] is None else f"{v['kept_rate']:.1%}", accs)
+    out.print(table)
 
 
 def _print_details(d: dict) -> None:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -406,6 +406,33 @@ def format_errors(err: ValidationError) -> list[str]:
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"{loc}: {msg}")
     return lines
+
+
+def with_changes(spec: Curriculum, changes: dict[str, Any]) -> Curriculum:
+    """The spec with `changes` ({"teacher.model": "x", "generate.template": "y"}) applied and the
+    whole curriculum validated again, so an override obeys every rule the YAML does (bounds, the
+    cross-key checks such as backend 'openai' needing base_url). Raises SpecError naming the key."""
+    if not changes:
+        return spec
+    data = spec.model_dump(mode="json")
+    for key, value in changes.items():
+        *sections, name = key.split(".")
+        node = data
+        for section in sections:
+            if node.get(section) is None:
+                node[section] = {}
+            node = node[section]
+            if not isinstance(node, dict):
+                raise SpecError(f"{spec.source or spec.name}: override {key}: "
+                                f"'{section}' is not a section")
+        node[name] = value
+    try:
+        changed = Curriculum.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{spec.source or spec.name}: override: "
+                        + "; ".join(format_errors(e))) from None
+    changed._source = spec._source
+    return changed
 
 
 def load(path: Path | str) -> Curriculum:

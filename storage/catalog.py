@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, create_engine, select
 
 from storage.tables import (
@@ -23,6 +24,7 @@ from storage.tables import (
     Shard,
     ShardParent,
     Stage,
+    TemplateText,
     utcnow,
 )
 
@@ -145,6 +147,29 @@ class Catalog:
             if run_id is not None:
                 q = q.where(Stage.run_id == run_id)
             return s.exec(q.order_by(Stage.id.desc())).first()
+
+    def stages_named(self, *names: str, status: str = "completed") -> list[Stage]:
+        """Every stage of these names across all runs, oldest first (template history)."""
+        with self.session() as s:
+            q = select(Stage).where(Stage.name.in_(names), Stage.status == status)
+            return list(s.exec(q.order_by(Stage.id)))
+
+    # -- prompt-template texts ---------------------------------------------------------------
+    def save_template_text(self, name: str, content_hash: str, text: str) -> None:
+        """Keep a template version's text (once per content hash: the same bytes hash alike)."""
+        with self.session() as s:
+            if s.get(TemplateText, content_hash) is None:
+                s.add(TemplateText(content_hash=content_hash, name=name, text=text))
+                try:
+                    s.commit()
+                except IntegrityError:  # another run stored the same version meanwhile
+                    s.rollback()
+
+    def template_texts(self, hash_prefix: str) -> list[TemplateText]:
+        """Stored template versions whose content hash starts with `hash_prefix`."""
+        with self.session() as s:
+            q = select(TemplateText).where(TemplateText.content_hash.startswith(hash_prefix, autoescape=True))
+            return list(s.exec(q))
 
     # -- shards ----------------------------------------------------------------------------
     def shards(self, stage_id: int, kind: str | None = None) -> list[Shard]:

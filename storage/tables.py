@@ -127,3 +127,14 @@ class ResponseCache(SQLModel, table=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class TemplateText(SQLModel, table=True):
+    """The text of every prompt-template version a generate stage used, by content hash (what
+    generated rows carry in `template_hash`), so any version can be shown or restored later
+    even after its file was edited."""
+
+    content_hash: str = Field(primary_key=True)
+    name: str = Field(index=True)
+    text: str
+    created_at: datetime = Field(default_factory=utcnow)

@@ -206,7 +206,9 @@ def test_deployments_registered_from_prefect_yaml(stack):
     assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
     schema = dep["parameter_openapi_schema"]
     fields = schema["definitions"]["StaircaseParams"]["properties"]
-    assert set(fields) == {"curriculum", "new", "rounds"}
+    assert set(fields) == {"curriculum", "new", "rounds", "overrides"}
+    overrides = schema["definitions"]["Overrides"]["properties"]
+    assert overrides["temperature"]["anyOf"][0]["maximum"] == 2
     assert "Curriculum YAML" in fields["curriculum"]["description"]
     pool = api(stack, "GET", "/work_pools/stairs").json()
     assert pool["type"] == "process"
@@ -263,6 +265,90 @@ def test_bad_parameters_are_rejected_with_the_validation_message(stack, tiny_cur
     assert "staircase.steps: unknown key" in message and str(bad) in message
 
 
+def _catalog(stack: Stack):
+    """The catalog the worker's flow runs write (STAIRS_HOME of the stack)."""
+    from storage.catalog import Catalog
+
+    stack.home.mkdir(exist_ok=True)
+    return Catalog(url=f"sqlite:///{stack.home / 'catalog.db'}")
+
+
+def test_staircase_run_with_an_override_from_the_ui(stack, tiny_curriculum):
+    """The form's overrides reach the run: another template and teacher, recorded in the run's
+    stored spec and visible on every generated row."""
+    from flows.prompting import load_template
+    from flows.spec import Curriculum
+    from flows.workspace import Workspace
+    from storage.shards import ShardStore
+    from tests.helpers.openai_server import FakeOpenAI
+
+    dep_id = deployment_id(stack, "staircase", "staircase")
+    before = {r.id for r in _catalog(stack).runs(50)}
+    with FakeOpenAI() as srv:
+        overrides = {"template": "textbook", "teacher_backend": "openai", "teacher_model": "fake",
+                     "teacher_base_url": srv.base_url, "max_rows": 3}
+        r = quick_run(stack, dep_id, {"params": {"curriculum": str(tiny_curriculum),
+                                                 "overrides": overrides}})
+        assert r.status_code == 201, r.text
+        run = wait_for_run(stack, r.json()["id"])
+        asked = sum(srv.received.values())
+    assert run["state_type"] == "COMPLETED", (run["state"], stack.log("worker"))
+    catalog = _catalog(stack)
+    [new] = [x for x in catalog.runs(50) if x.id not in before]
+    spec = Curriculum.model_validate_json(new.spec_json)
+    assert spec.generate.template == "textbook" and spec.generate.max_rows == 3
+    assert (spec.teacher.backend, spec.teacher.base_url) == ("openai", srv.base_url)
+
+    ws = Workspace(catalog=catalog, store=ShardStore(catalog, root=stack.home / "shards"))
+    rows = ws.store.table(ws.stage_shards(new.id, "generate", "generated", round_index=0))
+    textbook = load_template("textbook")
+    assert asked == rows.num_rows == 3
+    assert set(rows.column("template").to_pylist()) == {"textbook"}
+    assert set(rows.column("template_hash").to_pylist()) == {textbook.content_hash}
+    # A lesson has no answer to check: curation keeps nothing and the round says so.
+    [rnd] = catalog.rounds(new.id)
+    assert rnd.gate_passed is False and "curation kept no rows" in rnd.gate_reason
+
+
+def test_bad_override_is_rejected_with_the_validation_message(stack, tiny_curriculum):
+    dep_id = deployment_id(stack, "staircase", "staircase")
+    r = quick_run(stack, dep_id, {"params": {"curriculum": str(tiny_curriculum),
+                                             "overrides": {"temperature": 5}}})
+    assert r.status_code == 409 and "5 is greater than the maximum of 2" in r.json()["detail"]
+    # Past the schema, the spec's own rules and pre-flight checks fail the run with their message.
+    r = quick_run(stack, dep_id, {"params": {"curriculum": str(tiny_curriculum),
+                                             "overrides": {"template": "nope"}}})
+    assert r.status_code == 201, r.text
+    run = wait_for_run(stack, r.json()["id"])
+    assert run["state_type"] == "FAILED"
+    assert "generate.template:" in run["state"]["message"]
+    assert "no template 'nope'" in run["state"]["message"]
+
+
+def test_preview_deployment_publishes_the_table(stack, tiny_curriculum):
+    from tests.helpers.openai_server import FakeOpenAI
+
+    dep_id = deployment_id(stack, "preview", "preview")
+    with FakeOpenAI() as srv:
+        r = quick_run(stack, dep_id, {"params": {
+            "curriculum": str(tiny_curriculum), "n": 2,
+            "overrides": {"teacher_backend": "openai", "teacher_model": "fake",
+                          "teacher_base_url": srv.base_url}}})
+        assert r.status_code == 201, r.text
+        run = wait_for_run(stack, r.json()["id"])
+    assert run["state_type"] == "COMPLETED", (run["state"], stack.log("worker"))
+    arts = api(stack, "POST", "/artifacts/filter",
+               json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+    by_key = {a["key"]: a for a in arts}
+    table = by_key["preview-tiny-rationale"]
+    rows = json.loads(table["data"])
+    assert [(r["row"], r["verdict"]) for r in rows] == [(1, "kept"), (2, "kept")]
+    assert all(r["teacher's answer"].endswith(f"Answer: {r['gold']}") for r in rows)
+    assert table["description"].startswith("2 rows from 2 corpus rows: parsed 2 (100%), kept 2")
+    measures = json.loads(by_key["preview-tiny-rationale-measures"]["data"])[0]
+    assert measures["accuracy"] == 1.0 and measures["sent"] == 2
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -273,7 +359,8 @@ def test_run_form_in_headless_chromium_shows_the_parameter_form(stack, tmp_path)
     page = f"{stack.url}/deployments/deployment/{dep_id}/run"
     base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-            "--window-size=1280,1400", "--virtual-time-budget=20000"]
+            # Tall enough for the whole form, the overrides included.
+            "--window-size=1280,2600", "--virtual-time-budget=20000"]
     env = {**os.environ, "HOME": str(tmp_path)}
     dom = subprocess.run(base + ["--dump-dom", page], capture_output=True, text=True,
                          timeout=120, env=env).stdout
@@ -282,7 +369,11 @@ def test_run_form_in_headless_chromium_shows_the_parameter_form(stack, tmp_path)
                    env=env)
     # The form the UI built from StaircaseParams: its fields and their descriptions.
     for text in ("Curriculum", "Rounds", "Override staircase.rounds from the curriculum",
-                 "Start a fresh run instead of resuming"):
+                 "Start a fresh run instead of resuming",
+                 # The overrides, each with its curriculum key and the spec's own help.
+                 "Overrides", "Teacher Model", "Template", "Temperature", "Student Objective",
+                 "Override generate.template: Prompt template name in prompts/.",
+                 "Override teacher.temperature: Sampling temperature."):
         assert text in dom, f"{text!r} not on the run form; DOM starts: {dom[:2000]}"
     assert shot.exists() and shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")

@@ -75,3 +75,57 @@ def test_json_schema_carries_descriptions_and_bounds():
     assert props["curriculum"]["pattern"] == r"\.ya?ml$"
     assert all(p.get("description") for p in props.values())
     assert props["rounds"]["anyOf"][0] == {"maximum": 20, "minimum": 1, "type": "integer"}
+
+
+def test_overrides_change_the_loaded_spec_and_the_recorded_run(tiny, workspace):
+    from flows.spec import Curriculum
+
+    params = StaircaseParams(curriculum=str(tiny), rounds=1, overrides={
+        "template": "textbook", "temperature": 0.2, "samples": 3, "max_rows": 5,
+        "student_objective": "label", "student_max_steps": 7, "teacher_model": "smollm2-135m"})
+    spec = params.load()
+    assert (spec.generate.template, spec.generate.max_rows) == ("textbook", 5)
+    assert (spec.teacher.temperature, spec.teacher.samples) == (0.2, 3)
+    assert (spec.student.objective, spec.student.max_steps, spec.staircase.rounds) == ("label",
+                                                                                      7, 1)
+    plain = StaircaseParams(curriculum=str(tiny)).load()
+    assert plain.generate.template == "rationale" and plain.fingerprint() != spec.fingerprint()
+    # The run records the spec as overridden: the catalog alone says what ran.
+    run = workspace.catalog.get_run(workspace.resume_or_start(spec, "run"))
+    recorded = Curriculum.model_validate_json(run.spec_json)
+    assert recorded.generate.template == "textbook" and recorded.teacher.samples == 3
+    assert recorded.fingerprint() == spec.fingerprint() == run.curriculum_hash
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"temperature": 5}, "less than or equal to 2"),             # the spec's bound
+    ({"samples": 0}, "greater than or equal to 1"),
+    ({"teacher_backend": "nope"}, "'openai', 'vllm', 'llamacpp' or 'transformers'"),
+    ({"colour": "red"}, "Extra inputs are not permitted"),
+    # Rules across keys and the pre-flight checks run on the overridden spec.
+    ({"teacher_backend": "openai"}, "backend 'openai' needs 'base_url'"),
+    ({"template": "nope"}, "generate.template: "),
+])
+def test_bad_overrides_are_rejected_with_the_spec_message(tiny, overrides, message):
+    with pytest.raises(ValidationError) as e:
+        StageParams(curriculum=str(tiny), overrides=overrides)
+    assert message in str(e.value)
+
+
+def test_override_fields_carry_the_spec_bounds_and_help():
+    from flows.params import KNOBS
+    from flows.spec import Curriculum
+
+    schema = StaircaseParams.model_json_schema()
+    fields = schema["$defs"]["Overrides"]["properties"]
+    assert set(fields) == set(KNOBS) and schema["$defs"]["Overrides"]["additionalProperties"] is False
+    spec_schema = Curriculum.model_json_schema()
+    for name, (model, key) in KNOBS.items():
+        section, option = key.split(".")
+        original = spec_schema["$defs"][model.__name__]["properties"][option]
+        original = next((s for s in original.get("anyOf", [original]) if s != {"type": "null"}))
+        [allowed] = [s for s in fields[name]["anyOf"] if s != {"type": "null"}]
+        assert allowed.items() <= original.items(), name  # same type, same bounds
+        assert {k: original[k] for k in ("minimum", "maximum", "enum") if k in original}.items() \
+            <= allowed.items(), name
+        assert fields[name]["description"].startswith(f"Override {key}")

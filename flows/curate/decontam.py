@@ -83,6 +83,15 @@ def eval_ngrams(texts: list[pl.Series], n: int) -> np.ndarray:
     return np.unique(np.concatenate(grams)) if grams else np.empty(0, np.uint64)
 
 
+def curation_ngrams(eval_rows: pl.LazyFrame | None, benchmark_files: list[Path],
+                    n: int) -> np.ndarray:
+    """What curation decontaminates against: the held-out rows and the benchmark files (one
+    function for the curate stage and `stairs preview`, so both drop the same rows)."""
+    texts = [eval_texts(eval_rows)] if eval_rows is not None else []
+    texts += [benchmark_texts(path) for path in benchmark_files]
+    return eval_ngrams(texts, n)
+
+
 def contaminated(texts: pl.Series, eval_grams: np.ndarray, n: int,
                  batch_rows: int = 100_000) -> np.ndarray:
     """Bool per text: shares at least one n-gram with the eval set (batched: bounded memory)."""

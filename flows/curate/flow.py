@@ -55,10 +55,9 @@ def _inputs(ws: Workspace, run_id: str, round_index: int) -> tuple[list[Shard], 
 # Inputs are a workspace and arrays: nothing Prefect could key a cache on.
 @step(name="eval-ngrams")
 def eval_ngrams(spec: Curriculum, ws: Workspace, evals: list[Shard]) -> np.ndarray:
-    texts = [decontam.eval_texts(ws.store.scan(evals))] if evals else []
-    texts += [decontam.benchmark_texts(spec.resolve(p))
-              for p in spec.curation.decontaminate.benchmarks]
-    return decontam.eval_ngrams(texts, spec.curation.decontaminate.ngram)
+    d = spec.curation.decontaminate
+    return decontam.curation_ngrams(ws.store.scan(evals) if evals else None,
+                                    [spec.resolve(p) for p in d.benchmarks], d.ngram)
 
 
 @step(name="curate-rows")

@@ -102,6 +102,9 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
                                                                       spec.teacher)
     if teacher is None or isinstance(teacher, TeacherSpec):
         teacher = make_teacher(tspec, base_dir=spec.base_dir)
+    # Rows carry only the template's hash; its text goes to the catalog so that version can be
+    # shown or restored after the file is edited (`stairs prompts history`).
+    ws.catalog.save_template_text(template.name, template.content_hash, template.source)
     ingest_stage, shards = corpus_shards(spec, ws, run_id)
     fp = fingerprint(ingest_stage, template, teacher, spec, tspec)
     done = _reusable(ws, run_id, round_index, fp)

@@ -98,6 +98,7 @@ class Template:
         self.name = name
         self.path = path
         self.content_hash = hashlib.sha256(source).hexdigest()
+        self.source = source.decode("utf-8")  # the file's text: the catalog keeps each version
         self.description = spec.description
         self.needs = list(spec.needs)
         self.optional = list(spec.optional)
