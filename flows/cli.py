@@ -5,12 +5,14 @@ stdout and nothing else."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flows.settings import configure_prefect
@@ -23,7 +25,8 @@ app = typer.Typer(help="stairs: turn big language models into small ones.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 # Piped into a log file, rich would wrap tables at 80 columns and cut every cell; a log has room.
 out = Console(width=None if Console().is_terminal else 200)
-err = Console(stderr=True)
+# Errors are one line each, however long: soft_wrap keeps rich from breaking them.
+err = Console(stderr=True, soft_wrap=True)
 
 CurriculumArg = typer.Argument(..., help="Curriculum YAML file (see curricula/).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
@@ -37,8 +40,7 @@ def _load(path: Path):
     try:
         return load_checked(path)
     except SpecError as e:
-        err.print(f"[red]invalid curriculum[/red] {e}")
-        raise typer.Exit(2) from None
+        _fail("invalid curriculum", str(e), 2)
 
 
 def _emit_json(doc) -> None:
@@ -48,15 +50,94 @@ def _emit_json(doc) -> None:
     sys.stdout.flush()
 
 
-def _call_flow(flow, params, *, failure: str, errors: tuple[type[Exception], ...],
-               code: int = 1):
-    """Run a stage flow; an error the stage expects (bad run id, unreachable teacher, ...)
-    becomes one red line naming what failed and exit `code`, not a traceback."""
+def _expected_errors(stage_errors: dict) -> dict[type[BaseException], tuple[str, int]]:
+    """Errors a command can meet in normal use, each printed as one red line (label, then the
+    error's own message, which names the file, key, row, run or URL) with its exit code:
+    2 bad input, 3 teacher unreachable, 4 run in use by another process, 1 anything else
+    expected. `stage_errors` adds the running stage's own ({CurateError: ("cannot curate", 1)})."""
+    from sqlalchemy.exc import OperationalError
+
+    from flows.models import ModelRefError
+    from flows.prompting import TemplateError
+    from flows.spec import SpecError
+    from flows.teachers import TeacherUnreachable
+    from flows.workspace import UnknownRun
+    from storage.locks import RunLocked
+
+    return {SpecError: ("invalid curriculum", 2), TemplateError: ("template error", 2),
+            UnknownRun: ("unknown run", 2), ModelRefError: ("bad model reference", 2),
+            TeacherUnreachable: ("teacher unreachable", 3), RunLocked: ("run in use", 4),
+            **stage_errors, OperationalError: ("catalog error", 1),
+            OSError: ("cannot read or write", 1), MemoryError: ("out of memory", 1)}
+
+
+def _one_line(e: BaseException) -> str:
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(e, OperationalError):  # the driver's words, not the SQL statement
+        from flows.settings import catalog_url
+        from flows.urls import redact
+
+        return f"{e.orig} ({redact(catalog_url())})"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+_STOPPED_BY = {"signal": signal.SIGINT}
+
+
+def _terminate(signum, frame) -> None:
+    # SIGTERM (a service manager, `kill`) stops like Ctrl-C: answered work is written first.
+    _STOPPED_BY["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def _run_flow(flow, params_type, *, stage_errors: dict | None = None, **fields):
+    """Run a stage flow on a Prefect server that lives and dies with this command
+    (flows/prefect_server.py). An expected error becomes one red line and its exit code, not
+    a traceback; Ctrl-C or SIGTERM stop within seconds, keep every answered row and exit
+    130 / 143."""
+    from pydantic import ValidationError
+
+    from flows import prefect_server
+    from flows.spec import format_errors
+
+    expected = _expected_errors(stage_errors or {})
+    signal.signal(signal.SIGTERM, _terminate)
+    _quiet_prefect_tracebacks(tuple(expected))
     try:
+        params = params_type(**fields)
+        prefect_server.start()
         return flow(params)
-    except errors as e:
-        err.print(f"[red]{failure}[/red] {e}")
-        raise typer.Exit(code) from None
+    except KeyboardInterrupt:
+        signum = _STOPPED_BY["signal"]
+        err.print(f"[yellow]stopped[/yellow] ({signal.Signals(signum).name}): every answered "
+                  "row is kept; run the same command to resume")
+        raise typer.Exit(128 + signum) from None
+    except ValidationError as e:  # an option out of range (--round 25, a malformed --run)
+        _fail("invalid option", "; ".join(format_errors(e)), 2)
+    except tuple(expected) as e:
+        label, code = next(v for k, v in expected.items() if isinstance(e, k))
+        _fail(label, _one_line(e), code)
+
+
+def _fail(label: str, message: str, code: int):
+    """One red line, `label: message`, and exit `code`."""
+    err.print(f"[red]{label}:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _quiet_prefect_tracebacks(expected: tuple[type[BaseException], ...]) -> None:
+    """Prefect logs every flow exception with its traceback on the console; for the expected
+    ones the red line says it all (the flow run's log in the UI keeps the full record)."""
+    import logging
+
+    class DropExpected(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not (record.exc_info and isinstance(record.exc_info[1], expected))
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, DropExpected) for f in handler.filters):
+            handler.addFilter(DropExpected())
 
 
 def _workspace():
@@ -80,7 +161,7 @@ def ingest(curriculum: Path = CurriculumArg, as_json: bool = JsonOpt) -> None:
     from flows.ingest import ingest_flow
     from flows.params import StageParams
 
-    result = ingest_flow(StageParams(curriculum=str(curriculum)))
+    result = _run_flow(ingest_flow, StageParams, curriculum=str(curriculum))
     if as_json:
         _emit_json(result)
         return
@@ -98,10 +179,8 @@ def generate(curriculum: Path = CurriculumArg, run_id: Optional[str] = typer.Opt
     _load(curriculum)
     from flows.generate import generate_flow
     from flows.params import StageParams
-    from flows.teachers import TeacherUnreachable
 
-    result = _call_flow(generate_flow, StageParams(curriculum=str(curriculum), run_id=run_id),
-                        failure="teacher unreachable", errors=(TeacherUnreachable,), code=3)
+    result = _run_flow(generate_flow, StageParams, curriculum=str(curriculum), run_id=run_id)
     if as_json:
         _emit_json(result)
         return
@@ -134,9 +213,9 @@ def curate(curriculum: Path = CurriculumArg,
     from flows.curate import CurateError, curate_flow
     from flows.params import RoundParams
 
-    result = _call_flow(curate_flow, RoundParams(curriculum=str(curriculum), run_id=run_id,
-                                                 round_index=round_index),
-                        failure="cannot curate", errors=(CurateError,))
+    result = _run_flow(curate_flow, RoundParams, curriculum=str(curriculum), run_id=run_id,
+                       round_index=round_index,
+                       stage_errors={CurateError: ("cannot curate", 1)})
     if as_json:
         _emit_json(result)
         return
@@ -152,10 +231,16 @@ def run(curriculum: Path = CurriculumArg, new: bool = typer.Option(
         as_json: bool = JsonOpt) -> None:
     """Run the whole staircase the curriculum describes (resumes an unfinished run)."""
     _load(curriculum)
+    from flows.curate import CurateError
+    from flows.evaluate import EvalError
     from flows.params import StaircaseParams
     from flows.staircase import staircase_flow
+    from flows.train import TrainError
 
-    result = staircase_flow(StaircaseParams(curriculum=str(curriculum), new=new))
+    result = _run_flow(staircase_flow, StaircaseParams, curriculum=str(curriculum), new=new,
+                       stage_errors={CurateError: ("cannot curate", 1),
+                                     TrainError: ("cannot train", 1),
+                                     EvalError: ("cannot evaluate", 1)})
     _report(result["run_id"], as_json)
 
 
@@ -174,8 +259,7 @@ def _report(run_id: str, as_json: bool) -> None:
     try:
         details = run_details(ws, run_id)
     except KeyError:
-        err.print(f"[red]no run[/red] {run_id!r} (see `stairs runs`)")
-        raise typer.Exit(1) from None
+        _fail("unknown run", f"no run {run_id!r} (see `stairs runs`)", 1)
     rounds = details["rounds"]
     paths = write_report(ws, run_id, rounds)
     if as_json:
@@ -211,8 +295,7 @@ def show(run_id: str = typer.Argument(..., help="A run id from `stairs runs`."),
     try:
         details = run_details(_workspace(), run_id)
     except KeyError:
-        err.print(f"[red]no run[/red] {run_id!r} (see `stairs runs`)")
-        raise typer.Exit(1) from None
+        _fail("unknown run", f"no run {run_id!r} (see `stairs runs`)", 1)
     if as_json:
         _emit_json(details)
         return
@@ -230,9 +313,8 @@ def train(curriculum: Path = CurriculumArg,
     from flows.params import RoundParams
     from flows.train import TrainError, train_flow
 
-    result = _call_flow(train_flow, RoundParams(curriculum=str(curriculum), run_id=run_id,
-                                                round_index=round_index),
-                        failure="cannot train", errors=(TrainError,))
+    result = _run_flow(train_flow, RoundParams, curriculum=str(curriculum), run_id=run_id,
+                       round_index=round_index, stage_errors={TrainError: ("cannot train", 1)})
     if as_json:
         _emit_json(result)
         return
@@ -255,11 +337,10 @@ def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, '
     """Score any model on a curriculum's held-out rows (exact-match accuracy, loss, tokens/s)."""
     _load(curriculum)
     from flows.evaluate import EvalError, eval_flow
-    from flows.models import ModelRefError
     from flows.params import EvalParams
 
-    result = _call_flow(eval_flow, EvalParams(model=model, curriculum=str(curriculum), rows=rows),
-                        failure="cannot evaluate", errors=(EvalError, ModelRefError))
+    result = _run_flow(eval_flow, EvalParams, model=model, curriculum=str(curriculum), rows=rows,
+                       stage_errors={EvalError: ("cannot evaluate", 1)})
     if as_json:
         _emit_json(result)
         return
@@ -280,7 +361,7 @@ def quantize(curriculum: Path = CurriculumArg,
     from flows.params import RoundParams
     from flows.quantize import quantize_flow
 
-    result = quantize_flow(RoundParams(curriculum=str(curriculum), run_id=run_id))
+    result = _run_flow(quantize_flow, RoundParams, curriculum=str(curriculum), run_id=run_id)
     if as_json:
         _emit_json(result)
         return
@@ -316,8 +397,7 @@ def serve(model: str = typer.Argument(..., help="catalog:<id>, smollm2-135m, or 
     try:
         server = start_server(model, port=port or None, n_ctx=n_ctx, threads=threads)
     except (ModelRefError, ServeError) as e:
-        err.print(f"[red]cannot serve[/red] {e}")
-        raise typer.Exit(1) from None
+        _fail("cannot serve", str(e), 1)
     except KeyboardInterrupt:  # start_server already stopped the child
         out.print("stopped")
         return
@@ -444,8 +524,7 @@ def prompts_render(template: str = typer.Argument(..., help="Template name, e.g.
     try:
         doc = render_rows(spec, template, n)
     except TemplateError as e:
-        err.print(f"[red]template error[/red] {e}")
-        raise typer.Exit(2) from None
+        _fail("template error", str(e), 2)
     if as_json:
         _emit_json(doc)
         return

@@ -1,16 +1,28 @@
 """The workspace a stage runs in: the catalog, the shard store, and the run/stage bookkeeping
-every stage shares (start, finish, fail, reuse of identical finished work)."""
+every stage shares (start, finish, fail, reuse of identical finished work, the run lock, runs
+left behind by processes that died)."""
 
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from storage.catalog import Catalog
-from storage.shards import ShardStore
+from storage.locks import LEASE_S, alive
+from storage.shards import ShardStore, stage_folder
 from storage.tables import Run, Shard, Stage, utcnow
+
+ABANDONED = ("ended without recording why: its process was killed, or could not write the "
+             "catalog (disk full, read-only home); run the same command to resume")
+
+
+class UnknownRun(LookupError):
+    """A run id that is not in the catalog."""
 
 
 @dataclass
@@ -44,7 +56,36 @@ class Workspace:
     @classmethod
     def open(cls) -> "Workspace":
         catalog = Catalog()
-        return cls(catalog=catalog, store=ShardStore(catalog))
+        ws = cls(catalog=catalog, store=ShardStore(catalog))
+        ws.mark_abandoned()
+        return ws
+
+    def mark_abandoned(self) -> list[str]:
+        """Runs still 'running' that no live process holds (killed, or their end could not be
+        written) become 'failed', with their running stages, when the next command opens the
+        workspace. Best effort: a catalog that cannot be written now is left as it is (and
+        `stairs show` says the run has no live process). Returns the runs it marked."""
+        marked = []
+        try:
+            for run in self.catalog.runs_with_status("running"):
+                if self.live(run):
+                    continue
+                for st in self.catalog.stages(run.id):
+                    if st.status == "running":
+                        self.catalog.finish_stage(st.id, "failed", error=ABANDONED)
+                self.catalog.finish_run(run.id, "failed", error=ABANDONED)
+                marked.append(run.id)
+        except SQLAlchemyError:
+            pass
+        return marked
+
+    def live(self, run: Run) -> bool:
+        """Whether a live process may be working in the run: it holds the run's lock, or the
+        run is too new to have been locked yet (a run is created, then locked)."""
+        lock = self.catalog.locks.holder(run.id)
+        if lock is not None:
+            return alive(lock)
+        return time.time() - run.created_at.timestamp() < LEASE_S
 
     def start_run(self, spec, command: str) -> Run:
         return self.catalog.create_run(
@@ -63,16 +104,26 @@ class Workspace:
 
     @contextmanager
     def run_scope(self, run_id: str | None, start: Callable[[], str]) -> Iterator[RunScope]:
-        """Work inside `run_id` (left as it is: its owner finishes it) or inside a run made by
-        `start()`, which this scope finishes: completed, stopped on Ctrl-C, failed with the error."""
+        """Work inside `run_id` (left as it is: its owner finishes it) or inside a run made or
+        resumed by `start()`, which this scope finishes: completed, stopped on Ctrl-C, failed
+        with the error. Either way the scope holds the run's lock (storage/locks.py): a second
+        process entering the same run gets RunLocked naming this one."""
+        if run_id is not None and self.catalog.get_run(run_id) is None:
+            raise UnknownRun(f"no run {run_id!r} in the catalog {self.catalog.url} "
+                             "(see `stairs runs`)")
         scope = RunScope(id=run_id or start(), owned=run_id is None)
+        self.catalog.locks.acquire(scope.id)
         try:
+            if scope.owned:  # a resumed run is running again
+                self.catalog.reopen_run(scope.id)
             yield scope
         except BaseException as e:
             if scope.owned:
                 status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
                 self.catalog.finish_run(scope.id, status, error=f"{type(e).__name__}: {e}")
             raise
+        finally:
+            self.catalog.locks.release(scope.id)
         if scope.owned:
             self.catalog.finish_run(scope.id, scope.status, error=scope.error)
 
@@ -83,6 +134,10 @@ class Workspace:
         the error. Shards the body wrote before failing stay registered (nothing is lost)."""
         stage = self.catalog.start_stage(run_id, name, round_index=round_index,
                                          fingerprint=fingerprint, params=params)
+        try:  # what earlier attempts that died left in this stage's folders of this run
+            self.store.sweep(run_id, stage_folder(name, round_index))
+        except OSError:
+            pass  # leftovers cost disk space, never correctness: readers go by the catalog
         run = StageRun(stage)
         try:
             yield run

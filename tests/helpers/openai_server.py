@@ -3,7 +3,9 @@
 It answers deterministically (it solves the demo corpus's "how many ... in total" problems from
 the passage, or replies with a scripted text), waits a fixed latency per request, and injects
 faults on demand: 429 with Retry-After, 500, slow responses, dropped connections, malformed
-bodies. It counts every request it receives by content, so tests can prove what was (re)sent.
+bodies, odd reply shapes (SHAPES: content as parts or a number, a lone surrogate, token counts
+as strings), requests that always disconnect. It counts every request it receives by content,
+so tests can prove what was (re)sent.
 
 A bare ASGI app on uvicorn (both already stairs dependencies through llama-cpp-python's server
 extra): no framework routing needed for two endpoints, and it keeps server overhead low for the
@@ -64,6 +66,9 @@ class FakeOpenAI:
     faults: Faults = field(default_factory=Faults)
     # substring of the user message -> (reply text, finish_reason)
     script: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # substring of the user message -> a reply shape from SHAPES (odd but seen bodies)
+    shapes: dict[str, str] = field(default_factory=dict)
+    drop: tuple[str, ...] = ()  # substrings of user messages whose requests always disconnect
     port: int = 0
     received: Counter = field(default_factory=Counter)  # content key -> times received
     answered: Counter = field(default_factory=Counter)  # content key -> 200s sent
@@ -115,6 +120,8 @@ class FakeOpenAI:
         key = content_key(request["messages"], request.get("seed"))
         self.received[key] += 1
         await asyncio.sleep(self.latency)
+        if any(needle in message_text(request["messages"][-1]) for needle in self.drop):
+            return await self._disconnect(send, request, key)
         f, roll = self.faults, self._rng.random()
         for name, p in (("rate_limit", f.rate_limit), ("server_error", f.server_error),
                         ("disconnect", f.disconnect), ("malformed", f.malformed),
@@ -145,6 +152,11 @@ class FakeOpenAI:
         prompt_tokens = sum(len(message_text(m)) for m in request["messages"]) // 4
         choice = {"index": 0, "finish_reason": finish,
                   "message": {"role": "assistant", "content": text}}
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
+                 "total_tokens": prompt_tokens + len(text.split())}
+        for needle, shape in self.shapes.items():
+            if needle in user:
+                SHAPES[shape](choice["message"], usage)
         if request.get("logprobs"):
             k = request.get("top_logprobs") or 1
             choice["logprobs"] = {"content": [
@@ -152,9 +164,7 @@ class FakeOpenAI:
                  "top_logprobs": [{"token": w, "logprob": -0.1, "bytes": None}] * k}
                 for w in text.split()[:8]]}
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-                "model": request.get("model", "fake"), "choices": [choice],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
-                          "total_tokens": prompt_tokens + len(text.split())}}
+                "model": request.get("model", "fake"), "choices": [choice], "usage": usage}
 
     # -- Batch API: files in, a batch that completes when first polled, files out --------------
     async def _batch_api(self, send, method: str, path: str, headers: dict, body: bytes):
@@ -262,6 +272,32 @@ class FakeOpenAI:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _parts(message, usage):  # the API's list-of-parts form of the same text
+    text = message["content"]
+    message["content"] = [{"type": "text", "text": text[:10]}, {"type": "text", "text": text[10:]}]
+
+
+def _number(message, usage):
+    message["content"] = 42
+
+
+def _lone_surrogate(message, usage):  # JSON "\ud800": valid JSON, not valid Unicode text
+    message["content"] += "\ud800"
+
+
+def _string_tokens(message, usage):
+    usage["prompt_tokens"] = str(usage["prompt_tokens"])
+    usage["completion_tokens"] = str(usage["completion_tokens"])
+
+
+def _word_tokens(message, usage):
+    usage["completion_tokens"] = "many"
+
+
+SHAPES = {"content_parts": _parts, "content_number": _number, "lone_surrogate": _lone_surrogate,
+          "string_tokens": _string_tokens, "word_tokens": _word_tokens}
 
 
 def _multipart_file(content_type: str, body: bytes) -> bytes:
