@@ -58,6 +58,7 @@ def _expected_errors(stage_errors: dict) -> dict[type[BaseException], tuple[str,
     from sqlalchemy.exc import OperationalError
 
     from flows.models import ModelRefError
+    from flows.prefect_server import PrefectServerError
     from flows.prompting import TemplateError
     from flows.spec import SpecError
     from flows.teachers import TeacherUnreachable
@@ -68,6 +69,7 @@ def _expected_errors(stage_errors: dict) -> dict[type[BaseException], tuple[str,
             UnknownRun: ("unknown run", 2), ModelRefError: ("bad model reference", 2),
             TeacherUnreachable: ("teacher unreachable", 3), RunLocked: ("run in use", 4),
             **stage_errors, OperationalError: ("catalog error", 1),
+            PrefectServerError: ("cannot start Prefect", 1),
             OSError: ("cannot read or write", 1), MemoryError: ("out of memory", 1)}
 
 

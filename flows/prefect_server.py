@@ -29,6 +29,11 @@ import httpx
 
 from flows.children import die_with_parent
 
+
+class PrefectServerError(RuntimeError):
+    """The temporary server did not come up; the message says where its log is."""
+
+
 _process: subprocess.Popen | None = None
 _log: Path | None = None
 
@@ -77,8 +82,8 @@ def _wait_healthy(url: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _process.poll() is not None:
-            raise RuntimeError(f"the temporary Prefect server exited with code "
-                               f"{_process.returncode}; log: {_log}")
+            raise PrefectServerError(f"the temporary Prefect server exited with code "
+                                     f"{_process.returncode}; log: {_log}")
         try:
             if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
                 return
@@ -86,8 +91,8 @@ def _wait_healthy(url: str) -> None:
             pass
         time.sleep(0.1)
     stop()
-    raise RuntimeError(f"the temporary Prefect server did not answer within {timeout:.0f} s; "
-                       f"log: {_log}")
+    raise PrefectServerError(f"the temporary Prefect server did not answer within "
+                             f"{timeout:.0f} s; log: {_log}")
 
 
 def _point_prefect_at(url: str) -> None:

@@ -40,9 +40,10 @@ def redact(url: str | None) -> str | None:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
         return "***"
-    netloc = parts.netloc
-    if parts.username is not None or parts.password is not None:
-        netloc = f"***@{host}{port}"
+    userinfo = parts.username is not None or parts.password is not None
+    if not (userinfo or parts.query or parts.fragment):
+        return url
+    netloc = f"***@{host}{port}" if userinfo else parts.netloc
     return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "",
                        "***" if parts.fragment else ""))
 

@@ -21,6 +21,12 @@ ABANDONED = ("ended without recording why: its process was killed, or could not 
              "catalog (disk full, read-only home); run the same command to resume")
 
 
+def _ended_by(e: BaseException) -> str:
+    """'failed' for an error; 'stopped' for Ctrl-C, SIGTERM (Prefect raises its own
+    TerminationSignal for it inside a flow run) and exits: the work is resumable."""
+    return "failed" if isinstance(e, Exception) else "stopped"
+
+
 class UnknownRun(LookupError):
     """A run id that is not in the catalog."""
 
@@ -119,8 +125,7 @@ class Workspace:
             yield scope
         except BaseException as e:
             if scope.owned:
-                status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
-                self.catalog.finish_run(scope.id, status, error=f"{type(e).__name__}: {e}")
+                self.catalog.finish_run(scope.id, _ended_by(e), error=f"{type(e).__name__}: {e}")
             raise
         finally:
             self.catalog.locks.release(scope.id)
@@ -141,13 +146,11 @@ class Workspace:
         run = StageRun(stage)
         try:
             yield run
-        except KeyboardInterrupt:
-            self.catalog.finish_stage(stage.id, "stopped", summary=run.summary,
-                                      error="interrupted")
-            raise
         except BaseException as e:
-            self.catalog.finish_stage(stage.id, "failed", summary=run.summary,
-                                      error=f"{type(e).__name__}: {e}")
+            stopped = _ended_by(e) == "stopped"
+            self.catalog.finish_stage(stage.id, _ended_by(e), summary=run.summary,
+                                      error="interrupted" if stopped else
+                                      f"{type(e).__name__}: {e}")
             raise
         run.stage = self.catalog.finish_stage(stage.id, "completed", summary=run.summary)
 

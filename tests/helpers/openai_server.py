@@ -76,7 +76,8 @@ class FakeOpenAI:
     auth_headers: list = field(default_factory=list)
     formats: list = field(default_factory=list)  # response_format of each chat request
     hold_batches: bool = False  # batches stay "in_progress" (a job that takes hours)
-    reject_auth: bool = False  # answer chat requests with 401 (a revoked key)
+    reject_auth: bool = False  # answer chat requests with `reject_status` (a revoked key...)
+    reject_status: int = 401  # 401 bad key, 403 forbidden, 404 no such model
     files: dict = field(default_factory=dict)  # Batch API files: id -> bytes
     batches: dict = field(default_factory=dict)
 
@@ -114,7 +115,9 @@ class FakeOpenAI:
             return await self._json(send, 404, {"error": {"message": "not found"}})
         self.auth_headers.append(headers.get(b"authorization", b"").decode())
         if self.reject_auth:
-            return await self._json(send, 401, {"error": {"message": "invalid api key"}})
+            return await self._json(send, self.reject_status, {"error": {"message": {
+                401: "invalid api key", 403: "forbidden", 404: "no such model"}[
+                    self.reject_status]}})
         request = json.loads(body)
         self.formats.append(request.get("response_format"))
         key = content_key(request["messages"], request.get("seed"))
