@@ -1,10 +1,12 @@
-"""The `stairs` command line. Every verb that runs work runs it as a Prefect flow (a temporary
-local server unless PREFECT_API_URL points at one); `--json` prints exactly one JSON document on
-stdout and nothing else."""
+"""The `stairs` command line. Every verb that runs work runs it as a Prefect flow (on a temporary
+local server that lives and dies with the command, flows/prefect_server.py, unless
+PREFECT_API_URL points at one); `--json` prints exactly one JSON document on stdout and nothing
+else. Expected errors are one red line and an exit code (_run_flow)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -76,12 +78,13 @@ def _expected_errors(stage_errors: dict) -> dict[type[BaseException], tuple[str,
 def _one_line(e: BaseException) -> str:
     from sqlalchemy.exc import OperationalError
 
+    text = str(e)
     if isinstance(e, OperationalError):  # the driver's words, not the SQL statement
         from flows.settings import catalog_url
         from flows.urls import redact
 
-        return f"{e.orig} ({redact(catalog_url())})"
-    return " ".join(str(e).split()) or type(e).__name__
+        text = f"{e.orig} ({redact(catalog_url())})"
+    return " ".join(text.split()) or type(e).__name__
 
 
 _STOPPED_BY = {"signal": signal.SIGINT}
@@ -103,11 +106,14 @@ def _run_flow(flow, params_type, *, stage_errors: dict | None = None, **fields):
     from flows import prefect_server
     from flows.spec import format_errors
 
+    try:
+        params = params_type(**fields)
+    except ValidationError as e:  # an option out of range (--round 25, a malformed --run)
+        _fail("invalid option", "; ".join(format_errors(e)), 2)
     expected = _expected_errors(stage_errors or {})
     signal.signal(signal.SIGTERM, _terminate)
     _quiet_prefect_tracebacks(tuple(expected))
     try:
-        params = params_type(**fields)
         prefect_server.start()
         return flow(params)
     except KeyboardInterrupt:
@@ -115,8 +121,6 @@ def _run_flow(flow, params_type, *, stage_errors: dict | None = None, **fields):
         err.print(f"[yellow]stopped[/yellow] ({signal.Signals(signum).name}): every answered "
                   "row is kept; run the same command to resume")
         raise typer.Exit(128 + signum) from None
-    except ValidationError as e:  # an option out of range (--round 25, a malformed --run)
-        _fail("invalid option", "; ".join(format_errors(e)), 2)
     except tuple(expected) as e:
         label, code = next(v for k, v in expected.items() if isinstance(e, k))
         _fail(label, _one_line(e), code)
@@ -128,24 +132,34 @@ def _fail(label: str, message: str, code: int):
     raise typer.Exit(code)
 
 
+class _DropExpected(logging.Filter):
+    def __init__(self, expected: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.expected = expected
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], self.expected))
+
+
 def _quiet_prefect_tracebacks(expected: tuple[type[BaseException], ...]) -> None:
     """Prefect logs every flow exception with its traceback on the console; for the expected
     ones the red line says it all (the flow run's log in the UI keeps the full record)."""
-    import logging
-
-    class DropExpected(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not (record.exc_info and isinstance(record.exc_info[1], expected))
-
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, DropExpected) for f in handler.filters):
-            handler.addFilter(DropExpected())
+        for old in [f for f in handler.filters if isinstance(f, _DropExpected)]:
+            handler.removeFilter(old)
+        handler.addFilter(_DropExpected(expected))
 
 
 def _workspace():
+    """The workspace, or one red line when its catalog cannot be opened."""
+    from sqlalchemy.exc import OperationalError
+
     from flows.workspace import Workspace
 
-    return Workspace.open()
+    try:
+        return Workspace.open()
+    except OperationalError as e:
+        _fail("catalog error", _one_line(e), 1)
 
 
 @app.command()
@@ -424,10 +438,15 @@ def demo_data(out_file: Path = typer.Argument(..., help="JSONL file to write."),
     """Write the demo corpus (open-book problems about fictional people) as JSONL."""
     from flows.ingest import demo
 
-    with open(out_file, "w", encoding="utf-8") as f:
-        for row in demo.generate(rows, seed=seed, people=people, colors=colors,
-                                 max_count=max_count, tasks=tasks.split(",")):
-            f.write(json.dumps(row) + "\n")
+    try:
+        with open(out_file, "w", encoding="utf-8") as f:
+            for row in demo.generate(rows, seed=seed, people=people, colors=colors,
+                                     max_count=max_count, tasks=tasks.split(",")):
+                f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        _fail("cannot write", str(e), 1)
+    except ValueError as e:  # an unknown task name
+        _fail("invalid option", str(e), 2)
     out.print(f"wrote {rows} rows to {out_file}")
 
 

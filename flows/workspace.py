@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from flows.urls import redact
 from storage.catalog import Catalog
 from storage.locks import LEASE_S, alive
 from storage.shards import ShardStore, stage_folder
@@ -115,22 +116,24 @@ class Workspace:
         with the error. Either way the scope holds the run's lock (storage/locks.py): a second
         process entering the same run gets RunLocked naming this one."""
         if run_id is not None and self.catalog.get_run(run_id) is None:
-            raise UnknownRun(f"no run {run_id!r} in the catalog {self.catalog.url} "
+            raise UnknownRun(f"no run {run_id!r} in the catalog {redact(self.catalog.url)} "
                              "(see `stairs runs`)")
         scope = RunScope(id=run_id or start(), owned=run_id is None)
         self.catalog.locks.acquire(scope.id)
-        try:
+        try:  # the run is finished before its lock is given back
             if scope.owned:  # a resumed run is running again
                 self.catalog.reopen_run(scope.id)
-            yield scope
-        except BaseException as e:
+            try:
+                yield scope
+            except BaseException as e:
+                if scope.owned:
+                    self.catalog.finish_run(scope.id, _ended_by(e),
+                                            error=f"{type(e).__name__}: {e}")
+                raise
             if scope.owned:
-                self.catalog.finish_run(scope.id, _ended_by(e), error=f"{type(e).__name__}: {e}")
-            raise
+                self.catalog.finish_run(scope.id, scope.status, error=scope.error)
         finally:
             self.catalog.locks.release(scope.id)
-        if scope.owned:
-            self.catalog.finish_run(scope.id, scope.status, error=scope.error)
 
     @contextmanager
     def stage(self, run_id: str, name: str, *, round_index: int | None = None,
