@@ -19,7 +19,7 @@ from typing import AsyncIterator, Iterable
 from flows.teachers.base import Reply, Request, TeacherUnreachable
 from flows.teachers.openai_compat import OpenAITeacher, api_key, logprobs_of
 from flows.teachers.replies import bad, from_choice
-from flows.teachers.transport import OPENAI_URL
+from flows.teachers.transport import FATAL_WHY, OPENAI_URL
 from flows.urls import redact
 
 MAX_LINES = 50_000  # the Batch API's limit per input file
@@ -66,6 +66,12 @@ class OpenAIBatchTeacher(OpenAITeacher):
         except openai.APIConnectionError as e:
             raise TeacherUnreachable(f"teacher {self.name} (batch API): cannot reach "
                                      f"{redact(self.base_url or OPENAI_URL)}: {e}") from None
+        except openai.APIStatusError as e:
+            if e.status_code not in FATAL_WHY:
+                raise
+            raise TeacherUnreachable(f"teacher {self.name} (batch API): "
+                                     f"{redact(str(e.request.url))} answered http "
+                                     f"{e.status_code} ({FATAL_WHY[e.status_code]})") from None
         finally:
             await client.close()
 

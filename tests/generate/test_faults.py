@@ -199,3 +199,12 @@ def test_a_nan_retry_after_is_ignored_not_slept_on(tmp_path, workspace):
         _, s = run_generate(path, workspace)
     assert s.complete and srv.statuses[429] > 0
     assert time.monotonic() - started < 15
+
+
+# -- 9. a rejected key on the Batch API path names the URL too ----------------------------------
+def test_the_batch_api_names_the_url_that_rejected_the_key(tmp_path, workspace):
+    with FakeOpenAI(reject_auth=True) as srv:
+        path = write_curriculum(tmp_path, srv.base_url, rows=3, teacher={"batch_api": True})
+        with pytest.raises(TeacherUnreachable, match=rf"{srv.base_url}/files answered http 401 "
+                                                     r"\(the API key was rejected\)"):
+            run_generate(path, workspace)

@@ -109,15 +109,15 @@ class FakeOpenAI:
             return await self._json(send, 200, {"object": "list", "data": [
                 {"id": "fake", "object": "model", "created": 0, "owned_by": "tests"}]})
         headers = dict(scope["headers"])
+        if self.reject_auth and not path.endswith("/models"):  # /models stays up: reachable
+            return await self._json(send, self.reject_status, {"error": {"message": {
+                401: "invalid api key", 403: "forbidden", 404: "no such model"}[
+                    self.reject_status]}})
         if "/files" in path or "/batches" in path:
             return await self._batch_api(send, scope["method"], path, headers, body)
         if not path.endswith("/chat/completions"):
             return await self._json(send, 404, {"error": {"message": "not found"}})
         self.auth_headers.append(headers.get(b"authorization", b"").decode())
-        if self.reject_auth:
-            return await self._json(send, self.reject_status, {"error": {"message": {
-                401: "invalid api key", 403: "forbidden", 404: "no such model"}[
-                    self.reject_status]}})
         request = json.loads(body)
         self.formats.append(request.get("response_format"))
         key = content_key(request["messages"], request.get("seed"))
