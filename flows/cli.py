@@ -1,18 +1,22 @@
-"""The `stairs` command line. Every verb that runs work runs it as a Prefect flow (a temporary
-local server unless PREFECT_API_URL points at one), except the quick looks before a run that
-record no run (`preview`, `prompts compare`): they run in this process, so a template edit is
-checked in seconds, not after a server start. `--json` prints exactly one JSON document on stdout
-and nothing else."""
+"""The `stairs` command line. Every verb that runs work runs it as a Prefect flow (on a temporary
+local server that lives and dies with the command, flows/prefect_server.py, unless
+PREFECT_API_URL points at one), except the quick looks before a run that record no run
+(`preview`, `prompts compare`): they run in this process, so a template edit is checked in
+seconds. `--json` prints exactly one JSON document on stdout and nothing else. Expected errors
+are one red line and an exit code (_run_flow)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flows.settings import configure_prefect
@@ -25,7 +29,8 @@ app = typer.Typer(help="stairs: turn big language models into small ones.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 # Piped into a log file, rich would wrap tables at 80 columns and cut every cell; a log has room.
 out = Console(width=None if Console().is_terminal else 200)
-err = Console(stderr=True)
+# Errors are one line each, however long: soft_wrap keeps rich from breaking them.
+err = Console(stderr=True, soft_wrap=True)
 
 CurriculumArg = typer.Argument(..., help="Curriculum YAML file (see curricula/).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
@@ -39,8 +44,7 @@ def _load(path: Path):
     try:
         return load_checked(path)
     except SpecError as e:
-        err.print(f"[red]invalid curriculum[/red] {e}")
-        raise typer.Exit(2) from None
+        _fail("invalid curriculum", str(e), 2)
 
 
 def _emit_json(doc) -> None:
@@ -50,21 +54,114 @@ def _emit_json(doc) -> None:
     sys.stdout.flush()
 
 
-def _call_flow(flow, params, *, failure: str, errors: tuple[type[Exception], ...],
-               code: int = 1):
-    """Run a stage flow; an error the stage expects (bad run id, unreachable teacher, ...)
-    becomes one red line naming what failed and exit `code`, not a traceback."""
+def _expected_errors(stage_errors: dict) -> dict[type[BaseException], tuple[str, int]]:
+    """Errors a command can meet in normal use, each printed as one red line (label, then the
+    error's own message, which names the file, key, row, run or URL) with its exit code:
+    2 bad input, 3 teacher unreachable, 4 run in use by another process, 1 anything else
+    expected. `stage_errors` adds the running stage's own ({CurateError: ("cannot curate", 1)})."""
+    from sqlalchemy.exc import OperationalError
+
+    from flows.models import ModelRefError
+    from flows.prefect_server import PrefectServerError
+    from flows.prompting import TemplateError
+    from flows.spec import SpecError
+    from flows.teachers import TeacherUnreachable
+    from flows.workspace import UnknownRun
+    from storage.locks import RunLocked
+
+    return {SpecError: ("invalid curriculum", 2), TemplateError: ("template error", 2),
+            UnknownRun: ("unknown run", 2), ModelRefError: ("bad model reference", 2),
+            TeacherUnreachable: ("teacher unreachable", 3), RunLocked: ("run in use", 4),
+            **stage_errors, OperationalError: ("catalog error", 1),
+            PrefectServerError: ("cannot start Prefect", 1),
+            OSError: ("cannot read or write", 1), MemoryError: ("out of memory", 1)}
+
+
+def _one_line(e: BaseException) -> str:
+    from sqlalchemy.exc import OperationalError
+
+    text = str(e)
+    if isinstance(e, OperationalError):  # the driver's words, not the SQL statement
+        from flows.settings import catalog_url
+        from flows.urls import redact
+
+        text = f"{e.orig} ({redact(catalog_url())})"
+    return " ".join(text.split()) or type(e).__name__
+
+
+_STOPPED_BY = {"signal": signal.SIGINT}
+
+
+def _terminate(signum, frame) -> None:
+    # SIGTERM (a service manager, `kill`) stops like Ctrl-C: answered work is written first.
+    _STOPPED_BY["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def _run_flow(flow, params_type, *, stage_errors: dict | None = None, **fields):
+    """Run a stage flow on a Prefect server that lives and dies with this command
+    (flows/prefect_server.py). An expected error becomes one red line and its exit code, not
+    a traceback; Ctrl-C or SIGTERM stop within seconds, keep every answered row and exit
+    130 / 143."""
+    from pydantic import ValidationError
+
+    from flows import prefect_server
+    from flows.spec import format_errors
+
     try:
+        params = params_type(**fields)
+    except ValidationError as e:  # an option out of range (--round 25, a malformed --run)
+        _fail("invalid option", "; ".join(format_errors(e)), 2)
+    expected = _expected_errors(stage_errors or {})
+    signal.signal(signal.SIGTERM, _terminate)
+    _quiet_prefect_tracebacks(tuple(expected))
+    try:
+        prefect_server.start()
         return flow(params)
-    except errors as e:
-        err.print(f"[red]{failure}[/red] {e}")
-        raise typer.Exit(code) from None
+    except KeyboardInterrupt:
+        signum = _STOPPED_BY["signal"]
+        err.print(f"[yellow]stopped[/yellow] ({signal.Signals(signum).name}): every answered "
+                  "row is kept; run the same command to resume")
+        raise typer.Exit(128 + signum) from None
+    except tuple(expected) as e:
+        label, code = next(v for k, v in expected.items() if isinstance(e, k))
+        _fail(label, _one_line(e), code)
+
+
+def _fail(label: str, message: str, code: int):
+    """One red line, `label: message`, and exit `code`."""
+    err.print(f"[red]{label}:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+class _DropExpected(logging.Filter):
+    def __init__(self, expected: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.expected = expected
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], self.expected))
+
+
+def _quiet_prefect_tracebacks(expected: tuple[type[BaseException], ...]) -> None:
+    """Prefect logs every flow exception with its traceback on the console; for the expected
+    ones the red line says it all (the flow run's log in the UI keeps the full record)."""
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, _DropExpected)]:
+            handler.removeFilter(old)
+        handler.addFilter(_DropExpected(expected))
 
 
 def _workspace():
+    """The workspace, or one red line when its catalog cannot be opened."""
+    from sqlalchemy.exc import OperationalError
+
     from flows.workspace import Workspace
 
-    return Workspace.open()
+    try:
+        return Workspace.open()
+    except OperationalError as e:
+        _fail("catalog error", _one_line(e), 1)
 
 
 @app.command()
@@ -82,7 +179,7 @@ def ingest(curriculum: Path = CurriculumArg, as_json: bool = JsonOpt) -> None:
     from flows.ingest import ingest_flow
     from flows.params import StageParams
 
-    result = ingest_flow(StageParams(curriculum=str(curriculum)))
+    result = _run_flow(ingest_flow, StageParams, curriculum=str(curriculum))
     if as_json:
         _emit_json(result)
         return
@@ -100,10 +197,8 @@ def generate(curriculum: Path = CurriculumArg, run_id: Optional[str] = typer.Opt
     _load(curriculum)
     from flows.generate import generate_flow
     from flows.params import StageParams
-    from flows.teachers import TeacherUnreachable
 
-    result = _call_flow(generate_flow, StageParams(curriculum=str(curriculum), run_id=run_id),
-                        failure="teacher unreachable", errors=(TeacherUnreachable,), code=3)
+    result = _run_flow(generate_flow, StageParams, curriculum=str(curriculum), run_id=run_id)
     if as_json:
         _emit_json(result)
         return
@@ -136,9 +231,9 @@ def curate(curriculum: Path = CurriculumArg,
     from flows.curate import CurateError, curate_flow
     from flows.params import RoundParams
 
-    result = _call_flow(curate_flow, RoundParams(curriculum=str(curriculum), run_id=run_id,
-                                                 round_index=round_index),
-                        failure="cannot curate", errors=(CurateError,))
+    result = _run_flow(curate_flow, RoundParams, curriculum=str(curriculum), run_id=run_id,
+                       round_index=round_index,
+                       stage_errors={CurateError: ("cannot curate", 1)})
     if as_json:
         _emit_json(result)
         return
@@ -224,10 +319,16 @@ def run(curriculum: Path = CurriculumArg, new: bool = typer.Option(
         as_json: bool = JsonOpt) -> None:
     """Run the whole staircase the curriculum describes (resumes an unfinished run)."""
     _load(curriculum)
+    from flows.curate import CurateError
+    from flows.evaluate import EvalError
     from flows.params import StaircaseParams
     from flows.staircase import staircase_flow
+    from flows.train import TrainError
 
-    result = staircase_flow(StaircaseParams(curriculum=str(curriculum), new=new))
+    result = _run_flow(staircase_flow, StaircaseParams, curriculum=str(curriculum), new=new,
+                       stage_errors={CurateError: ("cannot curate", 1),
+                                     TrainError: ("cannot train", 1),
+                                     EvalError: ("cannot evaluate", 1)})
     _report(result["run_id"], as_json)
 
 
@@ -246,8 +347,7 @@ def _report(run_id: str, as_json: bool) -> None:
     try:
         details = run_details(ws, run_id)
     except KeyError:
-        err.print(f"[red]no run[/red] {run_id!r} (see `stairs runs`)")
-        raise typer.Exit(1) from None
+        _fail("unknown run", f"no run {run_id!r} (see `stairs runs`)", 1)
     rounds = details["rounds"]
     paths = write_report(ws, run_id, rounds)
     if as_json:
@@ -283,8 +383,7 @@ def show(run_id: str = typer.Argument(..., help="A run id from `stairs runs`."),
     try:
         details = run_details(_workspace(), run_id)
     except KeyError:
-        err.print(f"[red]no run[/red] {run_id!r} (see `stairs runs`)")
-        raise typer.Exit(1) from None
+        _fail("unknown run", f"no run {run_id!r} (see `stairs runs`)", 1)
     if as_json:
         _emit_json(details)
         return
@@ -302,9 +401,8 @@ def train(curriculum: Path = CurriculumArg,
     from flows.params import RoundParams
     from flows.train import TrainError, train_flow
 
-    result = _call_flow(train_flow, RoundParams(curriculum=str(curriculum), run_id=run_id,
-                                                round_index=round_index),
-                        failure="cannot train", errors=(TrainError,))
+    result = _run_flow(train_flow, RoundParams, curriculum=str(curriculum), run_id=run_id,
+                       round_index=round_index, stage_errors={TrainError: ("cannot train", 1)})
     if as_json:
         _emit_json(result)
         return
@@ -327,11 +425,10 @@ def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, '
     """Score any model on a curriculum's held-out rows (exact-match accuracy, loss, tokens/s)."""
     _load(curriculum)
     from flows.evaluate import EvalError, eval_flow
-    from flows.models import ModelRefError
     from flows.params import EvalParams
 
-    result = _call_flow(eval_flow, EvalParams(model=model, curriculum=str(curriculum), rows=rows),
-                        failure="cannot evaluate", errors=(EvalError, ModelRefError))
+    result = _run_flow(eval_flow, EvalParams, model=model, curriculum=str(curriculum), rows=rows,
+                       stage_errors={EvalError: ("cannot evaluate", 1)})
     if as_json:
         _emit_json(result)
         return
@@ -352,7 +449,7 @@ def quantize(curriculum: Path = CurriculumArg,
     from flows.params import RoundParams
     from flows.quantize import quantize_flow
 
-    result = quantize_flow(RoundParams(curriculum=str(curriculum), run_id=run_id))
+    result = _run_flow(quantize_flow, RoundParams, curriculum=str(curriculum), run_id=run_id)
     if as_json:
         _emit_json(result)
         return
@@ -388,8 +485,7 @@ def serve(model: str = typer.Argument(..., help="catalog:<id>, smollm2-135m, or 
     try:
         server = start_server(model, port=port or None, n_ctx=n_ctx, threads=threads)
     except (ModelRefError, ServeError) as e:
-        err.print(f"[red]cannot serve[/red] {e}")
-        raise typer.Exit(1) from None
+        _fail("cannot serve", str(e), 1)
     except KeyboardInterrupt:  # start_server already stopped the child
         out.print("stopped")
         return
@@ -414,10 +510,15 @@ def demo_data(out_file: Path = typer.Argument(..., help="JSONL file to write."),
     """Write the demo corpus (open-book problems about fictional people) as JSONL."""
     from flows.ingest import demo
 
-    with open(out_file, "w", encoding="utf-8") as f:
-        for row in demo.generate(rows, seed=seed, people=people, colors=colors,
-                                 max_count=max_count, tasks=tasks.split(",")):
-            f.write(json.dumps(row) + "\n")
+    try:
+        with open(out_file, "w", encoding="utf-8") as f:
+            for row in demo.generate(rows, seed=seed, people=people, colors=colors,
+                                     max_count=max_count, tasks=tasks.split(",")):
+                f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        _fail("cannot write", str(e), 1)
+    except ValueError as e:  # an unknown task name
+        _fail("invalid option", str(e), 2)
     out.print(f"wrote {rows} rows to {out_file}")
 
 
@@ -517,8 +618,7 @@ def prompts_render(template: str = typer.Argument(..., help="Template name, e.g.
     try:
         doc = render_rows(spec, template, n)
     except TemplateError as e:
-        err.print(f"[red]template error[/red] {e}")
-        raise typer.Exit(2) from None
+        _fail("template error", str(e), 2)
     if as_json:
         _emit_json(doc)
         return

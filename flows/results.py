@@ -57,6 +57,8 @@ class GenerateResult(StageResult):
     concurrency_min: int | None = None
     cache_hits: int = 0
     cache_misses: int = 0
+    cache_evicted: int = Field(0, description="Cached answers no row could hold (cached by an "
+                               "older version): deleted and asked again.")
     answered: int = 0
     unanswered: int = 0
     errors_by_reason: dict[str, int] = {}

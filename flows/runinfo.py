@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 
-from flows.workspace import Workspace
+from flows.workspace import ABANDONED, Workspace
 from storage.tables import Run
 
 
@@ -26,10 +26,14 @@ def run_details(ws: Workspace, run_id: str) -> dict:
         raise KeyError(run_id)
     stages, totals = [], defaultdict(lambda: {"count": 0, "rows": 0, "bytes": 0})
     rejects: Counter = Counter()
+    counted: set[str] = set()
     for st in ws.catalog.stages(run_id):
         summary = json.loads(st.summary_json or "{}")
         shards = ws.shards(st)
         for sh in shards:
+            if sh.path in counted:
+                continue  # a resumed stage adopts its earlier attempts' files: count each once
+            counted.add(sh.path)
             t = totals[sh.kind]
             t["count"] += 1
             t["rows"] += sh.rows
@@ -53,6 +57,9 @@ def run_details(ws: Workspace, run_id: str) -> dict:
     from flows.report import round_report
 
     rounds = round_report(ws, run_id)
-    return {"run": run_row(run), "stages": stages, "shards": dict(totals),
+    row = run_row(run)
+    if run.status == "running" and not ws.live(run):  # could not be marked failed (read-only)
+        row["error"] = f"no live process holds this run: it {ABANDONED}"
+    return {"run": row, "stages": stages, "shards": dict(totals),
             "rejects_by_reason": dict(rejects.most_common()), "models": models,
             "metrics": metrics, "rounds": rounds}

@@ -60,8 +60,9 @@ def cpu_threads() -> int:
 def configure_prefect() -> None:
     """Defaults that make Prefect work offline with no server, without overriding the user.
 
-    With no PREFECT_API_URL, Prefect starts a temporary local server per process. Analytics off:
-    these machines have no internet and the telemetry call otherwise errors and holds a lock.
+    With no PREFECT_API_URL, a temporary local server runs per process (the CLI starts its own,
+    flows/prefect_server.py; elsewhere Prefect does). Analytics off: these machines have no
+    internet and the telemetry call otherwise errors and holds a lock.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from flows.urls import redact, url_problem
 
 
 class SpecError(ValueError):
@@ -123,6 +132,15 @@ class TeacherSpec(Strict):
     max_total_tokens: int | None = Field(None, ge=1, description="Budget: prompt + completion "
                                          "tokens per run (cache hits are free).")
     cost: CostSpec | None = Field(None, description="Prices for the cost estimate.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _endpoint(cls, url: str | None) -> str | None:
+        why = None if url is None else url_problem(url)
+        if why:
+            # Redacted: this message is printed, and the key must not be.
+            raise ValueError(f"{redact(url)!r} {why}")
+        return url
 
     @model_validator(mode="after")
     def _backend_needs(self):
@@ -388,7 +406,11 @@ class Curriculum(Strict):
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
     def spec_json(self) -> str:
-        return self.model_dump_json()
+        """What the catalog stores with a run: the whole spec, URLs redacted (validation
+        refuses credentials in them; this holds even for a spec built in code)."""
+        data = self.model_dump(mode="json")
+        data["teacher"]["base_url"] = redact(data["teacher"]["base_url"])
+        return json.dumps(data)
 
     def fingerprint(self, *sections: str) -> str:
         """Hash of the named sections (all when none): a stage's output depends on exactly these."""
@@ -443,6 +465,9 @@ def load(path: Path | str) -> Curriculum:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}); "
+                        "save the file as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -1,16 +1,35 @@
 """The workspace a stage runs in: the catalog, the shard store, and the run/stage bookkeeping
-every stage shares (start, finish, fail, reuse of identical finished work)."""
+every stage shares (start, finish, fail, reuse of identical finished work, the run lock, runs
+left behind by processes that died)."""
 
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from flows.urls import redact
 from storage.catalog import Catalog
-from storage.shards import ShardStore
+from storage.locks import LEASE_S, alive
+from storage.shards import ShardStore, stage_folder
 from storage.tables import Run, Shard, Stage, utcnow
+
+ABANDONED = ("ended without recording why: its process was killed, or could not write the "
+             "catalog (disk full, read-only home); run the same command to resume")
+
+
+def _ended_by(e: BaseException) -> str:
+    """'failed' for an error; 'stopped' for Ctrl-C, SIGTERM (Prefect raises its own
+    TerminationSignal for it inside a flow run) and exits: the work is resumable."""
+    return "failed" if isinstance(e, Exception) else "stopped"
+
+
+class UnknownRun(LookupError):
+    """A run id that is not in the catalog."""
 
 
 @dataclass
@@ -44,7 +63,36 @@ class Workspace:
     @classmethod
     def open(cls) -> "Workspace":
         catalog = Catalog()
-        return cls(catalog=catalog, store=ShardStore(catalog))
+        ws = cls(catalog=catalog, store=ShardStore(catalog))
+        ws.mark_abandoned()
+        return ws
+
+    def mark_abandoned(self) -> list[str]:
+        """Runs still 'running' that no live process holds (killed, or their end could not be
+        written) become 'failed', with their running stages, when the next command opens the
+        workspace. Best effort: a catalog that cannot be written now is left as it is (and
+        `stairs show` says the run has no live process). Returns the runs it marked."""
+        marked = []
+        try:
+            for run in self.catalog.runs_with_status("running"):
+                if self.live(run):
+                    continue
+                for st in self.catalog.stages(run.id):
+                    if st.status == "running":
+                        self.catalog.finish_stage(st.id, "failed", error=ABANDONED)
+                self.catalog.finish_run(run.id, "failed", error=ABANDONED)
+                marked.append(run.id)
+        except SQLAlchemyError:
+            pass
+        return marked
+
+    def live(self, run: Run) -> bool:
+        """Whether a live process may be working in the run: it holds the run's lock, or the
+        run is too new to have been locked yet (a run is created, then locked)."""
+        lock = self.catalog.locks.holder(run.id)
+        if lock is not None:
+            return alive(lock)
+        return time.time() - run.created_at.timestamp() < LEASE_S
 
     def start_run(self, spec, command: str) -> Run:
         return self.catalog.create_run(
@@ -63,18 +111,29 @@ class Workspace:
 
     @contextmanager
     def run_scope(self, run_id: str | None, start: Callable[[], str]) -> Iterator[RunScope]:
-        """Work inside `run_id` (left as it is: its owner finishes it) or inside a run made by
-        `start()`, which this scope finishes: completed, stopped on Ctrl-C, failed with the error."""
+        """Work inside `run_id` (left as it is: its owner finishes it) or inside a run made or
+        resumed by `start()`, which this scope finishes: completed, stopped on Ctrl-C, failed
+        with the error. Either way the scope holds the run's lock (storage/locks.py): a second
+        process entering the same run gets RunLocked naming this one."""
+        if run_id is not None and self.catalog.get_run(run_id) is None:
+            raise UnknownRun(f"no run {run_id!r} in the catalog {redact(self.catalog.url)} "
+                             "(see `stairs runs`)")
         scope = RunScope(id=run_id or start(), owned=run_id is None)
-        try:
-            yield scope
-        except BaseException as e:
+        self.catalog.locks.acquire(scope.id)
+        try:  # the run is finished before its lock is given back
+            if scope.owned:  # a resumed run is running again
+                self.catalog.reopen_run(scope.id)
+            try:
+                yield scope
+            except BaseException as e:
+                if scope.owned:
+                    self.catalog.finish_run(scope.id, _ended_by(e),
+                                            error=f"{type(e).__name__}: {e}")
+                raise
             if scope.owned:
-                status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
-                self.catalog.finish_run(scope.id, status, error=f"{type(e).__name__}: {e}")
-            raise
-        if scope.owned:
-            self.catalog.finish_run(scope.id, scope.status, error=scope.error)
+                self.catalog.finish_run(scope.id, scope.status, error=scope.error)
+        finally:
+            self.catalog.locks.release(scope.id)
 
     @contextmanager
     def stage(self, run_id: str, name: str, *, round_index: int | None = None,
@@ -83,16 +142,18 @@ class Workspace:
         the error. Shards the body wrote before failing stay registered (nothing is lost)."""
         stage = self.catalog.start_stage(run_id, name, round_index=round_index,
                                          fingerprint=fingerprint, params=params)
+        try:  # what earlier attempts that died left in this stage's folders of this run
+            self.store.sweep(run_id, stage_folder(name, round_index))
+        except OSError:
+            pass  # leftovers cost disk space, never correctness: readers go by the catalog
         run = StageRun(stage)
         try:
             yield run
-        except KeyboardInterrupt:
-            self.catalog.finish_stage(stage.id, "stopped", summary=run.summary,
-                                      error="interrupted")
-            raise
         except BaseException as e:
-            self.catalog.finish_stage(stage.id, "failed", summary=run.summary,
-                                      error=f"{type(e).__name__}: {e}")
+            stopped = _ended_by(e) == "stopped"
+            self.catalog.finish_stage(stage.id, _ended_by(e), summary=run.summary,
+                                      error="interrupted" if stopped else
+                                      f"{type(e).__name__}: {e}")
             raise
         run.stage = self.catalog.finish_stage(stage.id, "completed", summary=run.summary)
 

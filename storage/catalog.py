@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, create_engine, select
 
+from storage.locks import RunLocks
 from storage.tables import (
     Metric,
     Model,
@@ -75,6 +76,7 @@ class Catalog:
         self.url = url or catalog_url()
         self.engine = make_engine(self.url)
         upgrade(self.engine)
+        self.locks = RunLocks(self.engine, self.url)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -104,12 +106,22 @@ class Catalog:
             run.status, run.error, run.finished_at = status, error, utcnow()
             s.commit()
 
+    def reopen_run(self, run_id: str) -> None:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            run.status, run.error, run.finished_at = "running", None, None
+            s.commit()
+
     def get_run(self, run_id: str) -> Run | None:
         return self.get(Run, run_id)
 
     def runs(self, limit: int = 50) -> list[Run]:
         with self.session() as s:
             return list(s.exec(select(Run).order_by(Run.created_at.desc()).limit(limit)))
+
+    def runs_with_status(self, status: str) -> list[Run]:
+        with self.session() as s:
+            return list(s.exec(select(Run).where(Run.status == status)))
 
     def latest_run(self, curriculum_hash: str, status: str | None = None) -> Run | None:
         with self.session() as s:

@@ -109,7 +109,7 @@ class ShardStore:
         table = to_arrow(data)
         if schema is not None:
             table = table.cast(schema) if table.num_rows else schema.empty_table()
-        stage_dir = f"{stage.name}" + (f"-r{stage.round_index}" if stage.round_index is not None else "")
+        stage_dir = stage_folder(stage.name, stage.round_index)
         if self.remote:
             return self._write_remote(table, stage=stage, kind=kind, parents=parents,
                                       relative=f"{stage.run_id}/{stage.id:05d}-{stage_dir}")
@@ -197,19 +197,57 @@ class ShardStore:
         path = self.path(shard)
         return path.exists() and sha256_file(path) == shard.checksum
 
-    def sweep(self) -> list[Path | str]:
-        """Delete temporary files left by writers that died mid-write; returns what it removed."""
+    def sweep(self, run_id: str | None = None, stage: str | None = None) -> list[Path | str]:
+        """Delete what writers that died left behind; returns what it removed.
+
+        With no arguments: temporary files anywhere. With a run and a stage folder name
+        (stage_folder()): that stage's earlier folders in that run (`<run>/<id>-<stage>/`), the
+        stage's own prefix, swept when the stage starts: temporary files, and shard files the
+        catalog never registered (renamed, then killed before their catalog row; their rows
+        come back from the response cache or are recomputed). The run lock keeps every other
+        process out of the run, so nothing there is still being written."""
+        if run_id is None:
+            return [self._remove(f) for f in self._files("") if _name(f).startswith(TMP_PREFIX)]
+        registered = {s.path for s in self.catalog.run_shards(run_id)}
         removed = []
-        if self.remote:
-            for key in self.fs.find(self.root):
-                if key.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
-                    self.fs.rm_file(key)
-                    removed.append(key)
-            return removed
-        for tmp in self.root.rglob(f"{TMP_PREFIX}*"):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+        for f in self._files(run_id):
+            relative = self._relative(f)
+            folder = relative.rsplit("/", 2)[-2] if relative.count("/") >= 2 else ""
+            if not folder.endswith(f"-{stage}"):
+                continue
+            name = _name(f)
+            if name.startswith(TMP_PREFIX) or (name.endswith(".arrow")
+                                               and relative not in registered):
+                removed.append(self._remove(f))
         return removed
+
+    def _files(self, under: str) -> list[Path | str]:
+        if self.remote:
+            folder = f"{self.root}/{under}".rstrip("/")
+            return list(self.fs.find(folder)) if self.fs.exists(folder) else []
+        folder = self.root / under
+        return [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+
+    def _relative(self, f: Path | str) -> str:
+        if self.remote:
+            return str(f)[len(self.root) + 1:]
+        return Path(f).relative_to(self.root).as_posix()
+
+    def _remove(self, f: Path | str) -> Path | str:
+        if self.remote:
+            self.fs.rm_file(f)
+        else:
+            Path(f).unlink(missing_ok=True)
+        return f
+
+
+def stage_folder(name: str, round_index: int | None) -> str:
+    """The part of a stage's shard folder after its id: `generate-r0`, `ingest`."""
+    return name + (f"-r{round_index}" if round_index is not None else "")
+
+
+def _name(f: Path | str) -> str:
+    return str(f).rsplit("/", 1)[-1]
 
 
 def _schema_dict(schema: pa.Schema) -> dict[str, str]:

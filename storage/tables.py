@@ -138,3 +138,18 @@ class TemplateText(SQLModel, table=True):
     name: str = Field(index=True)
     text: str
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class RunLock(SQLModel, table=True):
+    """Who works in a run right now: one row per run while a process holds it (storage/locks.py).
+    The holder renews `heartbeat` every few seconds; a row whose process is gone (same host),
+    or whose heartbeat is older than the lease (any host), is stale and may be taken over."""
+
+    run_id: str = Field(primary_key=True)
+    token: str  # this acquisition: only its holder renews or deletes the row
+    host: str
+    pid: int
+    process_started: float  # the holder's start time: tells a reused pid apart
+    command: str
+    acquired: float  # epoch seconds
+    heartbeat: float

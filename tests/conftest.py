@@ -88,3 +88,6 @@ def pytest_sessionfinish(session, exitstatus):
     APILogWorker.drain_all(timeout=10)
     for server in list(SubprocessASGIServer._instances.values()):
         server.stop()
+    from flows import prefect_server
+
+    prefect_server.stop()  # the one a CLI command run in this process started

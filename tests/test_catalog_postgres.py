@@ -116,3 +116,36 @@ def test_stages_run_on_a_postgres_catalog(postgres_url, monkeypatch, tmp_path):
 
     with ws.catalog.engine.connect() as c:
         assert c.execute(text("select count(*) from run")).scalar() == 2
+
+
+def test_run_locks_and_abandoned_runs_on_postgres(postgres_url, monkeypatch, tmp_path):
+    """The run lock is plain SQL (insert, compare-and-delete, update): the same on PostgreSQL,
+    where processes on several machines share one catalog."""
+    import time
+
+    import pytest
+
+    from flows.spec import Curriculum
+    from flows.workspace import Workspace
+    from storage import locks
+    from storage.tables import RunLock
+
+    monkeypatch.setenv("STAIRS_CATALOG_URL", postgres_url)
+    ws = Workspace.open()
+    spec = Curriculum.model_validate({"name": "pg-lock", "corpus": {"format": "demo"}})
+    run = ws.start_run(spec, "generate")
+    now = time.time()
+    ws.catalog.add(RunLock(run_id=run.id, token="x", host="gpu-box-7", pid=99, process_started=1.0,
+                           command="stairs run c.yaml", acquired=now, heartbeat=now))
+    with pytest.raises(locks.RunLocked, match="in use by pid 99 on gpu-box-7"):
+        with ws.run_scope(None, lambda: run.id):
+            pass
+    assert Workspace.open().catalog.get_run(run.id).status == "running"  # its holder is alive
+    with ws.catalog.engine.begin() as conn:  # gpu-box-7 went silent for longer than the lease
+        conn.execute(RunLock.__table__.update().values(heartbeat=now - locks.LEASE_S - 5))
+    again = Workspace.open()  # the next command finds it abandoned...
+    assert again.catalog.get_run(run.id).status == "failed"
+    with again.run_scope(None, lambda: run.id):  # ...and may take it over to resume it
+        assert again.catalog.locks.holder(run.id).host != "gpu-box-7"
+    assert again.catalog.get_run(run.id).status == "completed"
+    assert again.catalog.locks.holder(run.id) is None

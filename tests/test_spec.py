@@ -97,3 +97,43 @@ def test_fingerprint_tracks_sections(tmp_path):
     b = load(write(tmp_path, minimal(staircase={"rounds": 3}), "b.yaml"))
     assert a.fingerprint("corpus") == b.fingerprint("corpus")
     assert a.fingerprint() != b.fingerprint()
+
+
+# -- issue 19, findings 8 and 9: endpoints, secrets, encodings ----------------------------------
+SECRET = "sk-live-" + "7c1e" * 8
+
+
+@pytest.mark.parametrize("url,why", [
+    ("not a url", "not an http(s) URL with a host"),
+    ("ftp://models.example.com/v1", "not an http(s) URL with a host"),
+    ("http://host:port/v1", "not a URL"),
+    (f"https://user:{SECRET}@api.example.com/v1", "carries credentials"),
+    (f"https://api.example.com/v1?api_key={SECRET}", "carries a query string"),
+])
+def test_a_base_url_that_cannot_be_an_endpoint_is_refused_without_echoing_a_key(tmp_path, url,
+                                                                                why):
+    path = write(tmp_path, minimal(teacher={"backend": "openai", "base_url": url}))
+    with pytest.raises(SpecError) as e:
+        load(path)
+    message = str(e.value)
+    assert "teacher.base_url" in message and why in message
+    assert SECRET not in message
+    if "credentials" in why or "query" in why:
+        assert "teacher.api_key_env" in message
+
+
+def test_a_url_is_stored_redacted_even_when_built_past_validation(tmp_path):
+    spec = load(write(tmp_path, minimal(teacher={"backend": "openai",
+                                                  "base_url": "http://127.0.0.1:9/v1"})))
+    spec.teacher = spec.teacher.model_copy(
+        update={"base_url": f"http://me:{SECRET}@10.0.0.5:8000/v1?key={SECRET}"})
+    stored = spec.spec_json()
+    assert SECRET not in stored
+    assert '"base_url": "http://***@10.0.0.5:8000/v1?***"' in stored
+
+
+def test_a_curriculum_that_is_not_utf8_is_one_clear_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\ncorpus: {format: demo}\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=r"latin1.yaml: not UTF-8 text \(byte 9 is 0xe9\)"):
+        load(path)

@@ -116,4 +116,5 @@ def curate_flow(params: RoundParams) -> CurateResult:
     if run_id is None:
         raise CurateError(f"no run of curriculum {spec.name!r} has generated rows: "
                           "run `stairs generate` (or `stairs run`) first")
-    return curate(spec, ws, run_id, round_index=round_index)
+    with ws.run_scope(run_id, lambda: run_id):  # the run's lock: one process in it at a time
+        return curate(spec, ws, run_id, round_index=round_index)

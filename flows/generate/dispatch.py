@@ -1,19 +1,24 @@
 """The request loop of a generate run: answer cached requests from the cache, send the rest to
-the teacher, and for every answer (in arrival order) record it in the cache, build its rows and
-hand them to the shard writer. Budgets stop the sending, never the recording."""
+the teacher, and for every answer (in arrival order) build its rows, record it in the cache
+(only when its rows can be written) and hand the rows to the shard writer. Budgets stop the
+sending, never the recording."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 
+from flows.generate.rows import check_rows
 from flows.teachers.aio import run_coroutine
+from flows.teachers.base import Reply
+from flows.teachers.replies import bad, check
 
 
 @dataclass
 class Tally:
     cache_hits: int = 0
     cache_misses: int = 0
+    cache_evicted: int = 0  # cached answers that could not become rows: deleted, asked again
     answered: int = 0  # requests whose rows were written (hits + teacher answers)
     unanswered: int = 0  # failed after all retries: a later run sends them again
     prompt_tokens: int = 0  # tokens paid for in this run (cache hits are free)
@@ -42,18 +47,32 @@ def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_s
     tally = Tally()
     answers = cache.lookup([r.key for r in requests])
 
-    def record(req, reply, *, cached: bool) -> None:
+    def rows_for(req, reply) -> tuple[list[dict], Reply | None]:
+        """The answer's rows, and the answer (normalised) to cache, or None: only an answer
+        whose rows parse and fit the shard schema is cached. Anything else becomes one row with
+        a named error (`bad_reply: ...`) instead of an exception every later run would hit."""
+        reply = check(reply)
+        try:
+            rows = build_rows(req, reply)
+            check_rows(rows)
+        except Exception as e:  # any failure on one answer's content: that answer's row only
+            reply = bad(f"cannot be written: {type(e).__name__}: {e}"[:300],
+                        reply.prompt_tokens, reply.completion_tokens)
+            rows = build_rows(req, reply)
+        return rows, (reply if reply.error is None else None)
+
+    def record(req, reply, rows, *, cached: bool) -> None:
         if reply.transient:
             tally.unanswered += 1  # transient failure that outlived its retries: not a row
             tally.errors["request_failed (not written)"] += 1
             return
+        tokens = rows[0]["prompt_tokens"], rows[0]["completion_tokens"]
         if cached:
-            tally.cached_prompt_tokens += reply.prompt_tokens
-            tally.cached_completion_tokens += reply.completion_tokens
+            tally.cached_prompt_tokens += tokens[0]
+            tally.cached_completion_tokens += tokens[1]
         else:
-            tally.prompt_tokens += reply.prompt_tokens
-            tally.completion_tokens += reply.completion_tokens
-        rows = build_rows(req, reply)
+            tally.prompt_tokens += tokens[0]
+            tally.completion_tokens += tokens[1]
         for row in rows:
             if row["error"] is not None:
                 tally.errors[row["error"].split(":")[0]] += 1
@@ -61,18 +80,23 @@ def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_s
         tally.answered += 1
         progress.advance()
 
-    misses = []
+    misses, unusable = [], []
     for req in requests:
         if req.key in answers:
-            tally.cache_hits += 1
-            record(req, answers[req.key], cached=True)
-        else:
-            misses.append(req)
+            rows, usable = rows_for(req, answers[req.key])
+            if usable is not None:
+                tally.cache_hits += 1
+                record(req, answers[req.key], rows, cached=True)
+                continue
+            unusable.append(req.key)  # an older version cached it unchecked: ask again
+        misses.append(req)
+    cache.evict(unusable)
+    tally.cache_evicted = len(unusable)
     tally.cache_misses = len(misses)
     if misses:
         budget = Budget(budget_spec.max_requests, budget_spec.max_total_tokens, tally,
                         teacher.usage)
-        with_teacher(teacher, lambda: _send(teacher, misses, record, budget, cache))
+        with_teacher(teacher, lambda: _send(teacher, misses, rows_for, record, budget, cache))
     return tally
 
 
@@ -83,12 +107,16 @@ def with_teacher(teacher, body) -> None:
         body()
 
 
-def _send(teacher, misses, record, budget, cache) -> None:
+def _send(teacher, misses, rows_for, record, budget, cache) -> None:
     async def loop():
         async for answers in teacher.stream(misses, stop=budget.reached):
-            # Cache first: from here on a crash costs nothing for these answers.
-            cache.put(teacher.backend, teacher.identity, [(q.key, a) for q, a in answers])
-            for req, reply in answers:
-                record(req, reply, cached=False)
+            built = [(req, reply, *(rows_for(req, reply) if not reply.transient
+                                    else ([], None))) for req, reply in answers]
+            # Cache first (what will be written, nothing else): from here on a crash costs
+            # nothing for these answers.
+            cache.put(teacher.backend, teacher.identity,
+                      [(req.key, usable) for req, _, _, usable in built if usable is not None])
+            for req, reply, rows, _ in built:
+                record(req, reply, rows, cached=False)
 
     run_coroutine(loop())

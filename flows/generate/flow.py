@@ -160,7 +160,8 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
                           concurrency_min=usage.concurrency_min)
     t = tally
     st.summary.update(
-        cache_hits=t.cache_hits, cache_misses=t.cache_misses, answered=t.answered,
+        cache_hits=t.cache_hits, cache_misses=t.cache_misses, cache_evicted=t.cache_evicted,
+        answered=t.answered,
         unanswered=t.unanswered, errors_by_reason=dict(t.errors.most_common()),
         prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
         cached_prompt_tokens=t.cached_prompt_tokens,

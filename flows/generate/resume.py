@@ -1,6 +1,12 @@
 """Resume: a generate stage started again in the same run and round, with the same fingerprint,
 adopts the shards earlier attempts registered (the files stay where they are; the new stage
-registers them too, so downstream stages read one complete stage) and skips their requests."""
+registers them too, so downstream stages read one complete stage) and skips their requests.
+
+Adoption goes by row id, not by file: a shard whose rows another adopted shard already holds
+is skipped, and one that holds some of them is adopted as a new shard of only its new rows.
+Attempts that overlapped (two processes in one run, before runs were locked) therefore leave
+one row per id in the stage that adopts them.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,10 @@ def earlier_attempts(ws, run_id: str, round_index: int, fingerprint: str, curren
 
 
 def adopt(ws, stage, attempts) -> tuple[list[Shard], set[str]]:
-    """Register the earlier attempts' generated shards under `stage`; return them and the
-    request hashes they already answer."""
+    """Register the earlier attempts' generated shards under `stage`, one row per id; return
+    them and the request hashes they already answer."""
     seen_paths: set[str] = set()
+    seen_ids: set[str] = set()
     adopted: list[Shard] = []
     for attempt in attempts:
         if attempt.status == "running":
@@ -27,10 +34,19 @@ def adopt(ws, stage, attempts) -> tuple[list[Shard], set[str]]:
             if shard.path in seen_paths or not ws.store.verify(shard):
                 continue
             seen_paths.add(shard.path)
-            copy = Shard(run_id=stage.run_id, stage_id=stage.id, kind=shard.kind, path=shard.path,
-                         rows=shard.rows, bytes=shard.bytes, checksum=shard.checksum,
-                         arrow_schema=shard.arrow_schema)
-            adopted.append(ws.catalog.register_shard(copy, ws.catalog.shard_parents(shard.id)))
+            ids = ws.store.scan([shard]).select("id").collect()["id"]
+            new = ~ids.is_in(list(seen_ids))
+            parents = ws.catalog.shard_parents(shard.id)
+            if new.all():
+                copy = Shard(run_id=stage.run_id, stage_id=stage.id, kind=shard.kind,
+                             path=shard.path, rows=shard.rows, bytes=shard.bytes,
+                             checksum=shard.checksum, arrow_schema=shard.arrow_schema)
+                adopted.append(ws.catalog.register_shard(copy, parents))
+            elif new.any():
+                rows = ws.store.table([shard]).filter(new.to_arrow())
+                adopted.append(ws.store.write(rows, stage=stage, kind="generated",
+                                              parents=parents))
+            seen_ids.update(ids.to_list())
     if not adopted:
         return [], set()
     done = ws.store.scan(adopted).select("request_hash").collect()

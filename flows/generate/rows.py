@@ -21,6 +21,12 @@ GENERATED_SCHEMA = pa.schema([
 ])
 
 
+def check_rows(rows: list[dict]) -> None:
+    """Raise if the rows do not fit GENERATED_SCHEMA (what the shard writer would hit later,
+    in its own thread, after the answer had been cached)."""
+    pa.Table.from_pylist(rows, GENERATED_SCHEMA)
+
+
 def row_id(source_id: str, template_hash: str, sample_index: int, item: int) -> str:
     blob = f"{source_id}\x1f{template_hash}\x1f{sample_index}\x1f{item}".encode()
     return hashlib.sha256(blob).hexdigest()[:32]

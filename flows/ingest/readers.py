@@ -1,15 +1,17 @@
 """Corpus readers: each yields (source line or row number, record or None, error or None).
 
-JSONL, CSV and plain text are read line by line on purpose: one bad line (invalid UTF-8, broken
-JSON) must become a reject naming its line, while a whole-file reader (pyarrow's JSON reader,
-which `datasets` uses) fails the file at the first bad byte. Parquet and saved Hugging Face
-datasets are typed already and go through `datasets`.
+JSONL and plain text are read line by line on purpose: one bad line (invalid UTF-8, broken JSON)
+must become a reject naming its line, while a whole-file reader (pyarrow's JSON reader, which
+`datasets` uses) fails the file at the first bad byte. CSV goes through the csv module, which
+reads RFC 4180 quoted fields across line breaks; undecodable bytes are carried through it as
+surrogate escapes and reject only the record they are in. A UTF-8 byte order mark at the start
+of a file is not data and is dropped. Parquet and saved Hugging Face datasets are typed already
+and go through `datasets`.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Iterator
@@ -17,9 +19,14 @@ from typing import Iterator
 Record = tuple[int, dict | None, str | None, str]  # (line, record, error, raw text for rejects)
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str | None, bytes]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             try:
                 yield lineno, raw.decode("utf-8"), raw
             except UnicodeDecodeError:
@@ -45,23 +52,41 @@ def read_jsonl(path: Path) -> Iterator[Record]:
 
 
 def read_csv(path: Path) -> Iterator[Record]:
-    header: list[str] | None = None
-    for lineno, text, raw in _decoded_lines(path):
-        if text is None:
-            yield lineno, None, "invalid_utf8", raw.decode("utf-8", "replace")
-            continue
-        if not text.strip():
-            continue
-        # Parse line by line so the line number is exact; quoted fields spanning lines are not
-        # supported (they would need the whole file decoded before any row could be rejected).
-        cells = next(csv.reader(io.StringIO(text)))
-        if header is None:
-            header = cells
-            continue
-        if len(cells) != len(header):
-            yield lineno, None, f"wrong_column_count: {len(cells)} != {len(header)}", text
-            continue
-        yield lineno, dict(zip(header, cells)), None, text
+    """RFC 4180 CSV: quoted fields may hold commas, quotes ("") and line breaks; a record's
+    line is the line it starts on."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        header: list[str] | None = None
+        start = 1
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # a stray quote, a quote never closed: this record only
+                yield start, None, f"invalid_csv: {e}", ""
+                start = reader.line_num + 1
+                continue
+            line, start = start, reader.line_num + 1
+            raw = ",".join(cells)
+            if any(_undecodable(c) for c in cells):
+                yield line, None, "invalid_utf8", raw.encode("utf-8", "surrogateescape").decode(
+                    "utf-8", "replace")
+                continue
+            if not cells or not "".join(cells).strip():
+                continue
+            if header is None:
+                header = cells
+                continue
+            if len(cells) != len(header):
+                yield line, None, f"wrong_column_count: {len(cells)} != {len(header)}", raw
+                continue
+            yield line, dict(zip(header, cells)), None, raw
+
+
+def _undecodable(text: str) -> bool:
+    # errors="surrogateescape" turns each byte that is not UTF-8 into U+DC80..U+DCFF.
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
 def read_text(path: Path) -> Iterator[Record]:

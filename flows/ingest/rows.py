@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -55,14 +56,33 @@ def _text_field(record: dict, role: str, column: str | None, *, required: bool) 
     value = record[column]
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise Reject("wrong_type", column, f"expected text, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON's NaN/Infinity and overflowing numbers (1e400) are no text to learn from.
+        raise Reject("not_a_number", column, f"{value} is not a finite number")
     text = str(value)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise Reject("invalid_utf8", column, "contains unpaired surrogates") from None
-    if "\x00" in text:
-        raise Reject("invalid_text", column, "contains NUL bytes")
+    bad = FORBIDDEN.search(text)
+    if bad:
+        raise Reject("invalid_text", column, f"contains {_describe(bad.group())} at "
+                     f"character {bad.start()}")
     return text
+
+
+# Control characters other than tab, newline and carriage return (terminal escapes, NUL,
+# binary junk), and the bidirectional embedding/override/isolate controls that can make text
+# display differently from what a model reads ("Trojan Source"). Rows holding one are
+# rejected, not silently edited: an edited row would be a different row with another id.
+# Implicit direction marks (U+200E, U+200F, U+061C), which ordinary right-to-left text uses,
+# are kept.
+FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _describe(ch: str) -> str:
+    kind = "bidirectional control" if ch >= "\u202a" else "control character"
+    return f"{kind} U+{ord(ch):04X}"
 
 
 def validate(record: dict, *, columns, min_chars: int, max_chars: int,
@@ -78,6 +98,8 @@ def validate(record: dict, *, columns, min_chars: int, max_chars: int,
         raise Reject("too_long", columns.passage, f"{total} chars > max_chars {max_chars}")
     if question is not None and not question.strip():
         raise Reject("empty_text", columns.question, "empty question")
+    if answer is not None and not answer.strip():
+        raise Reject("empty_text", columns.answer, "empty answer")
     used = {c for c in (columns.passage, columns.question, columns.answer) if c}
     meta = {k: v for k, v in record.items() if k not in used}
     return {"passage": passage, "question": question, "answer": answer,

@@ -28,7 +28,7 @@ def check_generate_template(spec: Curriculum) -> list[str]:
         return [f"generate.template: {e}"]
     if spec.corpus.path is not None and not spec.resolve(spec.corpus.path).exists():
         return []  # the missing corpus is reported by the corpus check; nothing to render
-    from flows.prompting.samples import sample_rows
+    from flows.prompting.samples import first_problem, sample_rows
 
     try:
         rows = sample_rows(spec, 1)
@@ -36,8 +36,9 @@ def check_generate_template(spec: Curriculum) -> list[str]:
         return [f"generate.template: cannot read a corpus row to render against: "
                 f"{type(e).__name__}: {e}"]
     if not rows:
-        return [f"generate.template: the corpus has no valid row to render "
-                f"'{template.name}' against"]
+        where = spec.resolve(spec.corpus.path) if spec.corpus.path is not None else "demo"
+        return [f"corpus.path: no valid row in {where} ({first_problem(spec)}), so "
+                f"template '{template.name}' cannot be tried on one"]
     missing = [f for f in template.needs if rows[0].get(f) in (None, "")]
     if missing:
         return [f"generate.template: template '{template.name}' needs "

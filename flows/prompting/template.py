@@ -8,7 +8,8 @@ after a thousand paid requests.
 
 Users edit these files all day and curricula may come from anyone, so templates run in Jinja's
 immutable sandbox: no attribute starting with '_', no mutation, nothing that reaches Python
-internals. StrictUndefined turns a typo into an error instead of an empty string in the prompt.
+internals; and rendering is bounded in time and size (bounds.py). StrictUndefined turns a typo
+into an error instead of an empty string in the prompt.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any, Literal
 import jinja2
 import yaml
 from jinja2 import meta as jinja_meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flows.prompting import bounds
 from flows.prompting.parsers import PARSERS
 from flows.settings import PROJECT_ROOT
 
@@ -76,8 +78,8 @@ class TemplateFile(_Strict):
         return v
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+def _environment() -> bounds.BoundedEnvironment:
+    env = bounds.BoundedEnvironment(
         undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
         lstrip_blocks=True, keep_trailing_newline=False)
     # Prompts need no helper objects; these three are the usual first step of template-injection
@@ -113,6 +115,8 @@ class Template:
             except jinja2.TemplateSyntaxError as e:
                 raise TemplateError(f"{where}: Jinja syntax error on line {e.lineno}: "
                                     f"{e.message}") from None
+            except (RecursionError, MemoryError) as e:  # a pathological nesting of brackets
+                raise TemplateError(f"{where}: cannot be parsed: {type(e).__name__}") from None
             undeclared = jinja_meta.find_undeclared_variables(ast) - declared
             if undeclared:
                 raise TemplateError(
@@ -153,7 +157,11 @@ class Template:
         for i, (role, tmpl) in enumerate(self._messages):
             where = f"{self.path}: row {row_id}: messages[{i}] ({role})"
             try:
-                text = tmpl.render(ctx)
+                text = bounds.render(tmpl, ctx)
+            except bounds.RenderLimit as e:
+                raise TemplateError(f"{where}: {e}") from None
+            except (MemoryError, RecursionError) as e:
+                raise TemplateError(f"{where}: {type(e).__name__} while rendering") from None
             except SecurityError as e:
                 raise TemplateError(f"{where}: refused by the sandbox: {e}") from None
             except jinja2.UndefinedError as e:

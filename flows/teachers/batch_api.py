@@ -18,7 +18,9 @@ from typing import AsyncIterator, Iterable
 
 from flows.teachers.base import Reply, Request, TeacherUnreachable
 from flows.teachers.openai_compat import OpenAITeacher, api_key, logprobs_of
-from flows.teachers.transport import OPENAI_URL
+from flows.teachers.replies import bad, from_choice
+from flows.teachers.transport import FATAL_WHY, OPENAI_URL
+from flows.urls import redact
 
 MAX_LINES = 50_000  # the Batch API's limit per input file
 DONE = {"completed", "failed", "expired", "cancelled"}
@@ -63,7 +65,13 @@ class OpenAIBatchTeacher(OpenAITeacher):
                 state.unlink(missing_ok=True)
         except openai.APIConnectionError as e:
             raise TeacherUnreachable(f"teacher {self.name} (batch API): cannot reach "
-                                     f"{self.base_url or OPENAI_URL}: {e}") from None
+                                     f"{redact(self.base_url or OPENAI_URL)}: {e}") from None
+        except openai.APIStatusError as e:
+            if e.status_code not in FATAL_WHY:
+                raise
+            raise TeacherUnreachable(f"teacher {self.name} (batch API): "
+                                     f"{redact(str(e.request.url))} answered http "
+                                     f"{e.status_code} ({FATAL_WHY[e.status_code]})") from None
         finally:
             await client.close()
 
@@ -109,11 +117,10 @@ class OpenAIBatchTeacher(OpenAITeacher):
             err = item.get("error") or {"status": status}
             transient = status in (None, 429, 500, 502, 503, 504)
             return Reply(error=f"request_failed: {json.dumps(err)[:200]}", transient=transient)
-        body = response["body"]
-        choice = body["choices"][0]
-        usage = body.get("usage") or {}
-        return Reply(text=choice["message"].get("content") or "",
-                     finish_reason=choice.get("finish_reason"),
-                     prompt_tokens=usage.get("prompt_tokens") or 0,
-                     completion_tokens=usage.get("completion_tokens") or 0,
-                     logprobs=logprobs_of(choice))
+        body = response.get("body")
+        try:
+            choice = body["choices"][0]
+            logprobs = logprobs_of(choice)
+        except (TypeError, KeyError, IndexError, AttributeError):
+            return bad("no choices in the batch line's body")
+        return from_choice(choice, body.get("usage"), logprobs)

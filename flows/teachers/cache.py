@@ -2,12 +2,14 @@
 request_key() (content, not run), so every run shares it. An answer is written the moment it
 arrives, which is what bounds a crash's loss to the requests in flight.
 
-Only successful answers are stored: a failed request must be sent again next time.
+Only answers that became rows are stored (flows/generate/dispatch.py checks them first): a
+failed request must be sent again next time, and a reply no row can hold must not be served
+again to every later run.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from flows.teachers.base import Reply
@@ -64,6 +66,13 @@ class ResponseCacheStore:
                     self._conn.rollback()
                     continue
         self.written += len(rows)
+
+    def evict(self, keys: list[str]) -> None:
+        """Delete answers that can no longer be used (cached unchecked by an older version)."""
+        table = ResponseCache.__table__
+        with self.engine.begin() as conn:
+            for i in range(0, len(keys), LOOKUP_CHUNK):
+                conn.execute(delete(table).where(table.c.key.in_(keys[i:i + LOOKUP_CHUNK])))
 
     def close(self) -> None:
         if self._conn is not None:

@@ -5,6 +5,9 @@ must share one asyncio loop and react to the endpoint's own signals (429, Retry-
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
+import math
 import random
 import time
 
@@ -80,15 +83,39 @@ def backoff_delay(attempt: int, retry_after: float | None, *, base: float = 0.5,
 
 
 def parse_retry_after(headers) -> float | None:
+    """Seconds the server asks us to wait, or None. RFC 9110 section 10.2.3: Retry-After is
+    delay-seconds or an HTTP-date; OpenAI-style APIs also send fractional seconds and
+    retry-after-ms. Anything not finite and non-negative (nan, inf, -1, garbage) is ignored:
+    a nan slept on is a request that never returns. A date is read against our clock and
+    bounded below by 0; backoff_delay() bounds every wait above by its cap."""
     if headers is None:
         return None
     for name in ("retry-after-ms", "retry-after"):
         value = headers.get(name)
         if value is None:
             continue
-        try:
-            seconds = float(value)
-        except ValueError:
-            continue  # an HTTP date: rare from APIs; fall back to our own backoff
-        return seconds / 1000.0 if name == "retry-after-ms" else seconds
+        seconds = _seconds(value.strip()) if name == "retry-after" else _number(value)
+        if seconds is not None:
+            return seconds / 1000.0 if name == "retry-after-ms" else seconds
     return None
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _seconds(value: str) -> float | None:
+    number = _number(value)
+    if number is not None:
+        return number
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP-dates are GMT; "-0000" parses as naive
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())

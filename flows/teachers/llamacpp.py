@@ -8,8 +8,6 @@ dies with us even on kill -9 through PR_SET_PDEATHSIG.
 
 from __future__ import annotations
 
-import ctypes
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from flows.children import die_with_parent
 from flows.models import file_identity, resolve_model
 from flows.teachers.base import TeacherUnreachable
 from flows.teachers.openai_compat import OpenAITeacher
@@ -29,14 +28,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: close() still stops the server on every normal exit
 
 
 class LlamaCppTeacher(OpenAITeacher):
@@ -74,7 +65,7 @@ class LlamaCppTeacher(OpenAITeacher):
                "--n_threads", threads, "--n_threads_batch", threads]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                         stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         try:
             self._wait_healthy()
         except BaseException:

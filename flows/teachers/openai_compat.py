@@ -14,8 +14,11 @@ import os
 from typing import AsyncIterator, Iterable
 
 from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage
+from flows.teachers.health import Health
 from flows.teachers.limits import AdaptiveLimit, PerMinute, backoff_delay
-from flows.teachers.transport import TRANSPORTS, Rejected, Retryable
+from flows.teachers.replies import bad, from_choice
+from flows.teachers.transport import OPENAI_URL, TRANSPORTS, Rejected, Retryable
+from flows.urls import model_host, redact
 
 
 def api_key(env_name: str | None) -> str:
@@ -54,8 +57,12 @@ class OpenAITeacher:
         self.spec = spec
         self.base_url = base_url or spec.base_url
         self.name = name or f"{self.backend}:{spec.model}"
-        # The endpoint is part of the identity: "default" served by two servers is two models.
-        self.identity = identity or f"openai:{self.base_url or 'api.openai.com'}:{spec.model}"
+        # The model's identity, not the URL as typed: the model name the endpoint serves and
+        # the host serving it (flows/urls.py: no port, path or trailing slash; every loopback
+        # spelling alike). The same model behind another URL of that host hits the cache; any
+        # other model name misses it. Weights swapped behind an unchanged name cannot be seen
+        # from here: serve them under another name (docs/teachers.md).
+        self.identity = identity or f"openai:{model_host(self.base_url)}:{spec.model}"
         self.usage = Usage()
         self.transport = None
 
@@ -92,22 +99,24 @@ class OpenAITeacher:
             return Reply(error=f"request_failed: {e}")
         try:
             choice = body["choices"][0]
-            msg = choice["message"]
+            choice["message"]  # noqa: B018
         except (TypeError, KeyError, IndexError):
             raise Retryable("malformed response: no choices") from None
-        usage = body.get("usage") or {}
-        return Reply(text=msg.get("content") or msg.get("refusal") or "",
-                     finish_reason=choice.get("finish_reason"),
-                     prompt_tokens=usage.get("prompt_tokens") or 0,
-                     completion_tokens=usage.get("completion_tokens") or 0,
-                     logprobs=logprobs_of(choice))
+        try:
+            logprobs = logprobs_of(choice)
+        except (AttributeError, TypeError):
+            return bad("logprobs in an unknown shape")
+        # Checked and normalised here, before the dispatcher caches it (flows/teachers/replies.py).
+        return from_choice(choice, body.get("usage"), logprobs)
 
-    async def _one(self, req: Request, limit: AdaptiveLimit) -> tuple[Request, Reply]:
+    async def _one(self, req: Request, limit: AdaptiveLimit,
+                   health: Health) -> tuple[Request, Reply]:
         attempt = 0
         while True:
             try:
                 reply = await self._attempt(req)
                 limit.success()
+                health.record(True)
                 return req, reply
             except Retryable as r:
                 kind = r.kind
@@ -116,22 +125,36 @@ class OpenAITeacher:
                     limit.saturated()
                 attempt += 1
                 if attempt > self.spec.max_retries:
-                    if kind == "connection":
-                        raise TeacherUnreachable(
-                            f"teacher {self.name} stopped answering at "
-                            f"{self.base_url or 'api.openai.com'}: {r} (after {attempt} tries)"
-                        ) from r
-                    # Not written as a row: a later run of the same stage sends it again.
+                    health.record(False)
+                    await self._stop_if_unreachable(r, attempt, health)
+                    # The endpoint still answers: only this request is left, unwritten and
+                    # uncached, for a later run of the same stage to send again.
                     return req, Reply(error=f"request_failed: {r} (after {attempt} tries)",
                                       transient=True)
                 self.usage.retries += 1
                 await asyncio.sleep(backoff_delay(attempt, r.retry_after))
+
+    async def _stop_if_unreachable(self, last: Retryable, tries: int, health: Health) -> None:
+        """One request outliving its retries stops nothing; the endpoint as a whole failing
+        does: most recent requests failed, or (after disconnects and timeouts) its health
+        check fails too."""
+        where = redact(self.base_url or OPENAI_URL)
+        if health.failing():
+            raise TeacherUnreachable(
+                f"teacher {self.name} at {where}: {health.describe()} (last: {last})")
+        if last.kind in ("connection", "timeout"):
+            try:
+                await self.transport.check(self.name)
+            except TeacherUnreachable as e:
+                raise TeacherUnreachable(f"teacher {self.name} stopped answering at {where}: "
+                                         f"{last} (after {tries} tries); {e}") from None
 
     async def stream(self, requests: Iterable[Request], *, stop=None
                      ) -> AsyncIterator[list[tuple[Request, Reply]]]:
         spec = self.spec
         limit = AdaptiveLimit(spec.concurrency, adaptive=spec.adaptive)
         rpm, tpm = PerMinute(spec.rpm), PerMinute(spec.tpm)
+        health = Health()
         self.transport = TRANSPORTS[spec.client](self.base_url, api_key(spec.api_key_env),
                                                  spec.timeout, spec.concurrency)
         source = iter(requests)
@@ -155,7 +178,7 @@ class OpenAITeacher:
                     await rpm.take(1)
                     await tpm.take(_estimate_tokens(req))
                     self.usage.requests += 1
-                    task = asyncio.create_task(self._one(req, limit))
+                    task = asyncio.create_task(self._one(req, limit, health))
                     task.add_done_callback(finished.put_nowait)
                     tasks.add(task)
                 if not tasks:

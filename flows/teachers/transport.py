@@ -17,6 +17,7 @@ import json
 
 from flows.teachers.base import TeacherUnreachable
 from flows.teachers.limits import parse_retry_after
+from flows.urls import redact
 
 OPENAI_URL = "https://api.openai.com/v1"
 # Statuses worth retrying; 429 and 503 also mean "slow down" (AIMD cut).
@@ -43,9 +44,14 @@ class Rejected(Exception):
 FATAL_STATUS = {401, 403, 404}
 
 
-def _status_error(status: int, headers, text: str) -> Exception:
+FATAL_WHY = {401: "the API key was rejected", 403: "access is forbidden",
+             404: "no such model or route"}
+
+
+def _status_error(status: int, headers, text: str, url: str) -> Exception:
     if status in FATAL_STATUS:
-        return TeacherUnreachable(f"the endpoint answered http {status}: {text[:300]}")
+        return TeacherUnreachable(f"{redact(url)} answered http {status} ({FATAL_WHY[status]}): "
+                                  f"{' '.join(text.split())[:300]}")
     if status in RETRY_STATUS:
         return Retryable(f"http {status}", parse_retry_after(headers),
                          saturated=status in SATURATION_STATUS)
@@ -53,8 +59,8 @@ def _status_error(status: int, headers, text: str) -> Exception:
 
 
 def _unreachable(name: str, url: str, err) -> TeacherUnreachable:
-    return TeacherUnreachable(f"teacher {name}: cannot reach {url} ({type(err).__name__}: "
-                              f"{err}); is the server running?")
+    return TeacherUnreachable(f"teacher {name}: cannot reach {redact(url)} "
+                              f"({type(err).__name__}: {err}); is the server running?")
 
 
 class FastTransport:
@@ -73,18 +79,20 @@ class FastTransport:
         try:
             async with self.session.get(f"{self.base}/models",
                                         timeout=self.aiohttp.ClientTimeout(total=15)) as r:
-                if r.status == 401:
-                    raise TeacherUnreachable(f"teacher {name}: the endpoint rejected the API key")
+                if r.status in (401, 403):
+                    raise TeacherUnreachable(f"teacher {name}: {redact(self.base)}/models "
+                                             f"answered http {r.status} ({FATAL_WHY[r.status]})")
         except (self.aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
             raise _unreachable(name, self.base, e) from None
 
     async def chat(self, params: dict) -> dict:
         aiohttp = self.aiohttp
+        url = f"{self.base}/chat/completions"
         try:
-            async with self.session.post(f"{self.base}/chat/completions", json=params) as r:
+            async with self.session.post(url, json=params) as r:
                 raw = await r.read()
                 if r.status >= 400:
-                    raise _status_error(r.status, r.headers, raw.decode(errors="replace"))
+                    raise _status_error(r.status, r.headers, raw.decode(errors="replace"), url)
         except asyncio.TimeoutError:
             raise Retryable("timeout", saturated=True) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
@@ -111,8 +119,9 @@ class SDKTransport:
         openai = self.openai
         try:
             await self.client.with_options(timeout=15.0).models.list()
-        except openai.AuthenticationError:
-            raise TeacherUnreachable(f"teacher {name}: the endpoint rejected the API key") \
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise TeacherUnreachable(f"teacher {name}: {redact(self.base)}/models answered "
+                                     f"http {e.status_code} ({FATAL_WHY[e.status_code]})") \
                 from None
         except openai.APIConnectionError as e:
             raise _unreachable(name, self.base, e.__cause__ or e) from None
@@ -129,7 +138,8 @@ class SDKTransport:
                 raise Retryable("timeout", saturated=True) from None
             raise Retryable(f"connection: {e.__cause__ or e}") from None
         except openai.APIStatusError as e:
-            raise _status_error(e.status_code, e.response.headers, str(e)) from None
+            raise _status_error(e.status_code, e.response.headers, str(e),
+                                f"{self.base.rstrip('/')}/chat/completions") from None
         except (ValueError, openai.APIResponseValidationError) as e:
             raise Retryable(f"malformed response: {type(e).__name__}") from None
 

@@ -189,4 +189,5 @@ def train_flow(params: RoundParams) -> TrainResult:
     spec = params.load()
     ws = Workspace.open()
     run_id = params.run_id or latest_curated_run(ws, spec)
-    return train(spec, ws, run_id, round_index=params.round_index)
+    with ws.run_scope(run_id, lambda: run_id):  # the run's lock: one process in it at a time
+        return train(spec, ws, run_id, round_index=params.round_index)

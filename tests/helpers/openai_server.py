@@ -3,7 +3,9 @@
 It answers deterministically (it solves the demo corpus's "how many ... in total" problems from
 the passage, or replies with a scripted text), waits a fixed latency per request, and injects
 faults on demand: 429 with Retry-After, 500, slow responses, dropped connections, malformed
-bodies. It counts every request it receives by content, so tests can prove what was (re)sent.
+bodies, odd reply shapes (SHAPES: content as parts or a number, a lone surrogate, token counts
+as strings), requests that always disconnect. It counts every request it receives by content,
+so tests can prove what was (re)sent.
 
 A bare ASGI app on uvicorn (both already stairs dependencies through llama-cpp-python's server
 extra): no framework routing needed for two endpoints, and it keeps server overhead low for the
@@ -64,6 +66,9 @@ class FakeOpenAI:
     faults: Faults = field(default_factory=Faults)
     # substring of the user message -> (reply text, finish_reason)
     script: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # substring of the user message -> a reply shape from SHAPES (odd but seen bodies)
+    shapes: dict[str, str] = field(default_factory=dict)
+    drop: tuple[str, ...] = ()  # substrings of user messages whose requests always disconnect
     port: int = 0
     received: Counter = field(default_factory=Counter)  # content key -> times received
     answered: Counter = field(default_factory=Counter)  # content key -> 200s sent
@@ -71,7 +76,8 @@ class FakeOpenAI:
     auth_headers: list = field(default_factory=list)
     formats: list = field(default_factory=list)  # response_format of each chat request
     hold_batches: bool = False  # batches stay "in_progress" (a job that takes hours)
-    reject_auth: bool = False  # answer chat requests with 401 (a revoked key)
+    reject_auth: bool = False  # answer chat requests with `reject_status` (a revoked key...)
+    reject_status: int = 401  # 401 bad key, 403 forbidden, 404 no such model
     files: dict = field(default_factory=dict)  # Batch API files: id -> bytes
     batches: dict = field(default_factory=dict)
 
@@ -103,18 +109,22 @@ class FakeOpenAI:
             return await self._json(send, 200, {"object": "list", "data": [
                 {"id": "fake", "object": "model", "created": 0, "owned_by": "tests"}]})
         headers = dict(scope["headers"])
+        if self.reject_auth and not path.endswith("/models"):  # /models stays up: reachable
+            return await self._json(send, self.reject_status, {"error": {"message": {
+                401: "invalid api key", 403: "forbidden", 404: "no such model"}[
+                    self.reject_status]}})
         if "/files" in path or "/batches" in path:
             return await self._batch_api(send, scope["method"], path, headers, body)
         if not path.endswith("/chat/completions"):
             return await self._json(send, 404, {"error": {"message": "not found"}})
         self.auth_headers.append(headers.get(b"authorization", b"").decode())
-        if self.reject_auth:
-            return await self._json(send, 401, {"error": {"message": "invalid api key"}})
         request = json.loads(body)
         self.formats.append(request.get("response_format"))
         key = content_key(request["messages"], request.get("seed"))
         self.received[key] += 1
         await asyncio.sleep(self.latency)
+        if any(needle in message_text(request["messages"][-1]) for needle in self.drop):
+            return await self._disconnect(send, request, key)
         f, roll = self.faults, self._rng.random()
         for name, p in (("rate_limit", f.rate_limit), ("server_error", f.server_error),
                         ("disconnect", f.disconnect), ("malformed", f.malformed),
@@ -145,6 +155,11 @@ class FakeOpenAI:
         prompt_tokens = sum(len(message_text(m)) for m in request["messages"]) // 4
         choice = {"index": 0, "finish_reason": finish,
                   "message": {"role": "assistant", "content": text}}
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
+                 "total_tokens": prompt_tokens + len(text.split())}
+        for needle, shape in self.shapes.items():
+            if needle in user:
+                SHAPES[shape](choice["message"], usage)
         if request.get("logprobs"):
             k = request.get("top_logprobs") or 1
             choice["logprobs"] = {"content": [
@@ -152,9 +167,7 @@ class FakeOpenAI:
                  "top_logprobs": [{"token": w, "logprob": -0.1, "bytes": None}] * k}
                 for w in text.split()[:8]]}
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-                "model": request.get("model", "fake"), "choices": [choice],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
-                          "total_tokens": prompt_tokens + len(text.split())}}
+                "model": request.get("model", "fake"), "choices": [choice], "usage": usage}
 
     # -- Batch API: files in, a batch that completes when first polled, files out --------------
     async def _batch_api(self, send, method: str, path: str, headers: dict, body: bytes):
@@ -262,6 +275,32 @@ class FakeOpenAI:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _parts(message, usage):  # the API's list-of-parts form of the same text
+    text = message["content"]
+    message["content"] = [{"type": "text", "text": text[:10]}, {"type": "text", "text": text[10:]}]
+
+
+def _number(message, usage):
+    message["content"] = 42
+
+
+def _lone_surrogate(message, usage):  # JSON "\ud800": valid JSON, not valid Unicode text
+    message["content"] += "\ud800"
+
+
+def _string_tokens(message, usage):
+    usage["prompt_tokens"] = str(usage["prompt_tokens"])
+    usage["completion_tokens"] = str(usage["completion_tokens"])
+
+
+def _word_tokens(message, usage):
+    usage["completion_tokens"] = "many"
+
+
+SHAPES = {"content_parts": _parts, "content_number": _number, "lone_surrogate": _lone_surrogate,
+          "string_tokens": _string_tokens, "word_tokens": _word_tokens}
 
 
 def _multipart_file(content_type: str, body: bytes) -> bytes:

@@ -141,3 +141,72 @@ def test_eval_cap(workspace, tmp_path):
                                  "eval_max_rows": 10})
     summary, frames, _ = run_ingest(workspace, path)
     assert summary.eval_rows == 10 and summary.train_rows == 190
+
+
+# -- issue 19, finding 7: corpus edge cases ------------------------------------------------------
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_byte_order_mark_is_not_data(workspace, tmp_path, fmt):
+    body = (b"passage,question,answer\nVorla has 3 kites.,How many kites?,3\n" if fmt == "csv"
+            else json.dumps(GOOD[0]).encode() + b"\n")
+    (tmp_path / f"c.{fmt}").write_bytes(BOM + body)
+    path = curriculum(tmp_path, {"path": f"c.{fmt}", "format": fmt, "eval_fraction": 0.0})
+    summary, frames, _ = run_ingest(workspace, path)
+    assert summary.rejected == 0 and summary.train_rows == 1
+    assert frames["corpus"]["line"].to_list() == [1 if fmt == "jsonl" else 2]
+    from flows.preflight import problems
+
+    assert problems(load(path)) == []  # validate used to blame generate.template
+
+
+def test_csv_quoted_fields_span_lines_rfc_4180(workspace, tmp_path):
+    (tmp_path / "c.csv").write_bytes(
+        b'passage,question,answer\r\n'
+        b'"Vorla has 3 kites,\r\nand ""2"" more.",How many kites?,5\r\n'
+        b'Kathu has 1 shell.,How many shells?,1\r\n'
+        b'"never closed,q,2\r\n')
+    summary, frames, _ = run_ingest(workspace, curriculum(
+        tmp_path, {"path": "c.csv", "format": "csv", "eval_fraction": 0.0}))
+    rows = frames["corpus"].sort("line").to_dicts()
+    assert [(r["line"], r["passage"]) for r in rows] == [
+        (2, 'Vorla has 3 kites,\r\nand "2" more.'), (4, "Kathu has 1 shell.")]
+    assert [(r["line"], r["reason"]) for r in frames["rejects"].to_dicts()] == [
+        (5, "invalid_csv")]
+
+
+def test_non_finite_numbers_empty_answers_control_and_bidi_characters_are_rejected(
+        workspace, tmp_path):
+    lines = [json.dumps(GOOD[0]).encode(),
+             b'{"passage": NaN, "question": "q", "answer": "1"}',                 # 2
+             b'{"passage": "p", "question": "q", "answer": 1e400}',               # 3
+             b'{"passage": "p", "question": "q", "answer": "  "}',                # 4
+             json.dumps({"passage": "red \x1b[31mkites", "question": "q",
+                         "answer": "1"}).encode(),                                   # 5
+             json.dumps({"passage": "p", "question": "q \u202eevil",
+                         "answer": "1"}).encode(),                                   # 6
+             json.dumps({"passage": "\u05e9\u05dc\u05d5\u05dd \u200f3", "question": "q",
+                         "answer": "3"}).encode()]                                   # 7 kept
+    (tmp_path / "c.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    summary, frames, _ = run_ingest(workspace, curriculum(
+        tmp_path, {"path": "c.jsonl", "eval_fraction": 0.0}))
+    rejects = {r["line"]: (r["reason"], r["field"], r["detail"])
+               for r in frames["rejects"].to_dicts()}
+    assert {k: v[:2] for k, v in rejects.items()} == {
+        2: ("not_a_number", "passage"), 3: ("not_a_number", "answer"),
+        4: ("empty_text", "answer"), 5: ("invalid_text", "passage"),
+        6: ("invalid_text", "question")}
+    assert rejects[5][2] == "contains control character U+001B at character 4"
+    assert rejects[6][2] == "contains bidirectional control U+202E at character 2"
+    assert sorted(frames["corpus"]["line"].to_list()) == [1, 7]  # right-to-left marks stay
+
+
+def test_validate_names_the_corpus_when_no_row_is_valid(tmp_path):
+    (tmp_path / "c.csv").write_text("text,q,a\nVorla has 3 kites.,How many?,3\n")
+    from flows.preflight import problems
+
+    found = problems(load(curriculum(tmp_path, {"path": "c.csv", "format": "csv"})))
+    assert found == [f"corpus.path: no valid row in {tmp_path / 'c.csv'} (c.csv line 2: "
+                     "missing_field passage: no 'passage' (the passage column)), so template "
+                     "'rationale' cannot be tried on one"]

@@ -173,6 +173,32 @@ def test_jinja_globals_are_not_reachable(tmp_path):
         load_template("t", tmp_path)
 
 
+LOOPS = "{% for a in question %}" * 4 + "{% endfor %}" * 4
+
+
+@pytest.mark.parametrize("expr,why", [
+    ("{{ question * 10000000000 }}", "repeating 3000 items 10000000000 times is over 1,000,000"),
+    ("{{ 'x' * 10**10 }}", "repeating 1 items 10000000000 times"),  # was folded at load: OOM
+    ("{{ 7 ** 10000000 }}", "7 ** 10000000 is too large a number"),
+    ("{{ '%999999999s' % question }}", "'%' formatting with a width over 1,000,000"),
+    ("{{ '{:>999999999}'.format(question) }}", "format() with a width over 1,000,000"),
+    ("{{ question|center(1000000000) }}", "filter center with 1000000000"),
+    ("{% for a in question %}{{ question }}{% endfor %}", "over 1,000,000 characters"),
+    (LOOPS, "rendering took over 2 s"),
+])
+def test_rendering_is_bounded_in_size_and_time(tmp_path, expr, why):
+    import time
+
+    write(tmp_path, "t", simple(user=expr))
+    started = time.monotonic()
+    t = load_template("t", tmp_path)
+    with pytest.raises(TemplateError) as e:
+        t.render({"id": "r1", "question": "x" * 3000})
+    assert time.monotonic() - started < 10
+    assert str(e.value).startswith(f"{tmp_path / 't.yaml'}: row r1: messages[0] (user): ")
+    assert why in str(e.value)
+
+
 # -- parsers -------------------------------------------------------------------------------------
 def parse(name, text, finish=None):
     return load_template(name).parse(text, finish)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import time
+from datetime import datetime, timedelta, timezone
 
 from flows.teachers.base import Sampling, request_key
 from flows.teachers.limits import AdaptiveLimit, PerMinute, backoff_delay, parse_retry_after
@@ -43,7 +45,17 @@ def test_per_minute_bucket_paces_after_the_burst():
 def test_retry_after_is_honoured_and_backoff_is_bounded():
     assert parse_retry_after({"retry-after": "2"}) == 2.0
     assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
-    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    # RFC 9110: an HTTP-date is read against our clock; one in the past means "now".
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    soon = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30),
+                                       usegmt=True)
+    assert 25 <= parse_retry_after({"retry-after": soon}) <= 31
+    # Not a finite, non-negative number nor a date: ignored (a nan wait never ends).
+    for junk in ("nan", "inf", "-1", "1e400", "soon", ""):
+        assert parse_retry_after({"retry-after": junk}) is None, junk
+    assert parse_retry_after({"retry-after-ms": "nan", "retry-after": "3"}) == 3.0
+    far = parse_retry_after({"retry-after": "Sun, 06 Nov 2094 08:49:37 GMT"})
+    assert backoff_delay(1, far) == 60.0  # every wait is bounded by the cap
     assert backoff_delay(3, 1.5) == 1.5
     assert all(0 <= backoff_delay(a, None) <= 60 for a in range(1, 30))
 
