@@ -4,6 +4,7 @@ hand them to the shard writer. Budgets stop the sending, never the recording."""
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -42,33 +43,35 @@ def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_s
     tally = Tally()
     answers = cache.lookup([r.key for r in requests])
 
-    def record(req, reply, *, cached: bool) -> None:
-        if reply.transient:
-            tally.unanswered += 1  # transient failure that outlived its retries: not a row
-            tally.errors["request_failed (not written)"] += 1
-            return
-        if cached:
-            tally.cached_prompt_tokens += reply.prompt_tokens
-            tally.cached_completion_tokens += reply.completion_tokens
-        else:
-            tally.prompt_tokens += reply.prompt_tokens
-            tally.completion_tokens += reply.completion_tokens
-        rows = build_rows(req, reply)
-        for row in rows:
-            if row["error"] is not None:
-                tally.errors[row["error"].split(":")[0]] += 1
-        writer.add(rows)
-        tally.answered += 1
-        progress.advance()
+    def record(batch, *, cached: bool) -> None:
+        """Rows for a batch of answers, in arrival order, to the shard writer."""
+        for req, reply in batch:
+            if reply.transient:
+                tally.unanswered += 1  # transient failure that outlived its retries: not a row
+                tally.errors["request_failed (not written)"] += 1
+                continue
+            if cached:
+                tally.cached_prompt_tokens += reply.prompt_tokens
+                tally.cached_completion_tokens += reply.completion_tokens
+            else:
+                tally.prompt_tokens += reply.prompt_tokens
+                tally.completion_tokens += reply.completion_tokens
+            rows = build_rows(req, reply)
+            for row in rows:
+                if row["error"] is not None:
+                    tally.errors[row["error"].split(":")[0]] += 1
+            writer.add(rows)
+            tally.answered += 1
+        progress.advance(len(batch))
 
-    misses = []
+    misses, hits = [], []
     for req in requests:
         if req.key in answers:
-            tally.cache_hits += 1
-            record(req, answers[req.key], cached=True)
+            hits.append((req, answers[req.key]))
         else:
             misses.append(req)
-    tally.cache_misses = len(misses)
+    tally.cache_hits, tally.cache_misses = len(hits), len(misses)
+    record(hits, cached=True)
     if misses:
         budget = Budget(budget_spec.max_requests, budget_spec.max_total_tokens, tally,
                         teacher.usage)
@@ -86,9 +89,20 @@ def with_teacher(teacher, body) -> None:
 def _send(teacher, misses, record, budget, cache) -> None:
     async def loop():
         async for answers in teacher.stream(misses, stop=budget.reached):
-            # Cache first: from here on a crash costs nothing for these answers.
+            # Cache first: from here on a crash costs nothing for these answers. The stream
+            # sends nothing new until this returns, so a kill -9 re-sends at most `concurrency`
+            # requests (those in flight). On this thread, not the cache's own: handing each
+            # batch to a thread cost more CPU (GIL hand-offs) than the commit it moved, 1.5-1.9
+            # s against 1.4-1.5 s per 4,000 answers, measured alternately.
             cache.put(teacher.backend, teacher.identity, [(q.key, a) for q, a in answers])
-            for req, reply in answers:
-                record(req, reply, cached=False)
+            record(answers, cached=False)
 
-    run_coroutine(loop())
+    # The process holds ~180k objects before the first request (Prefect, pydantic, SQLAlchemy,
+    # Arrow, the planned requests), and every full garbage collection walks them all: two per
+    # 4,000 answers, ~85 ms each on the loaded test machine. Frozen, they are left out of
+    # collections until the loop ends; what the loop itself allocates is collected as usual.
+    gc.freeze()
+    try:
+        run_coroutine(loop())
+    finally:
+        gc.unfreeze()

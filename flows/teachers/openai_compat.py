@@ -152,8 +152,10 @@ class OpenAITeacher:
                     if req is None:
                         exhausted = True
                         break
-                    await rpm.take(1)
-                    await tpm.take(_estimate_tokens(req))
+                    if rpm.rate is not None:  # no awaits per request when there is no limit
+                        await rpm.take(1)
+                    if tpm.rate is not None:
+                        await tpm.take(_estimate_tokens(req))
                     self.usage.requests += 1
                     task = asyncio.create_task(self._one(req, limit))
                     task.add_done_callback(finished.put_nowait)
