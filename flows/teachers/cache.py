@@ -49,7 +49,7 @@ class ResponseCacheStore:
         if not rows:
             return
         if self._conn is None:
-            self._conn = self._connect()
+            self._conn = self.engine.connect()
         try:
             self._conn.execute(self._insert, rows)
             self._conn.commit()
@@ -65,21 +65,7 @@ class ResponseCacheStore:
                     continue
         self.written += len(rows)
 
-    def _connect(self):
-        conn = self.engine.connect()
-        if self.engine.dialect.name == "sqlite":
-            # No WAL checkpoints on this connection: put() runs on the request loop, and a
-            # commit that checkpoints also fsyncs (single commits took 60-500 ms on the loaded
-            # test machine) where a plain WAL commit only writes to the page cache. The
-            # catalog's other connections still checkpoint: the shard writer's thread
-            # registers a shard every batch_rows rows or flush_seconds.
-            conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
-            conn.commit()
-        return conn
-
     def close(self) -> None:
         if self._conn is not None:
-            if self.engine.dialect.name == "sqlite":
-                self._conn.invalidate()  # not back to the pool with its checkpoints off
             self._conn.close()
             self._conn = None

@@ -168,6 +168,12 @@ class OpenAITeacher:
                 while not finished.empty():
                     batch.append(finished.get_nowait())
                 tasks.difference_update(batch)
+                # Every failure of the batch is looked at (a revoked key fails them all at once):
+                # the first is raised, and none is left for asyncio to log at exit as "never
+                # retrieved".
+                for error in [t.exception() for t in batch]:
+                    if error is not None:
+                        raise error
                 yield [t.result() for t in batch]
         finally:
             for t in tasks:

@@ -1,6 +1,6 @@
 """What the request loop does for speed without changing what it writes: JSON columns
-serialized once before the first request, the response cache's connection, the frozen
-garbage collector (flows/generate/dispatch.py, docs/benchmarks.md)."""
+serialized once before the first request, the garbage collector frozen while it runs
+(flows/generate/dispatch.py, docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import gc
 import json
 
 import pytest
-from sqlalchemy import text
 
 from flows import spec as spec_mod
 from flows.generate import generate
-from flows.teachers import Reply, TeacherUnreachable
-from flows.teachers.cache import ResponseCacheStore
+from flows.teachers import TeacherUnreachable
 from tests.helpers.gen_helpers import generated, write_curriculum
 from tests.helpers.openai_server import FakeOpenAI, content_key
 
@@ -47,14 +45,3 @@ def test_the_collector_is_unfrozen_when_the_loop_fails(tmp_path, workspace):
         with pytest.raises(TeacherUnreachable):
             run_generate(path, workspace)
     assert gc.get_freeze_count() == 0
-
-
-def test_cache_connection_checkpoints_nowhere_and_goes_back_to_the_pool_clean(workspace):
-    cache = ResponseCacheStore(workspace.catalog)
-    cache.put("openai", "m", [("k1", Reply(text="one")), ("k2", Reply(text="two"))])
-    assert cache._conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
-    cache.close()
-    assert set(cache.lookup(["k1", "k2"])) == {"k1", "k2"}
-    with workspace.catalog.engine.connect() as a, workspace.catalog.engine.connect() as b:
-        for conn in (a, b):
-            assert conn.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 1000
