@@ -54,6 +54,7 @@ class GenerateResult(StageResult):
     retries: int = 0
     transient_errors: dict[str, int] = {}
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the whole process (all threads) during the request loop
     concurrency_min: int | None = None
     cache_hits: int = 0
     cache_misses: int = 0

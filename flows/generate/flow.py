@@ -29,6 +29,7 @@ from flows.params import StageParams
 from flows.results import GenerateResult
 from flows.spec import Curriculum, TeacherSpec
 from flows.teachers import Request, Sampling, make_teacher, request_key
+from flows.teachers.base import messages_json
 from flows.teachers.cache import ResponseCacheStore
 from flows.workspace import Workspace
 
@@ -55,11 +56,13 @@ def plan(sources: list[dict], template, identity: str, sampling: Sampling,
     """Render every row before any request: a template that fails on a row fails the run here,
     naming the row, with nothing sent."""
     requests = []
+    per_sample = [sampling.for_sample(i) for i in range(samples)]  # shared: see Sampling.as_json
     for row in sources:
         messages = template.render(row, few_shot=few_shot)
-        for i in range(samples):
-            s = sampling.for_sample(i)
-            requests.append(Request(request_key(identity, messages, s, i), messages, s, i, row))
+        encoded = messages_json(messages)  # once for every sample's key and row
+        for i, s in enumerate(per_sample):
+            key = request_key(identity, messages, s, i, encoded_messages=encoded)
+            requests.append(Request(key, messages, s, i, row, messages_json=encoded))
     return requests
 
 
@@ -142,7 +145,7 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
         return build_rows(source=req.tag, request=req, reply=reply, template=template,
                           teacher_name=teacher.name, round_index=round_index)
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     tally = None
     try:
         tally = dispatch(requests=todo, teacher=teacher, cache=cache, writer=writer,
@@ -157,6 +160,7 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
         st.summary.update(rows_written=writer.rows_written, shards_written=writer.shards,
                           sent=usage.requests, retries=usage.retries,
                           transient_errors=dict(usage.errors), elapsed_s=round(elapsed, 3),
+                          cpu_s=round(time.process_time() - cpu_started, 3),
                           concurrency_min=usage.concurrency_min)
     t = tally
     st.summary.update(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, AsyncIterator, Iterable, Protocol
 
 
@@ -41,6 +42,12 @@ class Sampling:
                 "max_tokens": self.max_tokens, "seed": self.seed,
                 "top_logprobs": self.top_logprobs, "json_schema": self.json_schema}
 
+    @cached_property
+    def as_json(self) -> str:
+        """The generated rows' `sampling` column: serialized once per Sampling object (plan()
+        shares one per sample index), not once per answer."""
+        return json.dumps(self.as_dict(), sort_keys=True)
+
 
 @dataclass
 class Request:
@@ -49,6 +56,7 @@ class Request:
     sampling: Sampling
     sample_index: int
     tag: Any = None  # the caller's handle (the corpus row); backends pass it through
+    messages_json: str | None = None  # messages_json(messages), when the caller has it
 
 
 @dataclass
@@ -86,11 +94,25 @@ class Usage:
     concurrency_final: int | None = None
 
 
-def request_key(identity: str, messages: list[dict], sampling: Sampling, sample_index: int) -> str:
+def messages_json(messages: list[dict]) -> str:
+    """The messages as the cache key serializes them. plan() calls it once per corpus row: the key
+    of every sample and the generated rows' `messages` column share the one string."""
+    return json.dumps(messages, sort_keys=True, ensure_ascii=False)
+
+
+def request_key(identity: str, messages: list[dict], sampling: Sampling, sample_index: int, *,
+                encoded_messages: str | None = None) -> str:
     """sha256 of what determines the answer: backend and model identity, the rendered messages,
-    sampling settings (seed included) and sample index. Never an endpoint's key or limits."""
-    blob = json.dumps({"teacher": identity, "messages": messages, "sampling": sampling.as_dict(),
-                       "sample": sample_index}, sort_keys=True, ensure_ascii=False)
+    sampling settings (seed included) and sample index. Never an endpoint's key or limits.
+
+    The blob is json.dumps({"teacher", "messages", "sampling", "sample"}, sort_keys=True,
+    ensure_ascii=False), byte for byte (every stored cache is keyed by it), assembled from its
+    parts so that messages already serialized by messages_json() are not serialized again."""
+    if encoded_messages is None:
+        encoded_messages = messages_json(messages)
+    sampling_json = json.dumps(sampling.as_dict(), sort_keys=True, ensure_ascii=False)
+    blob = (f'{{"messages": {encoded_messages}, "sample": {json.dumps(sample_index)}, '
+            f'"sampling": {sampling_json}, "teacher": {json.dumps(identity, ensure_ascii=False)}}}')
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -175,8 +175,10 @@ class OpenAITeacher:
                     if req is None:
                         exhausted = True
                         break
-                    await rpm.take(1)
-                    await tpm.take(_estimate_tokens(req))
+                    if rpm.rate is not None:  # no awaits per request when there is no limit
+                        await rpm.take(1)
+                    if tpm.rate is not None:
+                        await tpm.take(_estimate_tokens(req))
                     self.usage.requests += 1
                     task = asyncio.create_task(self._one(req, limit, health))
                     task.add_done_callback(finished.put_nowait)
@@ -189,6 +191,12 @@ class OpenAITeacher:
                 while not finished.empty():
                     batch.append(finished.get_nowait())
                 tasks.difference_update(batch)
+                # Every failure of the batch is looked at (a revoked key fails them all at once):
+                # the first is raised, and none is left for asyncio to log at exit as "never
+                # retrieved".
+                for error in [t.exception() for t in batch]:
+                    if error is not None:
+                        raise error
                 yield [t.result() for t in batch]
         finally:
             for t in tasks:

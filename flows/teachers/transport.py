@@ -15,6 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+# Imported with the module, not on the first request: the import (0.2 s of CPU here, SSL
+# contexts included) is a start-up cost, not part of the request loop.
+import aiohttp
+import orjson
+
 from flows.teachers.base import TeacherUnreachable
 from flows.teachers.limits import parse_retry_after
 from flows.urls import redact
@@ -63,31 +68,42 @@ def _unreachable(name: str, url: str, err) -> TeacherUnreachable:
                               f"({type(err).__name__}: {err}); is the server running?")
 
 
+def _orjson_str(obj) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _loads(raw: bytes):
+    """orjson parses a reply 3.6x faster than json (2.0 against 7.1 us for the fake server's
+    ~350-byte replies); json still reads what orjson refuses, such as NaN or -Infinity."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 class FastTransport:
     def __init__(self, base_url: str | None, api_key: str, timeout: float, concurrency: int):
-        import aiohttp
-
         self.base = (base_url or OPENAI_URL).rstrip("/")
-        self.aiohttp = aiohttp
-        # The key lives only in this session's default headers.
+        self.url = f"{self.base}/chat/completions"
+        # The key lives only in this session's default headers. orjson encodes the bench's
+        # few-shot request body (1.4 KB) in 1.3 us, json in 12.1 (best of 15).
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency + 8),
             headers={"Authorization": f"Bearer {api_key}"},
-            timeout=aiohttp.ClientTimeout(total=timeout))
+            timeout=aiohttp.ClientTimeout(total=timeout), json_serialize=_orjson_str)
 
     async def check(self, name: str) -> None:
         try:
             async with self.session.get(f"{self.base}/models",
-                                        timeout=self.aiohttp.ClientTimeout(total=15)) as r:
+                                        timeout=aiohttp.ClientTimeout(total=15)) as r:
                 if r.status in (401, 403):
                     raise TeacherUnreachable(f"teacher {name}: {redact(self.base)}/models "
                                              f"answered http {r.status} ({FATAL_WHY[r.status]})")
-        except (self.aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
             raise _unreachable(name, self.base, e) from None
 
     async def chat(self, params: dict) -> dict:
-        aiohttp = self.aiohttp
-        url = f"{self.base}/chat/completions"
+        url = self.url
         try:
             async with self.session.post(url, json=params) as r:
                 raw = await r.read()
@@ -98,7 +114,7 @@ class FastTransport:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             raise Retryable(f"connection: {type(e).__name__}: {e}") from None
         try:
-            return json.loads(raw)
+            return _loads(raw)
         except ValueError:
             raise Retryable("malformed response: not JSON") from None
 

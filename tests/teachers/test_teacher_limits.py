@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
+import json
 import time
 from datetime import datetime, timedelta, timezone
 
-from flows.teachers.base import Sampling, request_key
+from flows.teachers.base import Sampling, messages_json, request_key
 from flows.teachers.limits import AdaptiveLimit, PerMinute, backoff_delay, parse_retry_after
 
 
@@ -69,3 +71,23 @@ def test_request_key_covers_content_sampling_seed_and_sample_but_no_secrets():
     assert k != request_key("openai:x:m", msgs, Sampling(0.7, 0.95, 64, 0), 0)
     assert k != request_key("openai:x:other", msgs, s, 0)
     assert k != request_key("openai:x:m", [{"role": "user", "content": "hi!"}], s, 0)
+
+
+def test_request_key_is_byte_for_byte_the_key_stored_caches_hold():
+    # request_key() assembles its blob from parts so plan() can serialize messages once; every
+    # response cache written before was keyed by this one json.dumps of the whole dict.
+    def stored_key(identity, messages, sampling, sample):
+        blob = json.dumps({"teacher": identity, "messages": messages,
+                           "sampling": sampling.as_dict(), "sample": sample},
+                          sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    messages = [{"role": "system", "content": "Réponds «juste» — 数字\n\t\"quoted\" \\ \u2028"},
+                {"role": "user", "content": "x", "name": "zoë", "extra": {"b": [1, 2.5], "a": None}}]
+    schema = {"type": "object", "properties": {"answer": {"description": "le résultat"}}}
+    for sampling, sample in [(Sampling(0.8, 0.95, 64, 7), 3), (Sampling(0.0, 1.0, 1, None), 0),
+                             (Sampling(1.2, 0.5, 512, 0, 5, schema), 12)]:
+        want = stored_key("openai:http://h:1/v1:m", messages, sampling, sample)
+        assert request_key("openai:http://h:1/v1:m", messages, sampling, sample) == want
+        assert request_key("openai:http://h:1/v1:m", messages, sampling, sample,
+                           encoded_messages=messages_json(messages)) == want
