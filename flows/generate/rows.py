@@ -21,10 +21,40 @@ GENERATED_SCHEMA = pa.schema([
 ])
 
 
+# Python types that certainly convert to each column's Arrow type.
+_EXACT = {pa.string(): str, pa.int64(): int}
+_COLUMNS = tuple((f.name, _EXACT[f.type]) for f in GENERATED_SCHEMA)
+_INT64 = range(-(2**63), 2**63)
+
+
+def _plainly_fits(row: dict) -> bool:
+    """True when every value is None, a str that encodes as UTF-8, or an int in int64 range:
+    then Arrow certainly accepts the row. (False means "ask Arrow", not "bad".)"""
+    for name, kind in _COLUMNS:
+        value = row.get(name)
+        if value is None:
+            continue
+        if type(value) is not kind:
+            return False
+        if kind is str:
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")  # lone surrogates from a broken reply fail here
+                except UnicodeEncodeError:
+                    return False
+        elif value not in _INT64:
+            return False
+    return True
+
+
 def check_rows(rows: list[dict]) -> None:
     """Raise if the rows do not fit GENERATED_SCHEMA (what the shard writer would hit later,
-    in its own thread, after the answer had been cached)."""
-    pa.Table.from_pylist(rows, GENERATED_SCHEMA)
+    in its own thread, after the answer had been cached). Building a one-row Arrow table per
+    answer was this stage's largest per-answer cost at 20 ms latency (about 0.15 ms of the
+    ~0.2 ms stairs spent beyond a bare HTTP loop); the plain type check gives the same verdict
+    for ordinary rows in microseconds, and Arrow still decides everything else."""
+    if not all(_plainly_fits(row) for row in rows):
+        pa.Table.from_pylist(rows, GENERATED_SCHEMA)
 
 
 def row_id(source_id: str, template_hash: str, sample_index: int, item: int) -> str:

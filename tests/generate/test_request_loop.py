@@ -45,3 +45,22 @@ def test_the_collector_is_unfrozen_when_the_loop_fails(tmp_path, workspace):
         with pytest.raises(TeacherUnreachable):
             run_generate(path, workspace)
     assert gc.get_freeze_count() == 0
+
+
+def test_the_quick_row_check_agrees_with_arrow():
+    """check_rows skips building an Arrow table for plain rows: every value it lets through
+    must convert, and everything Arrow refuses must still raise."""
+    import pyarrow as pa
+
+    from flows.generate.rows import GENERATED_SCHEMA, check_rows
+
+    plain = {"id": "a", "round": 0, "answer": "8", "prompt_tokens": 12, "error": None}
+    check_rows([plain])
+    for odd in ({"answer": "x\ud800"}, {"round": True}, {"prompt_tokens": 2**63},
+                {"answer": 8}, {"round": "1"}):
+        with pytest.raises((pa.ArrowException, UnicodeEncodeError, OverflowError)):
+            check_rows([plain, {**plain, **odd}])
+    # Odd but convertible (Arrow decides): bytes for a string, a whole float for an int.
+    for fine in ({"answer": b"8"}, {"round": 1.0}, {"answer": "é"}):
+        check_rows([{**plain, **fine}])
+        pa.Table.from_pylist([{**plain, **fine}], GENERATED_SCHEMA)
