@@ -64,6 +64,7 @@ def _expected_errors(stage_errors: dict) -> dict[type[BaseException], tuple[str,
     from flows.models import ModelRefError
     from flows.prefect_server import PrefectServerError
     from flows.prompting import TemplateError
+    from flows.registry_files import RegistryFetchError
     from flows.spec import SpecError
     from flows.teachers import TeacherUnreachable
     from flows.workspace import UnknownRun
@@ -74,6 +75,7 @@ def _expected_errors(stage_errors: dict) -> dict[type[BaseException], tuple[str,
             TeacherUnreachable: ("teacher unreachable", 3), RunLocked: ("run in use", 4),
             **stage_errors, OperationalError: ("catalog error", 1),
             PrefectServerError: ("cannot start Prefect", 1),
+            RegistryFetchError: ("cannot fetch from the package registry", 1),
             OSError: ("cannot read or write", 1), MemoryError: ("out of memory", 1)}
 
 
