@@ -43,6 +43,10 @@ class Columns(Strict):
     passage: str = Field("passage", description="Column with the text the question is about.")
     question: str | None = Field("question", description="Column with the question, if any.")
     answer: str | None = Field("answer", description="Column with the gold answer, if any.")
+    answer_format: Literal["text", "gsm8k", "drop_spans"] = Field(
+        "text", description="How the answer column holds the answer: plain text; 'gsm8k': a "
+        "worked solution ending '#### N' (N is the answer, the solution goes to meta); "
+        "'drop_spans': DROP's answer spans (a list, or {'spans': [...]}), joined by ', '.")
 
 
 class DemoSpec(Strict):

