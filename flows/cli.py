@@ -64,6 +64,7 @@ def _expected_errors(stage_errors: dict) -> dict[type[BaseException], tuple[str,
     from flows.models import ModelRefError
     from flows.prefect_server import PrefectServerError
     from flows.prompting import TemplateError
+    from flows.registry_files import RegistryFetchError
     from flows.spec import SpecError
     from flows.teachers import TeacherUnreachable
     from flows.workspace import UnknownRun
@@ -74,6 +75,7 @@ def _expected_errors(stage_errors: dict) -> dict[type[BaseException], tuple[str,
             TeacherUnreachable: ("teacher unreachable", 3), RunLocked: ("run in use", 4),
             **stage_errors, OperationalError: ("catalog error", 1),
             PrefectServerError: ("cannot start Prefect", 1),
+            RegistryFetchError: ("cannot fetch from the package registry", 1),
             OSError: ("cannot read or write", 1), MemoryError: ("out of memory", 1)}
 
 
@@ -421,6 +423,8 @@ def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, '
           curriculum: Path = typer.Option(..., "--curriculum", help="Curriculum YAML whose "
                                           "held-out rows and template to use."),
           rows: Optional[int] = typer.Option(None, help="Score only this many eval rows."),
+          as_teacher: bool = typer.Option(False, "--as-teacher", help="Ask with the template's "
+                                          "worked examples, as the staircase scores a teacher."),
           as_json: bool = JsonOpt) -> None:
     """Score any model on a curriculum's held-out rows (exact-match accuracy, loss, tokens/s)."""
     _load(curriculum)
@@ -428,7 +432,7 @@ def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, '
     from flows.params import EvalParams
 
     result = _run_flow(eval_flow, EvalParams, model=model, curriculum=str(curriculum), rows=rows,
-                       stage_errors={EvalError: ("cannot evaluate", 1)})
+                       as_teacher=as_teacher, stage_errors={EvalError: ("cannot evaluate", 1)})
     if as_json:
         _emit_json(result)
         return

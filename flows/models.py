@@ -3,6 +3,7 @@ serve): what a reference means, where its files are, how it loads, and how it is
 
 A reference is one of:
     "smollm2-135m"        the embedded SmolLM2-135M-Instruct GGUF (flows/embedded.py)
+    "qwen2.5-coder-1.5b"  a larger teacher assembled from registry packages (flows/named_models.py)
     "catalog:12"          a model the catalog recorded (a student, a quantized file, ...)
     "/x/student.gguf"     a GGUF file, or a Hugging Face model folder (one with config.json)
 
@@ -26,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from flows.embedded import EMBEDDED_NAME, embedded_gguf
+from flows.named_models import NAMED_GGUF, named_gguf, named_path
 
 CATALOG_PREFIX = "catalog:"
 STAIRS_META = "stairs.json"  # written next to every model we save: lineage and how it was made
@@ -51,9 +53,11 @@ def model_path(path: str) -> Path:
     return p if p.is_absolute() else models_root() / p
 
 
-def resolve_model(ref: str, catalog=None, *, base_dir: Path | None = None) -> Path:
+def resolve_model(ref: str, catalog=None, *, base_dir: Path | None = None,
+                  fetch: bool = True) -> Path:
     """A reference as a path on disk. A relative path is taken against base_dir (a curriculum's
-    folder) when given."""
+    folder) when given. A named larger model is fetched and assembled on first use; with
+    fetch=False (validation) the name is only checked and its cache path returned."""
     ref = str(ref).strip()
     if ref.startswith(CATALOG_PREFIX):
         from storage.tables import Model
@@ -74,11 +78,14 @@ def resolve_model(ref: str, catalog=None, *, base_dir: Path | None = None) -> Pa
         return path
     if ref == EMBEDDED_NAME:
         return embedded_gguf()
+    if ref in NAMED_GGUF:
+        return named_gguf(ref) if fetch else named_path(ref)
     path = Path(ref).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
     if not path.exists():
-        raise ModelRefError(f"{ref!r}: not a catalog:<id>, not {EMBEDDED_NAME!r}, and no such "
+        raise ModelRefError(f"{ref!r}: not a catalog:<id>, not a model name "
+                            f"({', '.join([EMBEDDED_NAME, *NAMED_GGUF])}), and no such "
                             f"file or folder ({path})")
     return path.resolve()
 

@@ -153,6 +153,9 @@ class EvalParams(FlowParams):
                                         "catalog:<id> (see `stairs show RUN`).")
     rows: Optional[int] = Field(None, ge=1, description="Score only the first N held-out rows "
                                                          "(default: student.eval_rows).")
+    as_teacher: bool = Field(False, description="Ask as the staircase scores a teacher: with the "
+                             "template's worked examples (teacher.few_shot) and "
+                             "quantization.max_new_tokens, instead of as a student.")
 
 
 class PreviewParams(FlowParams):

