@@ -70,6 +70,8 @@ class GenerateResult(StageResult):
     cost_usd: float | None = None
     budget_exhausted: bool = False
     complete: bool = False
+    batches: list[dict] = Field([], description="Per batch: its index, requests, rows, and "
+                                "where it ran (host, pid, Dask/Ray worker, endpoint limit held).")
 
 
 class CurateResult(StageResult):

@@ -44,7 +44,10 @@ class Budget:
         return over
 
 
-def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_spec) -> Tally:
+def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_spec,
+             start_teacher: bool = True) -> Tally:
+    """start_teacher=False: the caller started the teacher (a generate batch: the flow starts
+    it once for all its batches)."""
     tally = Tally()
     answers = cache.lookup([r.key for r in requests])
 
@@ -100,7 +103,8 @@ def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_s
     if misses:
         budget = Budget(budget_spec.max_requests, budget_spec.max_total_tokens, tally,
                         teacher.usage)
-        with_teacher(teacher, lambda: _send(teacher, misses, rows_for, record, budget, cache))
+        body = lambda: _send(teacher, misses, rows_for, record, budget, cache)  # noqa: E731
+        with_teacher(teacher, body) if start_teacher else body()
     return tally
 
 

@@ -94,6 +94,11 @@ class LlamaCppTeacher(OpenAITeacher):
         except (OSError, AttributeError):
             return "(no log)"
 
+    def for_batch(self) -> "LlamaCppTeacher":
+        batch = super().for_batch()
+        batch.proc = None  # the server stays this object's child; the copy only talks to it
+        return batch
+
     def close(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:

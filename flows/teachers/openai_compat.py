@@ -10,6 +10,7 @@ openai SDK with its own retries off, so every retry goes through our limiter and
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 from typing import AsyncIterator, Iterable
 
@@ -65,6 +66,19 @@ class OpenAITeacher:
         self.identity = identity or f"openai:{model_host(self.base_url)}:{spec.model}"
         self.usage = Usage()
         self.transport = None
+        self.concurrency = spec.concurrency  # requests in flight at most (a batch may hold fewer)
+
+    @property
+    def endpoint_for_limit(self) -> str:
+        """The endpoint whose global concurrency limit a generate batch holds slots of."""
+        return self.base_url or OPENAI_URL
+
+    def for_batch(self) -> "OpenAITeacher":
+        """A copy for one generate batch, picklable for a Dask or Ray worker: its own counters
+        and connections, the same endpoint (already started), nothing to start or close."""
+        batch = copy.copy(self)
+        batch.usage, batch.transport = Usage(), None
+        return batch
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -152,11 +166,11 @@ class OpenAITeacher:
     async def stream(self, requests: Iterable[Request], *, stop=None
                      ) -> AsyncIterator[list[tuple[Request, Reply]]]:
         spec = self.spec
-        limit = AdaptiveLimit(spec.concurrency, adaptive=spec.adaptive)
+        limit = AdaptiveLimit(self.concurrency, adaptive=spec.adaptive)
         rpm, tpm = PerMinute(spec.rpm), PerMinute(spec.tpm)
         health = Health()
         self.transport = TRANSPORTS[spec.client](self.base_url, api_key(spec.api_key_env),
-                                                 spec.timeout, spec.concurrency)
+                                                 spec.timeout, self.concurrency)
         source = iter(requests)
         tasks: set[asyncio.Task] = set()
         # Finished tasks land here through a done-callback: O(1) per answer, where
