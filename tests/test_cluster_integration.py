@@ -1,0 +1,187 @@
+"""Stage work on a cluster, for real: a Prefect server and a Dask cluster (a scheduler and two
+worker processes, started as `dask scheduler` / `dask worker` would be) on 127.0.0.1, the
+generate and curate flows run in this process with STAIRS_TASK_RUNNER=dask and
+STAIRS_TASK_RUNNER_ADDRESS pointing at the scheduler, against the loopback fake OpenAI server.
+
+The batches must run in the workers (the stage summary records each batch's process, written
+by the batch itself), every row must be asked for and written exactly once, and the shards
+must hold exactly what a thread-runner run of the same curriculum writes. Every process we
+start is stopped by its process group, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.gen_helpers import generated, write_curriculum
+from tests.helpers.openai_server import FakeOpenAI, free_port
+from tests.test_deploy_integration import stop, wait_until
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS, BATCH = 24, 6
+
+
+class Processes:
+    def __init__(self, tmp: Path):
+        self.tmp, self.procs = tmp, []
+
+    def start(self, name: str, cmd: list[str], env: dict) -> subprocess.Popen:
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "STAIRS_"))}
+    env.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(ROOT),
+                "PREFECT_LOGGING_LEVEL": "WARNING", **extra})
+    return env
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster-prefect")
+    procs = Processes(tmp)
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        server = procs.start("server", [sys.executable, "-m", "prefect", "server", "start",
+                                        "--host", "127.0.0.1", "--port", str(port)],
+                             clean_env(PREFECT_HOME=str(tmp / "prefect-home")))
+
+        def healthy():
+            if server.poll() is not None:
+                raise RuntimeError("prefect server exited:\n" + procs.log("server"))
+            return httpx.get(api + "/health", timeout=2).status_code == 200
+
+        wait_until(healthy, 180, "prefect server")
+        yield api
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def in_server(prefect_api, monkeypatch):
+    """Flows run in this process talk to the module's server (so do the cluster's workers)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        yield prefect_api
+        APILogHandler().flush()
+        EventsWorker.drain_all(timeout=10)
+
+
+def start_dask(tmp: Path, env: dict, workers: int = 2) -> tuple[str, Processes]:
+    """A scheduler and `workers` worker processes (one thread each) on loopback."""
+    procs = Processes(tmp)
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs.start("scheduler", dask + ["--host", "127.0.0.1", "--port", str(port),
+                                     "--no-dashboard"], env)
+    for i in range(workers):
+        procs.start(f"worker-{i}", [sys.executable, "-m", "distributed.cli.dask_worker",
+                                    address, "--host", "127.0.0.1", "--nthreads", "1",
+                                    "--nworkers", "1", "--name", f"stairs-w{i}",
+                                    "--no-dashboard", "--no-nanny"], env)
+    from distributed import Client
+
+    def ready():
+        with Client(address, timeout=5) as client:
+            return len(client.scheduler_info()["workers"]) == workers
+
+    try:
+        wait_until(ready, 120, "dask workers", interval=1)
+    except Exception:
+        procs.stop_all()
+        raise RuntimeError("dask cluster did not start:\n" + procs.log("scheduler")
+                           + procs.log("worker-0"))
+    return address, procs
+
+
+def run_stages(curriculum: Path, home: Path, monkeypatch, runner: str):
+    """generate then curate, as flow runs in this process, with the given task runner."""
+    from flows.curate.flow import curate_flow
+    from flows.generate.flow import generate_flow
+    from flows.orchestration import task_runner
+    from flows.params import RoundParams, StageParams
+    from flows.workspace import Workspace
+
+    monkeypatch.setenv("STAIRS_HOME", str(home))
+    monkeypatch.setenv("STAIRS_TASK_RUNNER", runner)
+    gen = generate_flow.with_options(task_runner=task_runner())(
+        StageParams(curriculum=str(curriculum)))
+    cur = curate_flow.with_options(task_runner=task_runner())(
+        RoundParams(curriculum=str(curriculum), run_id=gen.run_id))
+    ws = Workspace.open()
+    rows = generated(ws, gen.run_id).sort("id")
+    stage = ws.latest_stage("curate", run_id=gen.run_id)
+    curated = {kind: ws.store.scan(ws.shards(stage, kind)).collect().sort("id")
+               for kind in ("kept", "dropped", "train")}
+    ws.catalog.engine.dispose()
+    return gen, cur, rows, curated
+
+
+def test_generate_and_curate_on_a_dask_cluster_match_the_thread_runner(
+        in_server, tmp_path, monkeypatch):
+    pytest.importorskip("prefect_dask", reason="the dask extra: pip install 'stairs[dask]'")
+    curriculum = write_curriculum(tmp_path, "http://placeholder/v1", rows=ROWS,
+                                  teacher={"concurrency": 2},
+                                  generate={"batch_requests": BATCH})
+    results = {}
+    for runner in ("thread", "dask"):
+        home = tmp_path / f"home-{runner}"
+        with FakeOpenAI(latency=0.02) as srv:
+            curriculum.write_text(curriculum.read_text().replace(
+                "http://placeholder/v1" if runner == "thread" else results["url"], srv.base_url))
+            results["url"] = srv.base_url
+            if runner == "dask":
+                address, procs = start_dask(tmp_path, clean_env(
+                    PREFECT_API_URL=in_server, STAIRS_HOME=str(home)))
+                monkeypatch.setenv("STAIRS_TASK_RUNNER_ADDRESS", address)
+            try:
+                results[runner] = run_stages(curriculum, home, monkeypatch, runner)
+            finally:
+                if runner == "dask":
+                    procs.stop_all()
+            # Every request reached the teacher exactly once.
+            assert len(srv.received) == ROWS and set(srv.received.values()) == {1}
+
+    gen_t, cur_t, rows_t, curated_t = results["thread"]
+    gen_d, cur_d, rows_d, curated_d = results["dask"]
+    for gen, rows in ((gen_t, rows_t), (gen_d, rows_d)):
+        assert gen.complete and gen.rows_written == ROWS == rows.height
+        assert rows["id"].n_unique() == ROWS  # every row exactly once
+        assert sorted(b["batch"] for b in gen.batches) == list(range(ROWS // BATCH))
+    # Batches ran in the cluster's worker processes, at least two of them.
+    pids = {b["pid"] for b in gen_d.batches}
+    assert os.getpid() not in pids and len(pids) >= 2, gen_d.batches
+    assert {b["worker"] for b in gen_d.batches} <= {"stairs-w0", "stairs-w1"}
+    assert {b["pid"] for b in gen_t.batches} == {os.getpid()}
+    # Same shard contents either way (run-independent columns: all of them).
+    assert rows_t.equals(rows_d)
+    for kind in ("kept", "dropped", "train"):
+        assert curated_t[kind].equals(curated_d[kind]), kind
+    assert cur_t.kept == cur_d.kept and cur_t.drops_by_reason == cur_d.drops_by_reason
+
