@@ -96,6 +96,25 @@ def map_step(fn: Callable, items, *, name: str | None = None, parallel: bool = T
     return results
 
 
+def worker_name() -> str | None:
+    """The Dask worker's name or the Ray worker's id running this task, else None (a thread of
+    the flow's process, or a plain call): stages record it per batch and partition."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        pass
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"ray:{ray.get_runtime_context().get_worker_id()[:12]}"
+    except ImportError:
+        pass
+    return None
+
+
 # -- task runners ------------------------------------------------------------------------------
 TASK_RUNNERS = ("thread", "dask", "ray")
 

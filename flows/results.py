@@ -83,7 +83,8 @@ class CurateResult(StageResult):
     eval_ngrams: int = 0
     kept_by_stage: dict[str, int] = {}
     mean_confidence: float | None = None
-
+    partitions: list[dict] = Field([], description="Per partition: its index, rows, and where "
+                                   "its per-row work ran (host, pid, Dask/Ray worker).")
 
 class TrainResult(StageResult):
     stage: ClassVar[str] = "train"

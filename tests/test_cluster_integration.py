@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.helpers.gen_helpers import generated, write_curriculum
 from tests.helpers.openai_server import FakeOpenAI, free_port
@@ -116,7 +117,7 @@ def start_dask(tmp: Path, env: dict, workers: int = 2) -> tuple[str, Processes]:
     except Exception:
         procs.stop_all()
         raise RuntimeError("dask cluster did not start:\n" + procs.log("scheduler")
-                           + procs.log("worker-0"))
+                           + procs.log("worker-0")) from None
     return address, procs
 
 
@@ -149,6 +150,10 @@ def test_generate_and_curate_on_a_dask_cluster_match_the_thread_runner(
     curriculum = write_curriculum(tmp_path, "http://placeholder/v1", rows=ROWS,
                                   teacher={"concurrency": 2},
                                   generate={"batch_requests": BATCH})
+    # Each batch wrote one 6-row shard; two shards per curation partition.
+    doc = yaml.safe_load(curriculum.read_text())
+    doc["curation"] = {"partition_rows": 2 * BATCH, "require_gold_match": False}
+    curriculum.write_text(yaml.safe_dump(doc))
     results = {}
     for runner in ("thread", "dask"):
         home = tmp_path / f"home-{runner}"
@@ -179,9 +184,15 @@ def test_generate_and_curate_on_a_dask_cluster_match_the_thread_runner(
     assert os.getpid() not in pids and len(pids) >= 2, gen_d.batches
     assert {b["worker"] for b in gen_d.batches} <= {"stairs-w0", "stairs-w1"}
     assert {b["pid"] for b in gen_t.batches} == {os.getpid()}
+    # Curation's per-row work ran per partition in the workers too; votes and dedup globally.
+    for cur in (cur_t, cur_d):
+        assert sorted(p["partition"] for p in cur.partitions) == [0, 1]
+        assert sum(p["rows"] for p in cur.partitions) == ROWS == cur.kept + cur.dropped
+    assert {p["worker"] for p in cur_d.partitions} <= {"stairs-w0", "stairs-w1"}
+    assert os.getpid() not in {p["pid"] for p in cur_d.partitions}
     # Same shard contents either way (run-independent columns: all of them).
     assert rows_t.equals(rows_d)
     for kind in ("kept", "dropped", "train"):
         assert curated_t[kind].equals(curated_d[kind]), kind
-    assert cur_t.kept == cur_d.kept and cur_t.drops_by_reason == cur_d.drops_by_reason
+    assert cur_t.kept == cur_d.kept > 0 and cur_t.drops_by_reason == cur_d.drops_by_reason
 

@@ -21,7 +21,7 @@ from typing import Any
 from flows.generate.dispatch import dispatch
 from flows.generate.rows import build_rows
 from flows.generate.writer import ShardWriter
-from flows.orchestration import endpoint_slots, step
+from flows.orchestration import endpoint_slots, step, worker_name
 from flows.teachers.cache import ResponseCacheStore
 
 
@@ -93,23 +93,6 @@ class _Quiet:
         pass
 
 
-def _worker_name() -> str | None:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().name)
-    except (ImportError, ValueError):
-        pass
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return f"ray:{ray.get_runtime_context().get_worker_id()[:12]}"
-    except ImportError:
-        pass
-    return None
-
-
 @step(name="generate-batch")
 def run_batch(job: BatchJob) -> BatchResult:
     from flows.workspace import Workspace
@@ -117,7 +100,7 @@ def run_batch(job: BatchJob) -> BatchResult:
     started = time.monotonic()
     ws = job.ws or Workspace.attach()
     result = BatchResult(index=job.index, requests=len(job.requests), host=socket.gethostname(),
-                         pid=os.getpid(), worker=_worker_name())
+                         pid=os.getpid(), worker=worker_name())
     writer = ShardWriter(ws.store, job.stage, job.parents, batch_rows=job.batch_rows,
                          flush_seconds=job.flush_seconds)
     cache = ResponseCacheStore(ws.catalog)
