@@ -11,6 +11,7 @@ start is stopped by its process group, also when a test fails.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -196,3 +197,48 @@ def test_generate_and_curate_on_a_dask_cluster_match_the_thread_runner(
         assert curated_t[kind].equals(curated_d[kind]), kind
     assert cur_t.kept == cur_d.kept > 0 and cur_t.drops_by_reason == cur_d.drops_by_reason
 
+
+
+def generate_cli(curriculum: Path, env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", "generate", str(curriculum),
+                                 "--json"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_two_runs_at_once_share_the_endpoint_limit(prefect_api, tmp_path):
+    """Two `stairs generate` processes at once, each allowed 4 requests in flight, against one
+    endpoint whose limit has 2 slots: the endpoint never sees more than 2 at once."""
+    slots, rows = 2, 24
+    env = clean_env(PREFECT_API_URL=prefect_api, STAIRS_HOME=str(tmp_path / "home"),
+                    STAIRS_TEACHER_SLOTS=str(slots))
+    with FakeOpenAI(latency=0.4) as srv:
+        procs = []
+        for i in (1, 2):  # other sampling seeds: other requests, no shared cache hits
+            folder = tmp_path / f"run-{i}"
+            folder.mkdir()
+            curriculum = write_curriculum(folder, srv.base_url, rows=rows, name=f"limit-{i}",
+                                          teacher={"concurrency": 4, "seed": i},
+                                          generate={"batch_requests": 4})
+            procs.append(generate_cli(curriculum, env, tmp_path / f"run-{i}.log"))
+        try:
+            for i, proc in enumerate(procs, 1):
+                assert proc.wait(240) == 0, (tmp_path / f"run-{i}.log").read_text()[-3000:]
+        finally:
+            for proc in procs:
+                stop(proc)
+        results = [json.loads((tmp_path / f"run-{i}.log").read_text()[
+            (tmp_path / f"run-{i}.log").read_text().index("{"):]) for i in (1, 2)]
+        assert sum(srv.received.values()) == 2 * rows and set(srv.received.values()) == {1}
+        assert srv.max_in_flight == slots  # bounded by the limit, and the limit was used
+    name = "teacher-" + srv.base_url.split("://")[1].replace(":", "-").replace("/", "-")
+    spans = []
+    for r in results:
+        assert r["complete"] and r["rows_written"] == rows
+        assert {b["limit"] for b in r["batches"]} == {name}
+        spans.append((min(b["started_at"] for b in r["batches"]),
+                       max(b["started_at"] + b["seconds"] for b in r["batches"])))
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1, spans  # the two runs did overlap
+    limit = httpx.get(f"{prefect_api}/v2/concurrency_limits/{name}").json()
+    assert limit["limit"] == slots and limit["active_slots"] == 0

@@ -74,12 +74,13 @@ class BatchResult:
     host: str = ""
     pid: int = 0
     worker: str | None = None  # the Dask worker's or Ray node's name, when there is one
+    started_at: float = 0.0  # epoch seconds
     seconds: float = 0.0
 
     def where(self) -> dict:
         return {"batch": self.index, "requests": self.requests, "rows": self.rows_written,
                 "host": self.host, "pid": self.pid, "worker": self.worker,
-                "limit": self.limit, "seconds": self.seconds}
+                "limit": self.limit, "started_at": self.started_at, "seconds": self.seconds}
 
 
 def split(requests: list, size: int) -> list[list]:
@@ -97,10 +98,10 @@ class _Quiet:
 def run_batch(job: BatchJob) -> BatchResult:
     from flows.workspace import Workspace
 
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     ws = job.ws or Workspace.attach()
     result = BatchResult(index=job.index, requests=len(job.requests), host=socket.gethostname(),
-                         pid=os.getpid(), worker=worker_name())
+                         pid=os.getpid(), worker=worker_name(), started_at=started_at)
     writer = ShardWriter(ws.store, job.stage, job.parents, batch_rows=job.batch_rows,
                          flush_seconds=job.flush_seconds)
     cache = ResponseCacheStore(ws.catalog)

@@ -80,6 +80,8 @@ class FakeOpenAI:
     reject_status: int = 401  # 401 bad key, 403 forbidden, 404 no such model
     files: dict = field(default_factory=dict)  # Batch API files: id -> bytes
     batches: dict = field(default_factory=dict)
+    in_flight: int = 0  # chat requests being answered now
+    max_in_flight: int = 0  # the most at once since start: what a shared limit must bound
 
     def __post_init__(self):
         self._rng = random.Random(self.faults.seed)
@@ -122,6 +124,14 @@ class FakeOpenAI:
         self.formats.append(request.get("response_format"))
         key = content_key(request["messages"], request.get("seed"))
         self.received[key] += 1
+        self.in_flight += 1  # one event loop: no lock needed
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._chat(send, request, key)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat(self, send, request, key):
         await asyncio.sleep(self.latency)
         if any(needle in message_text(request["messages"][-1]) for needle in self.drop):
             return await self._disconnect(send, request, key)
