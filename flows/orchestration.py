@@ -205,8 +205,8 @@ def ensure_limit(name: str, slots: int) -> None:
 
 @dataclass
 class Held:
-    name: str  # the limit's name
-    occupied: int  # slots held
+    name: str  # the limit's name (replicas: their limits' names, comma-separated)
+    occupied: int  # slots held (of each limit)
 
 
 def limit_size(name: str) -> int:
@@ -217,7 +217,7 @@ def limit_size(name: str) -> int:
 
 
 @contextmanager
-def endpoint_slots(endpoint: str, *, slots: int | None = None, occupy: int = 1,
+def endpoint_slots(endpoint: str | list[str], *, slots: int | None = None, occupy: int = 1,
                    timeout_seconds: float | None = None) -> Iterator[Held | None]:
     """Hold `occupy` slots (at most the limit's size, read now: an operator may have changed
     it in the UI) of the endpoint's global concurrency limit; yield what is held, or None
@@ -233,13 +233,15 @@ def endpoint_slots(endpoint: str, *, slots: int | None = None, occupy: int = 1,
         return
     from prefect.concurrency.sync import concurrency
 
-    name = teacher_limit_name(endpoint)
+    endpoints = endpoint if isinstance(endpoint, list) else [endpoint]
+    names = [teacher_limit_name(e) for e in endpoints]  # replicas: one limit each
     size = slots if slots is not None else int(os.environ.get("STAIRS_TEACHER_SLOTS",
                                                               DEFAULT_TEACHER_SLOTS))
-    ensure_limit(name, size)
-    occupied = max(1, min(occupy, limit_size(name))) if occupy > 1 else 1
-    with concurrency(name, occupy=occupied, timeout_seconds=timeout_seconds, strict=True):
-        yield Held(name, occupied)
+    for name in names:
+        ensure_limit(name, size)
+    occupied = max(1, min([occupy] + [limit_size(n) for n in names])) if occupy > 1 else 1
+    with concurrency(names, occupy=occupied, timeout_seconds=timeout_seconds, strict=True):
+        yield Held(",".join(names), occupied)
 
 
 @contextmanager

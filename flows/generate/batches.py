@@ -42,10 +42,11 @@ class BatchJob:
     # Only when the batch runs in the flow's own process: never shipped to a worker.
     ws: Any = None
     progress: Any = None
+    cancel: Any = None  # threading.Event the flow sets when it is stopped (Ctrl-C, an error)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["ws"] = state["progress"] = None
+        state["ws"] = state["progress"] = state["cancel"] = None
         return state
 
 
@@ -111,13 +112,14 @@ def run_batch(job: BatchJob) -> BatchResult:
         return build_rows(source=req.tag, request=req, reply=reply, template=job.template,
                           teacher_name=job.teacher_name, round_index=job.round_index)
 
+    cancelled = job.cancel.is_set if job.cancel is not None else None
     endpoint = getattr(teacher, "endpoint_for_limit", None)
     try:
         if endpoint is None:  # in-process teachers: their own process is the limit
             tally = dispatch(requests=job.requests, teacher=teacher, cache=cache,
                              writer=writer, build_rows=rows_of,
                              progress=job.progress or _Quiet(), budget_spec=job.budget,
-                             start_teacher=False)
+                             start_teacher=False, cancelled=cancelled)
         else:
             want = teacher.concurrency
             with endpoint_slots(endpoint, slots=job.slots or want, occupy=want) as held:
@@ -127,7 +129,7 @@ def run_batch(job: BatchJob) -> BatchResult:
                 tally = dispatch(requests=job.requests, teacher=teacher, cache=cache,
                                  writer=writer, build_rows=rows_of,
                                  progress=job.progress or _Quiet(), budget_spec=job.budget,
-                                 start_teacher=False)
+                                 start_teacher=False, cancelled=cancelled)
     finally:
         # Runs on success, errors and Ctrl-C alike: whatever was answered becomes a shard.
         writer.flush()

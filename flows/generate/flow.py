@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from contextlib import nullcontext
 
@@ -150,6 +151,9 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
     in_flow_process = not in_flow_run() or not shipped or isinstance(
         FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
     slots_env = os.environ.get("STAIRS_TEACHER_SLOTS")
+    # Set when the flow stops (Ctrl-C, a failed batch): batches in this process send nothing
+    # more, record what is in flight and end. A batch on a cluster worker finishes its batch.
+    cancel = threading.Event()
 
     def job(i, requests):
         return BatchJob(index=i, requests=requests,
@@ -160,7 +164,8 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
                         flush_seconds=spec.generate.flush_seconds, budget=tspec,
                         slots=int(slots_env) if slots_env else tspec.concurrency,
                         ws=ws if in_flow_process else None,
-                        progress=progress if in_flow_process else None)
+                        progress=progress if in_flow_process else None,
+                        cancel=cancel if in_flow_process else None)
 
     def finished(_index, result):
         if not in_flow_process:
@@ -178,6 +183,7 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
             results = map_step(run_batch, jobs, name="generate-batch", parallel=shipped,
                                each=finished)
     except BaseException:
+        cancel.set()
         # A batch failed (or Ctrl-C): what the batches wrote is registered and counted.
         written = [s for s in ws.catalog.shards(st.id, "generated") if s.id not in before]
         st.summary.update(rows_written=sum(s.rows for s in written),
