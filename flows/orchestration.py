@@ -98,20 +98,21 @@ def map_step(fn: Callable, items, *, name: str | None = None, parallel: bool = T
 
 def worker_name() -> str | None:
     """The Dask worker's name or the Ray worker's id running this task, else None (a thread of
-    the flow's process, or a plain call): stages record it per batch and partition."""
-    try:
-        from distributed import get_worker
+    the flow's process, or a plain call): stages record it per batch and partition. Only
+    looked up where the cluster's library is already loaded (a worker has it; importing Ray
+    here would cost seconds, and two batch threads importing it at once see half a module)."""
+    import sys
 
-        return str(get_worker().name)
-    except (ImportError, ValueError):
-        pass
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return f"ray:{ray.get_runtime_context().get_worker_id()[:12]}"
-    except ImportError:
-        pass
+    distributed, ray = sys.modules.get("distributed"), sys.modules.get("ray")
+    if distributed is not None:
+        try:
+            return str(distributed.get_worker().name)
+        except ValueError:  # not in a Dask worker
+            pass
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        context = ray.get_runtime_context()
+        if context.worker.mode == ray.WORKER_MODE:  # not the driver (the flow's process)
+            return f"ray:{context.get_worker_id()[:12]}"
     return None
 
 

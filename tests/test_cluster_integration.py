@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,9 +47,12 @@ class Processes:
         path = self.tmp / f"{name}.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
+    cleanup = staticmethod(lambda: None)
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             stop(proc)
+        self.cleanup()
 
 
 def clean_env(**extra) -> dict:
@@ -145,58 +149,89 @@ def run_stages(curriculum: Path, home: Path, monkeypatch, runner: str):
     return gen, cur, rows, curated
 
 
-def test_generate_and_curate_on_a_dask_cluster_match_the_thread_runner(
-        in_server, tmp_path, monkeypatch):
-    pytest.importorskip("prefect_dask", reason="the dask extra: pip install 'stairs[dask]'")
+def start_ray(tmp: Path, env: dict) -> tuple[str, Processes]:
+    """A Ray head on loopback with 2 CPUs (so two tasks, in two worker processes, at once)."""
+    procs = Processes(tmp)
+    port = free_port()
+    temp = Path("/tmp") / f"ray-{port}"  # Ray's socket paths must stay short
+    procs.start("ray", [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                        "--node-ip-address", "127.0.0.1", "--port", str(port),
+                        "--num-cpus", "2", "--include-dashboard", "false",
+                        "--object-store-memory", str(100 * 1024 * 1024),
+                        "--disable-usage-stats", "--temp-dir", str(temp)], env)
+    address = f"127.0.0.1:{port}"
+
+    def ready():
+        assert procs.procs[0].poll() is None, procs.log("ray")
+        return "Ray runtime started" in procs.log("ray")
+
+    try:
+        wait_until(ready, 120, "ray head", interval=1)
+    except Exception:
+        procs.stop_all()
+        raise
+    procs.cleanup = lambda: shutil.rmtree(temp, ignore_errors=True)
+    return address, procs
+
+
+CLUSTERS = {"dask": ("prefect_dask", start_dask), "ray": ("prefect_ray", start_ray)}
+
+
+@pytest.mark.parametrize("kind", ["dask", "ray"])
+def test_generate_and_curate_on_a_cluster_match_the_thread_runner(
+        kind, in_server, tmp_path, monkeypatch):
+    extra, start_cluster = CLUSTERS[kind]
+    pytest.importorskip(extra, reason=f"the {kind} extra: pip install 'stairs[{kind}]'")
     curriculum = write_curriculum(tmp_path, "http://placeholder/v1", rows=ROWS,
                                   teacher={"concurrency": 2},
                                   generate={"batch_requests": BATCH})
     # Each batch wrote one 6-row shard; two shards per curation partition.
     doc = yaml.safe_load(curriculum.read_text())
     doc["curation"] = {"partition_rows": 2 * BATCH, "require_gold_match": False}
-    curriculum.write_text(yaml.safe_dump(doc))
     results = {}
-    for runner in ("thread", "dask"):
+    for runner in ("thread", kind):
         home = tmp_path / f"home-{runner}"
         with FakeOpenAI(latency=0.02) as srv:
-            curriculum.write_text(curriculum.read_text().replace(
-                "http://placeholder/v1" if runner == "thread" else results["url"], srv.base_url))
-            results["url"] = srv.base_url
-            if runner == "dask":
-                address, procs = start_dask(tmp_path, clean_env(
+            doc["teacher"]["base_url"] = srv.base_url
+            curriculum.write_text(yaml.safe_dump(doc))
+            procs = None
+            if runner != "thread":
+                address, procs = start_cluster(tmp_path, clean_env(
                     PREFECT_API_URL=in_server, STAIRS_HOME=str(home)))
                 monkeypatch.setenv("STAIRS_TASK_RUNNER_ADDRESS", address)
             try:
                 results[runner] = run_stages(curriculum, home, monkeypatch, runner)
             finally:
-                if runner == "dask":
+                if procs is not None:
                     procs.stop_all()
             # Every request reached the teacher exactly once.
             assert len(srv.received) == ROWS and set(srv.received.values()) == {1}
 
     gen_t, cur_t, rows_t, curated_t = results["thread"]
-    gen_d, cur_d, rows_d, curated_d = results["dask"]
-    for gen, rows in ((gen_t, rows_t), (gen_d, rows_d)):
+    gen_c, cur_c, rows_c, curated_c = results[kind]
+    for gen, rows in ((gen_t, rows_t), (gen_c, rows_c)):
         assert gen.complete and gen.rows_written == ROWS == rows.height
         assert rows["id"].n_unique() == ROWS  # every row exactly once
         assert sorted(b["batch"] for b in gen.batches) == list(range(ROWS // BATCH))
-    # Batches ran in the cluster's worker processes, at least two of them.
-    pids = {b["pid"] for b in gen_d.batches}
-    assert os.getpid() not in pids and len(pids) >= 2, gen_d.batches
-    assert {b["worker"] for b in gen_d.batches} <= {"stairs-w0", "stairs-w1"}
+    # Batches ran in the cluster's worker processes (each batch says where), at least two.
+    pids = {b["pid"] for b in gen_c.batches}
+    assert os.getpid() not in pids and len(pids) >= 2, gen_c.batches
+    workers = {b["worker"] for b in gen_c.batches}
+    if kind == "dask":
+        assert workers <= {"stairs-w0", "stairs-w1"}
+    else:
+        assert all(w.startswith("ray:") for w in workers) and len(workers) >= 2
     assert {b["pid"] for b in gen_t.batches} == {os.getpid()}
     # Curation's per-row work ran per partition in the workers too; votes and dedup globally.
-    for cur in (cur_t, cur_d):
+    for cur in (cur_t, cur_c):
         assert sorted(p["partition"] for p in cur.partitions) == [0, 1]
         assert sum(p["rows"] for p in cur.partitions) == ROWS == cur.kept + cur.dropped
-    assert {p["worker"] for p in cur_d.partitions} <= {"stairs-w0", "stairs-w1"}
-    assert os.getpid() not in {p["pid"] for p in cur_d.partitions}
-    # Same shard contents either way (run-independent columns: all of them).
-    assert rows_t.equals(rows_d)
-    for kind in ("kept", "dropped", "train"):
-        assert curated_t[kind].equals(curated_d[kind]), kind
-    assert cur_t.kept == cur_d.kept > 0 and cur_t.drops_by_reason == cur_d.drops_by_reason
-
+    assert os.getpid() not in {p["pid"] for p in cur_c.partitions}
+    # Same shard contents either way (every column).
+    assert rows_t.equals(rows_c)
+    for kind_ in ("kept", "dropped", "train"):
+        assert curated_t[kind_].equals(curated_c[kind_]), kind_
+    assert cur_t.kept == cur_c.kept > 0 and cur_t.drops_by_reason == cur_c.drops_by_reason
 
 
 def generate_cli(curriculum: Path, env: dict, log: Path) -> subprocess.Popen:
