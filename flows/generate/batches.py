@@ -11,6 +11,7 @@ shards) and reports where it ran, which the stage summary keeps per batch.
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import time
@@ -29,7 +30,7 @@ from flows.teachers.cache import ResponseCacheStore
 class BatchJob:
     index: int
     requests: list  # flows.teachers.Request, pending (not answered by an adopted shard)
-    teacher: Any  # a started teacher, or its for_batch() copy (picklable, nothing to start)
+    teacher: Any  # the started teacher, or its for_batch() copy (picklable, nothing to start)
     template: Any
     teacher_name: str
     round_index: int
@@ -113,6 +114,9 @@ def run_batch(job: BatchJob) -> BatchResult:
                           teacher_name=job.teacher_name, round_index=job.round_index)
 
     cancelled = job.cancel.is_set if job.cancel is not None else None
+    # A teacher shared by the flow's batches (one after another) keeps counting: this batch
+    # reports what it added.
+    before = copy.deepcopy(teacher.usage)
     endpoint = getattr(teacher, "endpoint_for_limit", None)
     try:
         if endpoint is None:  # in-process teachers: their own process is the limit
@@ -138,8 +142,11 @@ def run_batch(job: BatchJob) -> BatchResult:
             ws.catalog.engine.dispose()
     usage = teacher.usage
     result.rows_written, result.shards_written = writer.rows_written, writer.shards
-    result.sent, result.retries = usage.requests, usage.retries
-    result.transient_errors = dict(usage.errors)
+    result.sent = usage.requests - before.requests
+    result.retries = usage.retries - before.retries
+    errors = Counter(usage.errors)
+    errors.subtract(before.errors)
+    result.transient_errors = {k: n for k, n in errors.items() if n}
     result.concurrency_min = usage.concurrency_min
     for name in ("cache_hits", "cache_misses", "cache_evicted", "answered", "unanswered",
                  "prompt_tokens", "completion_tokens", "cached_prompt_tokens",

@@ -144,10 +144,11 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
     # A budget is one count for the whole stage: its requests stay in one batch.
     budgeted = tspec.max_requests is not None or tspec.max_total_tokens is not None
     size = max(1, len(todo)) if budgeted else spec.generate.batch_requests
-    # A teacher that can be copied to another process (an HTTP endpoint) runs its batches
-    # side by side on the task runner; one that lives in this process (a model loaded in
-    # memory) runs them one after another here.
-    shipped = hasattr(teacher, "for_batch")
+    # A teacher at a shared endpoint (an HTTP server others may use too) runs its batches side
+    # by side on the task runner, each holding slots of the endpoint's limit. One that lives
+    # in this process (a model in memory, the embedded llama.cpp server: our child on a port
+    # of its own, whose concurrency no limit would share) runs them one after another here.
+    shipped = getattr(teacher, "endpoint_for_limit", None) is not None
     in_flow_process = not in_flow_run() or not shipped or isinstance(
         FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
     slots_env = os.environ.get("STAIRS_TEACHER_SLOTS")

@@ -94,10 +94,9 @@ class LlamaCppTeacher(OpenAITeacher):
         except (OSError, AttributeError):
             return "(no log)"
 
-    def for_batch(self) -> "LlamaCppTeacher":
-        batch = super().for_batch()
-        batch.proc = None  # the server stays this object's child; the copy only talks to it
-        return batch
+    # Our child server on a port of its own: no other run shares it, so generate holds no
+    # endpoint limit for it and runs its batches in this process (flows/generate/flow.py).
+    endpoint_for_limit = None
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
