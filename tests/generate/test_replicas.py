@@ -9,7 +9,11 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+from pydantic import ValidationError
+
 from flows.generate import generate
+from flows.spec import TeacherSpec
 from flows.spec import load as load_curriculum
 from tests.helpers.gen_helpers import generated, write_curriculum
 from tests.helpers.openai_server import FakeOpenAI
@@ -53,3 +57,15 @@ def test_a_replica_killed_mid_run_loses_and_duplicates_nothing(tmp_path, workspa
         assert sum(b.answered.values()) > 0
         assert sum(a.answered.values()) > sum(seen["at_kill"].values())
         assert summary.transient_errors.get("connection", 0) >= len(seen["in_flight"])
+
+
+def test_replica_lists_are_checked_like_one_url():
+    one = TeacherSpec(backend="openai", model="m", base_url=["http://a:1/v1"])
+    assert one.base_url == "http://a:1/v1"  # a list of one is that URL
+    for bad, why in ((["http://a:1/v1", "http://a:1/v1"], "listed twice"), ([], "empty list"),
+                     (["http://a:1/v1", "ftp://b/v1"], "ftp://b/v1")):
+        with pytest.raises(ValidationError, match=why):
+            TeacherSpec(backend="openai", model="m", base_url=bad)
+    with pytest.raises(ValidationError, match="one base_url"):
+        TeacherSpec(backend="openai", model="m", base_url=["http://a/v1", "http://b/v1"],
+                    batch_api=True)
