@@ -14,17 +14,24 @@ from __future__ import annotations
 import functools
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 
 F = TypeVar("F", bound=Callable)
 
 
 def in_flow_run() -> bool:
     return FlowRunContext.get() is not None
+
+
+def in_run() -> bool:
+    """In a flow run, or in one of its task runs on a worker of the task runner (a Dask or
+    Ray worker process has the task run's context, not the flow run's)."""
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
 def step(fn: F | None = None, **task_options) -> F:
@@ -45,21 +52,68 @@ def step(fn: F | None = None, **task_options) -> F:
     return wrap(fn) if fn is not None else wrap
 
 
-def map_step(fn: Callable, items, *, name: str | None = None, **kwargs) -> list:
+def map_step(fn: Callable, items, *, name: str | None = None, parallel: bool = True,
+             each: Callable | None = None, **kwargs) -> list:
     """Run a `step` once per item (a generation batch, a curation partition) and return the
     results in item order. Inside a flow run each call is its own task, submitted to the flow's
     task runner, so a Dask or Ray runner spreads them over a cluster and the UI shows one named
-    task run per batch ("generate-batch-0", ...). Outside a flow run: a plain loop."""
+    task run per batch ("generate-batch-0", ...). Outside a flow run: a plain loop.
+
+    parallel=False: one task after another in the flow's own thread (work bound to objects
+    that live in this process, such as a model loaded in memory). `each(index, result)` is
+    called in the flow's process as each item finishes (progress)."""
     as_task = getattr(fn, "task", None)
     if as_task is None:
         raise TypeError(f"{getattr(fn, '__name__', fn)!r} is not a @step; map_step needs one")
     items = list(items)
     if not in_flow_run():
-        return [fn(item, **kwargs) for item in items]
+        results = []
+        for i, item in enumerate(items):
+            results.append(fn(item, **kwargs))
+            if each is not None:
+                each(i, results[-1])
+        return results
     label = name or as_task.name
-    futures = [as_task.with_options(task_run_name=f"{label}-{i}").submit(item, **kwargs)
-               for i, item in enumerate(items)]
-    return [f.result() for f in futures]
+    named = [as_task.with_options(task_run_name=f"{label}-{i}") for i in range(len(items))]
+    if not parallel:
+        results = []
+        for i, (t, item) in enumerate(zip(named, items)):
+            results.append(t(item, **kwargs))
+            if each is not None:
+                each(i, results[-1])
+        return results
+    futures = [t.submit(item, **kwargs) for t, item in zip(named, items)]
+    if each is None:
+        return [f.result() for f in futures]
+    from prefect.futures import as_completed
+
+    order = {f.task_run_id: i for i, f in enumerate(futures)}
+    results: list = [None] * len(futures)
+    for f in as_completed(futures):
+        i = order[f.task_run_id]
+        results[i] = f.result()
+        each(i, results[i])
+    return results
+
+
+def worker_name() -> str | None:
+    """The Dask worker's name or the Ray worker's id running this task, else None (a thread of
+    the flow's process, or a plain call): stages record it per batch and partition. Only
+    looked up where the cluster's library is already loaded (a worker has it; importing Ray
+    here would cost seconds, and two batch threads importing it at once see half a module)."""
+    import sys
+
+    distributed, ray = sys.modules.get("distributed"), sys.modules.get("ray")
+    if distributed is not None:
+        try:
+            return str(distributed.get_worker().name)
+        except ValueError:  # not in a Dask worker
+            pass
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        context = ray.get_runtime_context()
+        if context.worker.mode == ray.WORKER_MODE:  # not the driver (the flow's process)
+            return f"ray:{context.get_worker_id()[:12]}"
+    return None
 
 
 # -- task runners ------------------------------------------------------------------------------
@@ -150,6 +204,47 @@ def ensure_limit(name: str, slots: int) -> None:
     _known_limits.add(seen)
 
 
+@dataclass
+class Held:
+    name: str  # the limit's name (replicas: their limits' names, comma-separated)
+    occupied: int  # slots held (of each limit)
+
+
+def limit_size(name: str) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name).limit
+
+
+@contextmanager
+def endpoint_slots(endpoint: str | list[str], *, slots: int | None = None, occupy: int = 1,
+                   timeout_seconds: float | None = None) -> Iterator[Held | None]:
+    """Hold `occupy` slots (at most the limit's size, read now: an operator may have changed
+    it in the UI) of the endpoint's global concurrency limit; yield what is held, or None
+    outside a flow run. A generate batch holds as many slots as it keeps requests in flight,
+    so a limit of N slots means at most N requests at the endpoint from every run on every
+    worker together.
+
+    `slots` sizes the limit when it is first created (default: STAIRS_TEACHER_SLOTS, else 4)."""
+    import os
+
+    if not in_run():
+        yield None
+        return
+    from prefect.concurrency.sync import concurrency
+
+    endpoints = endpoint if isinstance(endpoint, list) else [endpoint]
+    names = [teacher_limit_name(e) for e in endpoints]  # replicas: one limit each
+    size = slots if slots is not None else int(os.environ.get("STAIRS_TEACHER_SLOTS",
+                                                              DEFAULT_TEACHER_SLOTS))
+    for name in names:
+        ensure_limit(name, size)
+    occupied = max(1, min([occupy] + [limit_size(n) for n in names])) if occupy > 1 else 1
+    with concurrency(names, occupy=occupied, timeout_seconds=timeout_seconds, strict=True):
+        yield Held(",".join(names), occupied)
+
+
 @contextmanager
 def teacher_slot(endpoint: str, *, slots: int | None = None,
                  timeout_seconds: float | None = None) -> Iterator[str | None]:
@@ -160,16 +255,5 @@ def teacher_slot(endpoint: str, *, slots: int | None = None,
     `slots` sizes the limit when it is first created (default: STAIRS_TEACHER_SLOTS, else 4).
     Outside a flow run it is a no-op, so unit tests and plain calls need no Prefect server.
     Yields the limit's name (None when no limit applied)."""
-    import os
-
-    if not in_flow_run():
-        yield None
-        return
-    from prefect.concurrency.sync import concurrency
-
-    name = teacher_limit_name(endpoint)
-    size = slots if slots is not None else int(os.environ.get("STAIRS_TEACHER_SLOTS",
-                                                              DEFAULT_TEACHER_SLOTS))
-    ensure_limit(name, size)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
-        yield name
+    with endpoint_slots(endpoint, slots=slots, timeout_seconds=timeout_seconds) as held:
+        yield held.name if held is not None else None

@@ -62,9 +62,15 @@ KNOBS: dict[str, tuple[type[BaseModel], str]] = {
 }
 
 
+# An override sets one value of the key's type; teacher.base_url also takes a list of replicas,
+# which the form's one text field does not: an override names one endpoint.
+ONE_VALUE = {"teacher.base_url": str}
+
+
 def _knob(model: type[BaseModel], key: str):
     field = model.model_fields[key.rsplit(".", 1)[1]]
-    kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    annotation = ONE_VALUE.get(key, field.annotation)
+    kind = Annotated[annotation, *field.metadata] if field.metadata else annotation
     help_ = f"Override {key}" + (f": {field.description}" if field.description else ".")
     return Optional[kind], Field(None, description=help_)
 

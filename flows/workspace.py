@@ -67,6 +67,13 @@ class Workspace:
         ws.mark_abandoned()
         return ws
 
+    @classmethod
+    def attach(cls) -> "Workspace":
+        """The workspace as a worker of the task runner sees it (its environment names the
+        same catalog and shards): a flow run elsewhere owns the run, so nothing is marked."""
+        catalog = Catalog()
+        return cls(catalog=catalog, store=ShardStore(catalog))
+
     def mark_abandoned(self) -> list[str]:
         """Runs still 'running' that no live process holds (killed, or their end could not be
         written) become 'failed', with their running stages, when the next command opens the

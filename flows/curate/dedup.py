@@ -13,7 +13,13 @@ import numpy as np
 import polars as pl
 
 from flows.curate.marks import drop_where
-from flows.curate.minhash import MinHashParams, connected_components, near_duplicate_clusters
+from flows.curate.minhash import (
+    MinHashParams,
+    clusters_of,
+    connected_components,
+    near_duplicate_clusters,
+    signatures,
+)
 
 
 def dedup_text(fields: list[str]) -> pl.Expr:
@@ -58,9 +64,36 @@ def _alive_labels(df: pl.DataFrame, labels_of_alive: np.ndarray) -> pl.Series:
     return pl.Series("_g", full).replace(-1, None)
 
 
+def with_signatures(df: pl.DataFrame, fields: list[str], params: MinHashParams) -> pl.DataFrame:
+    """MinHash signatures of the rows alive so far, as columns `_sig` and `_has` (null for the
+    others): a text's signature depends on nothing else, so partitions compute their own and
+    `near` only clusters them."""
+    alive = df["drop_reason"].is_null()
+    texts = df.filter(alive).select(dedup_text(fields)).to_series()
+    sig, has = signatures(texts, params)
+    idx = np.flatnonzero(alive.to_numpy())
+    full = np.zeros((len(df), params.permutations), dtype=np.uint32)
+    full[idx] = sig
+    present = np.zeros(len(df), dtype=bool)
+    present[idx] = True
+    flags = np.zeros(len(df), dtype=bool)
+    flags[idx] = has
+    return df.with_columns(
+        _sig=pl.Series(full).cast(pl.Array(pl.UInt32, params.permutations)),
+        _has=pl.Series(flags)).with_columns(
+        _sig=pl.when(pl.Series(present)).then(pl.col("_sig")),
+        _has=pl.when(pl.Series(present)).then(pl.col("_has")))
+
+
 def near(df: pl.DataFrame, fields: list[str], params: MinHashParams) -> pl.DataFrame:
-    texts = df.filter(pl.col("drop_reason").is_null()).select(dedup_text(fields))
-    labels = near_duplicate_clusters(texts.to_series(), params)
+    alive = df.filter(pl.col("drop_reason").is_null())
+    texts = alive.select(dedup_text(fields)).to_series()
+    if "_sig" in df.columns:  # signed by `with_signatures` (per partition)
+        sig = alive["_sig"].to_numpy().astype(np.uint32, copy=False).reshape(
+            len(alive), params.permutations)
+        labels = clusters_of(sig, alive["_has"].to_numpy().astype(bool), texts, params)
+    else:
+        labels = near_duplicate_clusters(texts, params)
     return resolve(df, _alive_labels(df, labels), "near_duplicate")
 
 

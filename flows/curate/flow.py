@@ -13,14 +13,21 @@ curriculum order). The stage summary counts drops by reason (`stairs show RUN --
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 from prefect import flow
+from prefect.context import FlowRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.curate import decontam
-from flows.curate.pipeline import curate_rows, drops_by_reason
-from flows.orchestration import step, task_runner
+from flows.curate.pipeline import drops_by_reason, finish, prepare
+from flows.orchestration import in_flow_run, map_step, step, task_runner, worker_name
 from flows.params import RoundParams
 from flows.results import CurateResult
 from flows.spec import Curriculum
@@ -33,7 +40,10 @@ class CurateError(RuntimeError):
 
 
 def _fingerprint(spec: Curriculum, shards: list[Shard]) -> str:
-    h = hashlib.sha256(spec.fingerprint("curation").encode())
+    # How the rows are partitioned changes where the work runs, never the rows.
+    curation = spec.curation.model_dump(mode="json", exclude={"partition_rows"})
+    section = json.dumps({"curation": curation}, sort_keys=True).encode()
+    h = hashlib.sha256(hashlib.sha256(section).hexdigest()[:16].encode())
     for s in shards:
         h.update(s.checksum.encode())
     for path in spec.curation.decontaminate.benchmarks:
@@ -60,12 +70,60 @@ def eval_ngrams(spec: Curriculum, ws: Workspace, evals: list[Shard]) -> np.ndarr
                                     [spec.resolve(p) for p in d.benchmarks], d.ngram)
 
 
-@step(name="curate-rows")
+@dataclass
+class Partition:
+    """Consecutive generated shards, about `curation.partition_rows` rows: one task's input."""
+
+    index: int
+    shards: list[Shard]
+    curation: Any  # CurationSpec
+    grams: np.ndarray
+    ws: Any = None  # only when the task runs in the flow's own process
+
+    def __getstate__(self):
+        return {**self.__dict__, "ws": None}
+
+
+def partitions(shards: list[Shard], rows: int) -> list[list[Shard]]:
+    parts: list[list[Shard]] = []
+    for shard in shards:
+        if not parts or sum(s.rows for s in parts[-1]) + shard.rows > rows and parts[-1]:
+            parts.append([])
+        parts[-1].append(shard)
+    return parts
+
+
+@step(name="curate-partition")
+def curate_partition(part: Partition) -> tuple[pl.DataFrame, dict]:
+    """The per-row curation work of one partition, where the task runner puts it; returns the
+    rows and where they were curated (the stage summary keeps it)."""
+    ws = part.ws or Workspace.attach()
+    try:
+        rows = prepare(ws.store.scan(part.shards), part.curation, eval_grams=part.grams)
+    finally:
+        if part.ws is None:
+            ws.catalog.engine.dispose()
+    where = {"partition": part.index, "rows": len(rows), "host": socket.gethostname(),
+             "pid": os.getpid(), "worker": worker_name()}
+    return rows, where
+
+
+@step(name="curate-global")
+def curate_global(spec: Curriculum, prepared: list[pl.DataFrame]) -> pl.DataFrame:
+    return finish(pl.concat(prepared, how="diagonal_relaxed"), spec.curation)
+
+
 def run_pipeline(spec: Curriculum, ws: Workspace, generated: list[Shard],
-                 grams: np.ndarray) -> pl.DataFrame:
+                 grams: np.ndarray) -> tuple[pl.DataFrame, list[dict]]:
     if not generated or sum(s.rows for s in generated) == 0:
         raise CurateError("the generate stage wrote no rows: nothing to curate")
-    return curate_rows(ws.store.scan(generated), spec.curation, eval_grams=grams)
+    local = not in_flow_run() or isinstance(FlowRunContext.get().task_runner,
+                                            ThreadPoolTaskRunner)
+    parts = [Partition(i, shards, spec.curation, grams, ws=ws if local else None)
+             for i, shards in enumerate(partitions(generated, spec.curation.partition_rows))]
+    done = map_step(curate_partition, parts, name="curate-partition")
+    rows = curate_global(spec, [r for r, _ in done])
+    return rows, [w for _, w in done]
 
 
 def curate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0) -> CurateResult:
@@ -78,7 +136,7 @@ def curate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0
     with ws.stage(run_id, "curate", round_index=round_index, fingerprint=fingerprint,
                   params={"curation": spec.curation.model_dump(mode="json")}) as st:
         grams = eval_ngrams(spec, ws, evals)
-        rows = run_pipeline(spec, ws, generated, grams)
+        rows, where = run_pipeline(spec, ws, generated, grams)
         kept = rows.filter(pl.col("keep"))
         dropped = rows.filter(~pl.col("keep"))
         parents = generated + evals
@@ -94,6 +152,7 @@ def curate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0
             "kept_by_stage": dict(zip(map(str, stages["curriculum_stage"].to_list()),
                                       stages["len"].to_list())),
             "mean_confidence": float(kept["confidence"].mean()) if len(kept) else None,
+            "partitions": where,
         })
     return CurateResult.of(run_id, st.summary)
 

@@ -250,6 +250,12 @@ def near_duplicate_clusters(texts: pl.Series, params: MinHashParams = MinHashPar
                             workers: int | None = None) -> np.ndarray:
     """Cluster label per row (smallest row index of its cluster; a row alone is its own label)."""
     sig, has = signatures(texts, params, workers=workers)
+    return clusters_of(sig, has, texts, params)
+
+
+def clusters_of(sig: np.ndarray, has: np.ndarray, texts: pl.Series,
+                params: MinHashParams) -> np.ndarray:
+    """Cluster labels from signatures computed before (by partition)."""
     u, v = candidate_pairs(sig, has, params)
     if params.verify and len(u):
         keep = exact_jaccard(texts, u, v, params.shingle) >= params.threshold

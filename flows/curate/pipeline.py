@@ -36,6 +36,13 @@ def check_columns(columns: list[str]) -> None:
 
 def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = None) -> pl.DataFrame:
     """All generated rows plus the curation columns (see docs/contracts.md 'Curated rows')."""
+    return finish(prepare(generated, cfg, eval_grams=eval_grams), cfg)
+
+
+def prepare(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = None) -> pl.DataFrame:
+    """The work each row needs alone, so it runs per partition of the rows (a task each, on
+    the flow's task runner): filters, answer normalization, decontamination lookups, MinHash
+    signatures. `finish` does the rest over all partitions together."""
     columns = generated.collect_schema().names()
     check_columns(columns)
     missing = [f for f in cfg.dedup_fields if f not in columns]
@@ -50,12 +57,20 @@ def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None =
                         _answer_norm=normalized("answer"), _gold_norm=gold,
                         dedup_cluster=pl.lit(None, pl.String))
           .collect())
+    if eval_grams is not None and cfg.decontaminate.enabled:
+        df = decontam.mark(df, eval_grams, cfg.decontaminate.ngram)
+    if cfg.near_dedup.enabled:
+        df = dedup.with_signatures(df, cfg.dedup_fields, minhash_params(cfg))
+    return df
+
+
+def finish(df: pl.DataFrame, cfg) -> pl.DataFrame:
+    """The steps that need every row at once: id check, self-consistency votes, exact, near and
+    semantic dedup clustering, curriculum order."""
     dup_ids = df.filter(pl.col("id").is_duplicated())["id"].unique()
     if len(dup_ids):
         raise ValueError(f"generated rows repeat id {dup_ids[0]!r} ({len(dup_ids)} ids repeat): "
                          "each generated row needs its own id")
-    if eval_grams is not None and cfg.decontaminate.enabled:
-        df = decontam.mark(df, eval_grams, cfg.decontaminate.ngram)
     df = consistency.vote(df, min_confidence=cfg.min_confidence)
     if cfg.exact_dedup:
         df = dedup.exact(df, cfg.dedup_fields)
@@ -67,8 +82,8 @@ def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None =
     df = curriculum.order(df, stages=cur.stages, mix=cur.mix,
                           agreement_weight=cur.agreement_weight)
     df = df.with_columns(keep=pl.col("drop_reason").is_null())
-    return df.drop("_answer_norm", "_gold_norm").with_columns(
-        [pl.col(c).cast(t) for c, t in OUTPUT_COLUMNS.items()])
+    df = df.drop([c for c in df.columns if c.startswith("_")])
+    return df.with_columns([pl.col(c).cast(t) for c, t in OUTPUT_COLUMNS.items()])
 
 
 def drops_by_reason(df: pl.DataFrame) -> dict[str, int]:

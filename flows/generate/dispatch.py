@@ -44,7 +44,11 @@ class Budget:
         return over
 
 
-def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_spec) -> Tally:
+def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_spec,
+             start_teacher: bool = True, cancelled=None) -> Tally:
+    """start_teacher=False: the caller started the teacher (a generate batch: the flow starts
+    it once for all its batches). `cancelled()` True: send nothing new (the flow was stopped);
+    what is in flight is still recorded."""
     tally = Tally()
     answers = cache.lookup([r.key for r in requests])
 
@@ -100,7 +104,10 @@ def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_s
     if misses:
         budget = Budget(budget_spec.max_requests, budget_spec.max_total_tokens, tally,
                         teacher.usage)
-        with_teacher(teacher, lambda: _send(teacher, misses, rows_for, record, budget, cache))
+        stop = budget.reached if cancelled is None else (
+            lambda: cancelled() or budget.reached())
+        body = lambda: _send(teacher, misses, rows_for, record, stop, cache)  # noqa: E731
+        with_teacher(teacher, body) if start_teacher else body()
     return tally
 
 
@@ -111,9 +118,9 @@ def with_teacher(teacher, body) -> None:
         body()
 
 
-def _send(teacher, misses, rows_for, record, budget, cache) -> None:
+def _send(teacher, misses, rows_for, record, stop, cache) -> None:
     async def loop():
-        async for answers in teacher.stream(misses, stop=budget.reached):
+        async for answers in teacher.stream(misses, stop=stop):
             built = [(req, reply, *(rows_for(req, reply) if not reply.transient
                                     else ([], None))) for req, reply in answers]
             # Cache first (what will be written, nothing else): from here on a crash costs

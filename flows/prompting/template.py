@@ -106,6 +106,7 @@ class Template:
         self.optional = list(spec.optional)
         self.output = spec.output
         self.json_schema = spec.json_schema
+        self._spec = spec
         self._messages: list[tuple[str, jinja2.Template]] = []
         declared = set(self.needs) | set(self.optional)
         for i, m in enumerate(spec.messages):
@@ -123,6 +124,11 @@ class Template:
                     f"{where}: uses {', '.join(sorted(undeclared))} which "
                     f"{'is' if len(undeclared) == 1 else 'are'} not in 'needs' or 'optional'")
             self._messages.append((m.role, _ENV.from_string(m.content)))
+
+    def __reduce__(self):
+        # Compiled Jinja templates do not pickle: a generate batch shipped to a Dask or Ray
+        # worker rebuilds the template from the same file text.
+        return (Template, (self.name, self.path, self.source.encode("utf-8"), self._spec))
 
     def __repr__(self) -> str:
         return f"Template({self.name!r}, output={self.output!r}, needs={self.needs})"

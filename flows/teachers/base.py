@@ -92,6 +92,7 @@ class Usage:
     errors: dict = field(default_factory=dict)  # transient error kind -> count
     concurrency_min: int | None = None
     concurrency_final: int | None = None
+    replicas: dict = field(default_factory=dict)  # replica URL -> {"sent", "failures"}
 
 
 def messages_json(messages: list[dict]) -> str:

@@ -38,6 +38,9 @@ def _state_file(requests: list[Request]) -> Path:
 class OpenAIBatchTeacher(OpenAITeacher):
     poll_first_s = 0.2
     poll_max_s = 60.0
+    # A Batch API job is not requests in flight at an endpoint: a generate batch holds no
+    # slots of an endpoint limit for the hours a job may take.
+    endpoint_for_limit = None
 
     async def stream(self, requests: Iterable[Request], *, stop=None
                      ) -> AsyncIterator[list[tuple[Request, Reply]]]:

@@ -39,6 +39,16 @@ class ResponseCacheStore:
                     found[key] = Reply.from_json(blob)
         return found
 
+    def present(self, keys: list[str]) -> set[str]:
+        """Which of the keys have a cached answer (keys only: nothing is loaded)."""
+        table = ResponseCache.__table__
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(keys), LOOKUP_CHUNK):
+                found.update(conn.execute(select(table.c.key).where(
+                    table.c.key.in_(keys[i:i + LOOKUP_CHUNK]))).scalars())
+        return found
+
     def put(self, backend: str, model: str, answers: list[tuple[str, Reply]]) -> None:
         """Store answers that arrived together, in one transaction, committed before the next
         batch is handled: a kill loses nothing that arrived."""

@@ -94,6 +94,10 @@ class LlamaCppTeacher(OpenAITeacher):
         except (OSError, AttributeError):
             return "(no log)"
 
+    # Our child server on a port of its own: no other run shares it, so generate holds no
+    # endpoint limit for it and runs its batches in this process (flows/generate/flow.py).
+    endpoint_for_limit = None
+
     def close(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:

@@ -10,12 +10,14 @@ openai SDK with its own retries off, so every retry goes through our limiter and
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 from typing import AsyncIterator, Iterable
 
 from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage
 from flows.teachers.health import Health
 from flows.teachers.limits import AdaptiveLimit, PerMinute, backoff_delay
+from flows.teachers.replicas import REPLICA_DOWN, ReplicaPool
 from flows.teachers.replies import bad, from_choice
 from flows.teachers.transport import OPENAI_URL, TRANSPORTS, Rejected, Retryable
 from flows.urls import model_host, redact
@@ -55,7 +57,10 @@ class OpenAITeacher:
     def __init__(self, spec, *, base_url: str | None = None, identity: str | None = None,
                  name: str | None = None):
         self.spec = spec
-        self.base_url = base_url or spec.base_url
+        urls = spec.base_url if isinstance(spec.base_url, list) else [spec.base_url]
+        self.base_url = base_url or urls[0]
+        # Replicas of one model (flows/teachers/replicas.py); the first names it in the cache key.
+        self.replica_urls = list(urls) if base_url is None and len(urls) > 1 else []
         self.name = name or f"{self.backend}:{spec.model}"
         # The model's identity, not the URL as typed: the model name the endpoint serves and
         # the host serving it (flows/urls.py: no port, path or trailing slash; every loopback
@@ -65,6 +70,20 @@ class OpenAITeacher:
         self.identity = identity or f"openai:{model_host(self.base_url)}:{spec.model}"
         self.usage = Usage()
         self.transport = None
+        self.concurrency = spec.concurrency  # requests in flight at most (a batch may hold fewer)
+
+    @property
+    def endpoint_for_limit(self) -> str | list[str]:
+        """The endpoint (or every replica) whose global concurrency limit a generate batch holds
+        slots of."""
+        return self.replica_urls or self.base_url or OPENAI_URL
+
+    def for_batch(self) -> "OpenAITeacher":
+        """A copy for one generate batch, picklable for a Dask or Ray worker: its own counters
+        and connections, the same endpoint (already started), nothing to start or close."""
+        batch = copy.copy(self)
+        batch.usage, batch.transport = Usage(), None
+        return batch
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -92,9 +111,9 @@ class OpenAITeacher:
             params["response_format"] = self.response_format(s.json_schema)
         return params
 
-    async def _attempt(self, req: Request) -> Reply:
+    async def _attempt(self, req: Request, transport=None) -> Reply:
         try:
-            body = await self.transport.chat(self._params(req))
+            body = await (transport or self.transport).chat(self._params(req))
         except Rejected as e:
             return Reply(error=f"request_failed: {e}")
         try:
@@ -134,6 +153,36 @@ class OpenAITeacher:
                 self.usage.retries += 1
                 await asyncio.sleep(backoff_delay(attempt, r.retry_after))
 
+    async def _one_of_replicas(self, req: Request, limit: AdaptiveLimit,
+                               pool: ReplicaPool) -> tuple[Request, Reply]:
+        attempt = 0
+        while True:
+            replica = await pool.acquire()
+            try:
+                reply = await self._attempt(req, replica.transport)
+            except Retryable as r:
+                kind = r.kind
+                self.usage.errors[kind] = self.usage.errors.get(kind, 0) + 1
+                if r.saturated:
+                    limit.saturated()
+                if kind in REPLICA_DOWN:
+                    pool.take_out(replica)
+                await pool.release(replica)
+                attempt += 1
+                if attempt > self.spec.max_retries:
+                    if not pool.any_up():
+                        raise TeacherUnreachable(f"teacher {self.name}: every replica failed: "
+                                                 f"{pool.describe()} (last: {r})") from None
+                    return req, Reply(error=f"request_failed: {r} (after {attempt} tries)",
+                                      transient=True)
+                self.usage.retries += 1
+                if not (kind in REPLICA_DOWN and pool.any_up()):  # else: resend elsewhere now
+                    await asyncio.sleep(backoff_delay(attempt, r.retry_after))
+                continue
+            await pool.release(replica)
+            limit.success()
+            return req, reply
+
     async def _stop_if_unreachable(self, last: Retryable, tries: int, health: Health) -> None:
         """One request outliving its retries stops nothing; the endpoint as a whole failing
         does: most recent requests failed, or (after disconnects and timeouts) its health
@@ -152,11 +201,21 @@ class OpenAITeacher:
     async def stream(self, requests: Iterable[Request], *, stop=None
                      ) -> AsyncIterator[list[tuple[Request, Reply]]]:
         spec = self.spec
-        limit = AdaptiveLimit(spec.concurrency, adaptive=spec.adaptive)
+        limit = AdaptiveLimit(self.concurrency, adaptive=spec.adaptive)
         rpm, tpm = PerMinute(spec.rpm), PerMinute(spec.tpm)
         health = Health()
-        self.transport = TRANSPORTS[spec.client](self.base_url, api_key(spec.api_key_env),
-                                                 spec.timeout, spec.concurrency)
+        key = api_key(spec.api_key_env)
+        pool = None
+        if self.replica_urls:
+            pool = ReplicaPool(self.replica_urls, [
+                TRANSPORTS[spec.client](u, key, spec.timeout, self.concurrency)
+                for u in self.replica_urls], limit, spec.replica_retry_s)
+            self.transport = pool  # closed with the others
+        else:
+            self.transport = TRANSPORTS[spec.client](self.base_url, key, spec.timeout,
+                                                     self.concurrency)
+        # With replicas, each has `limit` slots: the pool hands them out.
+        width = len(self.replica_urls) if pool else 1
         source = iter(requests)
         tasks: set[asyncio.Task] = set()
         # Finished tasks land here through a done-callback: O(1) per answer, where
@@ -164,10 +223,10 @@ class OpenAITeacher:
         finished: asyncio.Queue[asyncio.Task] = asyncio.Queue()
         exhausted = False
         try:
-            await self.transport.check(self.name)
+            await (pool or self.transport).check(self.name)
             while True:
                 # Fill free slots; the loop is single-threaded, so no lock is needed here.
-                while not exhausted and len(tasks) < limit.limit:
+                while not exhausted and len(tasks) < limit.limit * width:
                     if stop is not None and stop():
                         exhausted = True
                         break
@@ -180,7 +239,9 @@ class OpenAITeacher:
                     if tpm.rate is not None:
                         await tpm.take(_estimate_tokens(req))
                     self.usage.requests += 1
-                    task = asyncio.create_task(self._one(req, limit, health))
+                    task = asyncio.create_task(
+                        self._one_of_replicas(req, limit, pool) if pool else
+                        self._one(req, limit, health))
                     task.add_done_callback(finished.put_nowait)
                     tasks.add(task)
                 if not tasks:
@@ -205,4 +266,6 @@ class OpenAITeacher:
                 await asyncio.gather(*tasks, return_exceptions=True)
             self.usage.concurrency_min = limit.lowest
             self.usage.concurrency_final = limit.limit
+            if pool is not None:
+                self.usage.replicas = pool.counts()
             await self.transport.close()

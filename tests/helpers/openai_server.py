@@ -80,6 +80,9 @@ class FakeOpenAI:
     reject_status: int = 401  # 401 bad key, 403 forbidden, 404 no such model
     files: dict = field(default_factory=dict)  # Batch API files: id -> bytes
     batches: dict = field(default_factory=dict)
+    killed: bool = False  # kill(): requests in flight are dropped, the port is closed
+    in_flight: int = 0  # chat requests being answered now
+    max_in_flight: int = 0  # the most at once since start: what a shared limit must bound
 
     def __post_init__(self):
         self._rng = random.Random(self.faults.seed)
@@ -122,8 +125,17 @@ class FakeOpenAI:
         self.formats.append(request.get("response_format"))
         key = content_key(request["messages"], request.get("seed"))
         self.received[key] += 1
+        self.in_flight += 1  # one event loop: no lock needed
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._chat(send, request, key)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat(self, send, request, key):
         await asyncio.sleep(self.latency)
-        if any(needle in message_text(request["messages"][-1]) for needle in self.drop):
+        if self.killed or any(needle in message_text(request["messages"][-1])
+                              for needle in self.drop):
             return await self._disconnect(send, request, key)
         f, roll = self.faults, self._rng.random()
         for name, p in (("rate_limit", f.rate_limit), ("server_error", f.server_error),
@@ -269,6 +281,20 @@ class FakeOpenAI:
             self._server.should_exit = True
             self._thread.join(timeout=10)
             self._server = None
+
+    def kill(self) -> None:
+        """Die mid-run like a crashed replica: what is in flight gets a dropped connection
+        instead of an answer, and the port closes (new connections are refused)."""
+        self.killed = True
+        if self._server is not None:
+            self._server.should_exit = self._server.force_exit = True
+            self._thread.join(timeout=10)
+            self._server = None
+
+    def revive(self) -> "FakeOpenAI":
+        """Come back on the same port (a restarted replica); counters carry on."""
+        self.killed = False
+        return self.start()
 
     def __enter__(self):
         return self.start()

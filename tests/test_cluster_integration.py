@@ -1,0 +1,279 @@
+"""Stage work on a cluster, for real: a Prefect server and a Dask cluster (a scheduler and two
+worker processes, started as `dask scheduler` / `dask worker` would be) on 127.0.0.1, the
+generate and curate flows run in this process with STAIRS_TASK_RUNNER=dask and
+STAIRS_TASK_RUNNER_ADDRESS pointing at the scheduler, against the loopback fake OpenAI server.
+
+The batches must run in the workers (the stage summary records each batch's process, written
+by the batch itself), every row must be asked for and written exactly once, and the shards
+must hold exactly what a thread-runner run of the same curriculum writes. Every process we
+start is stopped by its process group, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers.gen_helpers import generated, write_curriculum
+from tests.helpers.openai_server import FakeOpenAI, free_port
+from tests.test_deploy_integration import stop, wait_until
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS, BATCH = 24, 6
+
+
+class Processes:
+    def __init__(self, tmp: Path):
+        self.tmp, self.procs = tmp, []
+
+    def start(self, name: str, cmd: list[str], env: dict) -> subprocess.Popen:
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    cleanup = staticmethod(lambda: None)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)
+        self.cleanup()
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "STAIRS_"))}
+    env.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(ROOT),
+                "PREFECT_LOGGING_LEVEL": "WARNING", **extra})
+    return env
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster-prefect")
+    procs = Processes(tmp)
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        server = procs.start("server", [sys.executable, "-m", "prefect", "server", "start",
+                                        "--host", "127.0.0.1", "--port", str(port)],
+                             clean_env(PREFECT_HOME=str(tmp / "prefect-home")))
+
+        def healthy():
+            if server.poll() is not None:
+                raise RuntimeError("prefect server exited:\n" + procs.log("server"))
+            return httpx.get(api + "/health", timeout=2).status_code == 200
+
+        wait_until(healthy, 180, "prefect server")
+        yield api
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def in_server(prefect_api, monkeypatch):
+    """Flows run in this process talk to the module's server (so do the cluster's workers)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        yield prefect_api
+        APILogHandler().flush()
+        EventsWorker.drain_all(timeout=10)
+
+
+def start_dask(tmp: Path, env: dict, workers: int = 2) -> tuple[str, Processes]:
+    """A scheduler and `workers` worker processes (one thread each) on loopback."""
+    procs = Processes(tmp)
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs.start("scheduler", dask + ["--host", "127.0.0.1", "--port", str(port),
+                                     "--no-dashboard"], env)
+    for i in range(workers):
+        procs.start(f"worker-{i}", [sys.executable, "-m", "distributed.cli.dask_worker",
+                                    address, "--host", "127.0.0.1", "--nthreads", "1",
+                                    "--nworkers", "1", "--name", f"stairs-w{i}",
+                                    "--no-dashboard", "--no-nanny"], env)
+    from distributed import Client
+
+    def ready():
+        with Client(address, timeout=5) as client:
+            return len(client.scheduler_info()["workers"]) == workers
+
+    try:
+        wait_until(ready, 120, "dask workers", interval=1)
+    except Exception:
+        procs.stop_all()
+        raise RuntimeError("dask cluster did not start:\n" + procs.log("scheduler")
+                           + procs.log("worker-0")) from None
+    return address, procs
+
+
+def run_stages(curriculum: Path, home: Path, monkeypatch, runner: str):
+    """generate then curate, as flow runs in this process, with the given task runner."""
+    from flows.curate.flow import curate_flow
+    from flows.generate.flow import generate_flow
+    from flows.orchestration import task_runner
+    from flows.params import RoundParams, StageParams
+    from flows.workspace import Workspace
+
+    monkeypatch.setenv("STAIRS_HOME", str(home))
+    monkeypatch.setenv("STAIRS_TASK_RUNNER", runner)
+    gen = generate_flow.with_options(task_runner=task_runner())(
+        StageParams(curriculum=str(curriculum)))
+    cur = curate_flow.with_options(task_runner=task_runner())(
+        RoundParams(curriculum=str(curriculum), run_id=gen.run_id))
+    ws = Workspace.open()
+    rows = generated(ws, gen.run_id).sort("id")
+    stage = ws.latest_stage("curate", run_id=gen.run_id)
+    curated = {kind: ws.store.scan(ws.shards(stage, kind)).collect().sort("id")
+               for kind in ("kept", "dropped", "train")}
+    ws.catalog.engine.dispose()
+    return gen, cur, rows, curated
+
+
+def start_ray(tmp: Path, env: dict) -> tuple[str, Processes]:
+    """A Ray head on loopback with 2 CPUs (so two tasks, in two worker processes, at once)."""
+    procs = Processes(tmp)
+    port = free_port()
+    temp = Path("/tmp") / f"ray-{port}"  # Ray's socket paths must stay short
+    procs.start("ray", [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                        "--node-ip-address", "127.0.0.1", "--port", str(port),
+                        "--num-cpus", "2", "--include-dashboard", "false",
+                        "--object-store-memory", str(100 * 1024 * 1024),
+                        "--disable-usage-stats", "--temp-dir", str(temp)], env)
+    address = f"127.0.0.1:{port}"
+
+    def ready():
+        assert procs.procs[0].poll() is None, procs.log("ray")
+        return "Ray runtime started" in procs.log("ray")
+
+    try:
+        wait_until(ready, 120, "ray head", interval=1)
+    except Exception:
+        procs.stop_all()
+        raise
+    procs.cleanup = lambda: shutil.rmtree(temp, ignore_errors=True)
+    return address, procs
+
+
+CLUSTERS = {"dask": ("prefect_dask", start_dask), "ray": ("prefect_ray", start_ray)}
+
+
+@pytest.mark.parametrize("kind", ["dask", "ray"])
+def test_generate_and_curate_on_a_cluster_match_the_thread_runner(
+        kind, in_server, tmp_path, monkeypatch):
+    extra, start_cluster = CLUSTERS[kind]
+    pytest.importorskip(extra, reason=f"the {kind} extra: pip install 'stairs[{kind}]'")
+    curriculum = write_curriculum(tmp_path, "http://placeholder/v1", rows=ROWS,
+                                  teacher={"concurrency": 2},
+                                  generate={"batch_requests": BATCH})
+    # Each batch wrote one 6-row shard; two shards per curation partition.
+    doc = yaml.safe_load(curriculum.read_text())
+    doc["curation"] = {"partition_rows": 2 * BATCH, "require_gold_match": False}
+    results = {}
+    for runner in ("thread", kind):
+        home = tmp_path / f"home-{runner}"
+        with FakeOpenAI(latency=0.02) as srv:
+            doc["teacher"]["base_url"] = srv.base_url
+            curriculum.write_text(yaml.safe_dump(doc))
+            procs = None
+            if runner != "thread":
+                address, procs = start_cluster(tmp_path, clean_env(
+                    PREFECT_API_URL=in_server, STAIRS_HOME=str(home)))
+                monkeypatch.setenv("STAIRS_TASK_RUNNER_ADDRESS", address)
+            try:
+                results[runner] = run_stages(curriculum, home, monkeypatch, runner)
+            finally:
+                if procs is not None:
+                    procs.stop_all()
+            # Every request reached the teacher exactly once.
+            assert len(srv.received) == ROWS and set(srv.received.values()) == {1}
+
+    gen_t, cur_t, rows_t, curated_t = results["thread"]
+    gen_c, cur_c, rows_c, curated_c = results[kind]
+    for gen, rows in ((gen_t, rows_t), (gen_c, rows_c)):
+        assert gen.complete and gen.rows_written == ROWS == rows.height
+        assert rows["id"].n_unique() == ROWS  # every row exactly once
+        assert sorted(b["batch"] for b in gen.batches) == list(range(ROWS // BATCH))
+    # Batches ran in the cluster's worker processes (each batch says where), at least two.
+    pids = {b["pid"] for b in gen_c.batches}
+    assert os.getpid() not in pids and len(pids) >= 2, gen_c.batches
+    workers = {b["worker"] for b in gen_c.batches}
+    if kind == "dask":
+        assert workers <= {"stairs-w0", "stairs-w1"}
+    else:
+        assert all(w.startswith("ray:") for w in workers) and len(workers) >= 2
+    assert {b["pid"] for b in gen_t.batches} == {os.getpid()}
+    # Curation's per-row work ran per partition in the workers too; votes and dedup globally.
+    for cur in (cur_t, cur_c):
+        assert sorted(p["partition"] for p in cur.partitions) == [0, 1]
+        assert sum(p["rows"] for p in cur.partitions) == ROWS == cur.kept + cur.dropped
+    assert os.getpid() not in {p["pid"] for p in cur_c.partitions}
+    # Same shard contents either way (every column).
+    assert rows_t.equals(rows_c)
+    for kind_ in ("kept", "dropped", "train"):
+        assert curated_t[kind_].equals(curated_c[kind_]), kind_
+    assert cur_t.kept == cur_c.kept > 0 and cur_t.drops_by_reason == cur_c.drops_by_reason
+
+
+def generate_cli(curriculum: Path, env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", "generate", str(curriculum),
+                                 "--json"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_two_runs_at_once_share_the_endpoint_limit(prefect_api, tmp_path):
+    """Two `stairs generate` processes at once, each allowed 4 requests in flight, against one
+    endpoint whose limit has 2 slots: the endpoint never sees more than 2 at once."""
+    slots, rows = 2, 24
+    env = clean_env(PREFECT_API_URL=prefect_api, STAIRS_HOME=str(tmp_path / "home"),
+                    STAIRS_TEACHER_SLOTS=str(slots))
+    with FakeOpenAI(latency=0.4) as srv:
+        procs = []
+        for i in (1, 2):  # other sampling seeds: other requests, no shared cache hits
+            folder = tmp_path / f"run-{i}"
+            folder.mkdir()
+            curriculum = write_curriculum(folder, srv.base_url, rows=rows, name=f"limit-{i}",
+                                          teacher={"concurrency": 4, "seed": i},
+                                          generate={"batch_requests": 4})
+            procs.append(generate_cli(curriculum, env, tmp_path / f"run-{i}.log"))
+        try:
+            for i, proc in enumerate(procs, 1):
+                assert proc.wait(240) == 0, (tmp_path / f"run-{i}.log").read_text()[-3000:]
+        finally:
+            for proc in procs:
+                stop(proc)
+        results = [json.loads((tmp_path / f"run-{i}.log").read_text()[
+            (tmp_path / f"run-{i}.log").read_text().index("{"):]) for i in (1, 2)]
+        assert sum(srv.received.values()) == 2 * rows and set(srv.received.values()) == {1}
+        assert srv.max_in_flight == slots  # bounded by the limit, and the limit was used
+    name = "teacher-" + srv.base_url.split("://")[1].replace(":", "-").replace("/", "-")
+    spans = []
+    for r in results:
+        assert r["complete"] and r["rows_written"] == rows
+        assert {b["limit"] for b in r["batches"]} == {name}
+        spans.append((min(b["started_at"] for b in r["batches"]),
+                       max(b["started_at"] + b["seconds"] for b in r["batches"])))
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1, spans  # the two runs did overlap
+    limit = httpx.get(f"{prefect_api}/v2/concurrency_limits/{name}").json()
+    assert limit["limit"] == slots and limit["active_slots"] == 0
