@@ -205,9 +205,10 @@ class GenerateSpec(Strict):
     batch_rows: int = Field(256, ge=1, le=1_000_000, description="Rows per generated shard "
                             "(answers also land in the response cache the moment they arrive).")
     flush_seconds: float = Field(30.0, gt=0.0, description="Write a shard at least this often.")
-    batch_requests: int = Field(512, ge=1, le=1_000_000, description="Requests per batch: each "
-                                "batch is one task on the flow's task runner (a thread, a Dask or "
-                                "Ray worker) that writes its own shards; with a budget, one batch.")
+    batch_requests: int = Field(512, ge=1, le=1_000_000, description="Requests per batch on a "
+                                "Dask or Ray task runner: each batch is one task on a worker that "
+                                "writes its own shards. In the flow's own process (and with a "
+                                "budget) all requests go as one batch.")
 
 
 # -- curation -----------------------------------------------------------------------------------
