@@ -184,8 +184,9 @@ def test_generate_and_curate_on_a_cluster_match_the_thread_runner(
     pytest.importorskip(extra, reason=f"the {kind} extra: pip install 'stairs[{kind}]'")
     curriculum = write_curriculum(tmp_path, "http://placeholder/v1", rows=ROWS,
                                   teacher={"concurrency": 2},
-                                  generate={"batch_requests": BATCH})
-    # Each batch wrote one 6-row shard; two shards per curation partition.
+                                  generate={"batch_requests": BATCH, "batch_rows": BATCH})
+    # 6-row shards either way (a cluster batch writes one; the thread run, one batch, writes
+    # one every 6 rows); two shards per curation partition.
     doc = yaml.safe_load(curriculum.read_text())
     doc["curation"] = {"partition_rows": 2 * BATCH, "require_gold_match": False}
     results = {}
@@ -212,8 +213,10 @@ def test_generate_and_curate_on_a_cluster_match_the_thread_runner(
     for gen, rows in ((gen_t, rows_t), (gen_c, rows_c)):
         assert gen.complete and gen.rows_written == ROWS == rows.height
         assert rows["id"].n_unique() == ROWS  # every row exactly once
-        assert sorted(b["batch"] for b in gen.batches) == list(range(ROWS // BATCH))
-    # Batches ran in the cluster's worker processes (each batch says where), at least two.
+    # In the flow's own process all requests go as one batch (one request loop is fastest
+    # there); on the cluster, in batches of BATCH, run in the workers (each says where).
+    assert [b["batch"] for b in gen_t.batches] == [0]
+    assert sorted(b["batch"] for b in gen_c.batches) == list(range(ROWS // BATCH))
     pids = {b["pid"] for b in gen_c.batches}
     assert os.getpid() not in pids and len(pids) >= 2, gen_c.batches
     workers = {b["worker"] for b in gen_c.batches}
