@@ -55,6 +55,10 @@ class DemoSpec(Strict):
     max_count: int = Field(9, ge=1, le=1000)
     tasks: list[Literal["lookup", "sum", "difference", "compare", "total", "count", "most"]] = (
         Field(default_factory=lambda: ["sum"], min_length=1))
+    raw: bool = Field(False, description="Raw text: train rows are passages only (no question, "
+                      "no answer), for templates that write their own questions (disentangle, "
+                      "textbook); held-out rows keep the generator's gold questions, so students "
+                      "are scored on questions no teacher wrote.")
 
 
 class CorpusSpec(Strict):
@@ -157,6 +161,26 @@ class TeacherSpec(Strict):
 
 
 # -- generate -----------------------------------------------------------------------------------
+class VerifySpec(Strict):
+    """Verification without gold answers: the teacher (or `teacher`) answers each question it
+    wrote `samples` more times through `template`; curation keeps a row only when the majority
+    of those answers equals its answer (else `unverified`)."""
+
+    template: str = Field("rationale", description="Template the questions are re-answered "
+                          "with (needs passage and question).")
+    samples: int = Field(3, ge=1, le=32, description="Re-answers per question.")
+    teacher: TeacherSpec | None = Field(None, description="Another teacher to re-answer; "
+                                        "default: the writer.")
+
+
+class JudgeSpec(Strict):
+    """LLM-as-judge pass over the generated rows (prompts/judge.yaml): a score from 1 to 5 and a
+    reason per row; curation drops rows under curation.min_judge_score as `judge_low`."""
+
+    template: str = Field("judge", description="Template the rows are graded with.")
+    teacher: TeacherSpec | None = Field(None, description="The judge; default: the writer.")
+
+
 class GenerateSpec(Strict):
     template: str = Field("rationale", description="Prompt template name in prompts/.")
     prompts_dir: Path | None = Field(
@@ -167,6 +191,13 @@ class GenerateSpec(Strict):
     batch_rows: int = Field(256, ge=1, le=1_000_000, description="Rows per generated shard "
                             "(answers also land in the response cache the moment they arrive).")
     flush_seconds: float = Field(30.0, gt=0.0, description="Write a shard at least this often.")
+    student_context: Literal["passage", "facts"] = Field(
+        "passage", description="For templates with a `student` template (disentangle): the "
+        "text the student's prompt gives with each question, the source passage (as held-out "
+        "questions are asked) or the facts the teacher extracted from it.")
+    verify: VerifySpec | None = Field(None, description="Re-answer teacher-written questions "
+                                      "(no gold answer) and keep the majority-agreeing ones.")
+    judge: JudgeSpec | None = Field(None, description="Grade every generated row with a judge.")
 
 
 # -- curation -----------------------------------------------------------------------------------
@@ -237,7 +268,8 @@ class CurationSpec(Strict):
                              "are leaks (shorter ones, like names in 'A or B?', are not).")
     require_gold_match: bool = Field(True, description="Drop answers that differ from the gold.")
     min_judge_score: float | None = Field(
-        None, description="With a judge_score column: lower scores are dropped.")
+        None, description="Rows the judge (generate.judge) scored lower are dropped as "
+        "judge_low; rows it did not score pass.")
     min_confidence: float = Field(
         0.0, ge=0.0, le=1.0, description="Least self-consistency agreement to keep a row.")
     exact_dedup: bool = True

@@ -41,15 +41,17 @@ def _fingerprint(spec: Curriculum, shards: list[Shard]) -> str:
     return h.hexdigest()[:16]
 
 
-def _inputs(ws: Workspace, run_id: str, round_index: int) -> tuple[list[Shard], list[Shard]]:
+def _inputs(ws: Workspace, run_id: str, round_index: int):
+    """Generated shards, the review passes' shards ({kind: shards}) and the held-out shards."""
     gen = ws.latest_stage("generate", run_id=run_id, round_index=round_index)
     if gen is None:
         raise CurateError(f"run {run_id} has no completed generate stage for round {round_index}:"
                           " run `stairs generate` (or `stairs run`) first")
     generated = ws.shards(gen, "generated")
+    reviews = {kind: ws.shards(gen, kind) for kind in ("verified", "judged")}
     ingest = ws.latest_stage("ingest", run_id=run_id)
     evals = ws.shards(ingest, "eval") if ingest is not None else []
-    return generated, evals
+    return generated, reviews, evals
 
 
 # Inputs are a workspace and arrays: nothing Prefect could key a cache on.
@@ -62,26 +64,30 @@ def eval_ngrams(spec: Curriculum, ws: Workspace, evals: list[Shard]) -> np.ndarr
 
 @step(name="curate-rows")
 def run_pipeline(spec: Curriculum, ws: Workspace, generated: list[Shard],
-                 grams: np.ndarray) -> pl.DataFrame:
+                 grams: np.ndarray, reviews: dict[str, list[Shard]] | None = None) -> pl.DataFrame:
     if not generated or sum(s.rows for s in generated) == 0:
         raise CurateError("the generate stage wrote no rows: nothing to curate")
-    return curate_rows(ws.store.scan(generated), spec.curation, eval_grams=grams)
+    read = {kind: ws.store.scan(shards).collect() if shards else None
+            for kind, shards in (reviews or {}).items()}
+    return curate_rows(ws.store.scan(generated), spec.curation, eval_grams=grams,
+                       verified=read.get("verified"), judged=read.get("judged"))
 
 
 def curate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0) -> CurateResult:
     """Run (or reuse) curation of one round's generated rows; returns the stage summary."""
-    generated, evals = _inputs(ws, run_id, round_index)
-    fingerprint = _fingerprint(spec, generated + evals)
+    generated, reviews, evals = _inputs(ws, run_id, round_index)
+    review_shards = [s for shards in reviews.values() for s in shards]
+    fingerprint = _fingerprint(spec, generated + review_shards + evals)
     done = ws.reuse(run_id, "curate", fingerprint, round_index=round_index)
     if done is not None:
         return CurateResult.of(run_id, ws.summary(done))
     with ws.stage(run_id, "curate", round_index=round_index, fingerprint=fingerprint,
                   params={"curation": spec.curation.model_dump(mode="json")}) as st:
         grams = eval_ngrams(spec, ws, evals)
-        rows = run_pipeline(spec, ws, generated, grams)
+        rows = run_pipeline(spec, ws, generated, grams, reviews)
         kept = rows.filter(pl.col("keep"))
         dropped = rows.filter(~pl.col("keep"))
-        parents = generated + evals
+        parents = generated + review_shards + evals
         store = ws.store
         kept_shard = store.write(kept, stage=st.stage, kind="kept", parents=parents)
         store.write(dropped, stage=st.stage, kind="dropped", parents=parents)
@@ -94,8 +100,26 @@ def curate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0
             "kept_by_stage": dict(zip(map(str, stages["curriculum_stage"].to_list()),
                                       stages["len"].to_list())),
             "mean_confidence": float(kept["confidence"].mean()) if len(kept) else None,
+            **review_counts(rows, kept),
         })
     return CurateResult.of(run_id, st.summary)
+
+
+def review_counts(rows: pl.DataFrame, kept: pl.DataFrame) -> dict:
+    """What the review passes did (CurateResult fields) and what the kept rows train."""
+    drops = rows["drop_reason"]
+    targets = (kept["target"].fill_null("rationale") if "target" in kept.columns
+               else pl.Series(["rationale"] * len(kept)))
+    out = {"kept_by_target": {str(k): int(v) for k, v in targets.value_counts().iter_rows()},
+           "judge_low": int((drops == "judge_low").sum()),
+           "unverified": int((drops == "unverified").sum())}
+    if "judge_score" in rows.columns:
+        scores = rows["judge_score"].drop_nulls()
+        out["judged"] = len(scores)
+        out["mean_judge_score"] = float(scores.mean()) if len(scores) else None
+    if "verify_total" in rows.columns:
+        out["verified"] = int(rows["verify_total"].is_not_null().sum())
+    return out
 
 
 def latest_run_with(ws: Workspace, curriculum: str, stage: str) -> str | None:

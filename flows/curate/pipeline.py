@@ -8,14 +8,14 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from flows.curate import consistency, curriculum, decontam, dedup, filters
+from flows.curate import consistency, curriculum, decontam, dedup, filters, reviews
 from flows.curate.answers import normalized
 from flows.curate.minhash import MinHashParams
 
 # Columns of the generated-rows contract that curation reads.
 REQUIRED = ["id", "source_id", "rationale", "answer", "error"]
 TEXT_COLUMNS = ["id", "source_id", "passage", "gold_answer", "question", "rationale", "answer",
-                "error", "messages"]
+                "error", "messages", "facts", "prompt", "target"]
 OUTPUT_COLUMNS = {"keep": pl.Boolean, "drop_reason": pl.String, "dedup_cluster": pl.String,
                   "confidence": pl.Float64, "difficulty": pl.Float64,
                   "curriculum_stage": pl.Int64, "order": pl.Int64}
@@ -34,10 +34,14 @@ def check_columns(columns: list[str]) -> None:
         raise ValueError(f"generated rows lack column(s) {missing}: not the generate contract")
 
 
-def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = None) -> pl.DataFrame:
-    """All generated rows plus the curation columns (see docs/contracts.md 'Curated rows')."""
+def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = None,
+                verified: pl.DataFrame | None = None,
+                judged: pl.DataFrame | None = None) -> pl.DataFrame:
+    """All generated rows plus the curation columns (see docs/contracts.md 'Curated rows');
+    `verified` / `judged`: the generate stage's review passes, joined on first."""
+    check_columns(generated.collect_schema().names())
+    generated = reviews.attach(generated, verified, judged)
     columns = generated.collect_schema().names()
-    check_columns(columns)
     missing = [f for f in cfg.dedup_fields if f not in columns]
     if missing:
         raise ValueError(f"curation.dedup_fields: generated rows have no column(s) {missing}")

@@ -40,10 +40,13 @@ def held_out_rows(ws: Workspace, run_id: str, limit: int | None) -> tuple[list[d
 
 
 def eval_template(spec: Curriculum):
-    """The curriculum's generate template, from its own prompts folder when it names one."""
-    from flows.prompting.check import generate_template
+    """The template students are asked with: the curriculum's generate template, or the
+    `student` template it names (a disentangle request is not a question; its rows train
+    "passage + question -> rationale + answer", and held-out questions are asked the same way),
+    from the curriculum's own prompts folder when it names one."""
+    from flows.prompting.check import student_template
 
-    return generate_template(spec)
+    return student_template(spec)
 
 
 def evaluate_model(model, rows: list[dict], template, *, max_new_tokens: int,

@@ -44,7 +44,10 @@ class Budget:
         return over
 
 
-def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_spec) -> Tally:
+def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_spec,
+             check_rows=check_rows) -> Tally:
+    """`check_rows` raises when rows do not fit the writer's schema (generated rows by
+    default; the review passes write their own kinds)."""
     tally = Tally()
     answers = cache.lookup([r.key for r in requests])
 

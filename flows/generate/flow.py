@@ -22,6 +22,7 @@ from prefect import flow
 from flows.generate.dispatch import dispatch
 from flows.generate.progress import Progress
 from flows.generate.resume import adopt, earlier_attempts
+from flows.generate.review import Pass, run_pass
 from flows.generate.rows import build_rows
 from flows.generate.writer import ShardWriter
 from flows.orchestration import step, task_runner
@@ -66,17 +67,46 @@ def plan(sources: list[dict], template, identity: str, sampling: Sampling,
     return requests
 
 
+# Version of the rows this code writes (columns, what `prompt` holds): part of the fingerprint,
+# so a finished stage written by an older version is never reused as this one's (its answers
+# are still in the response cache: nothing is paid again).
+ROWS_VERSION = 2
+
+
 def fingerprint(ingest_stage, template, teacher, spec: Curriculum,
-                tspec: TeacherSpec | None = None) -> str:
-    """What the stage's rows depend on: corpus, template text, teacher identity and sampling,
-    row limit. Not concurrency or rate limits, which change speed, not answers."""
+                tspec: TeacherSpec | None = None, student=None, passes=()) -> str:
+    """What the stage's rows depend on: corpus, template text (and its student template),
+    teacher identity and sampling, row limit, the review passes. Not concurrency or rate
+    limits, which change speed, not answers."""
     t = tspec or spec.teacher
     blob = json.dumps({"corpus": ingest_stage.fingerprint, "template": template.content_hash,
                        "teacher": teacher.identity, "samples": t.samples,
                        "few_shot": t.few_shot,
                        "sampling": sampling_for(t, template).as_dict(),
-                       "max_rows": spec.generate.max_rows}, sort_keys=True)
+                       "max_rows": spec.generate.max_rows, "rows_version": ROWS_VERSION,
+                       "student": student.content_hash if student is not None else None,
+                       "student_context": spec.generate.student_context,
+                       "passes": {p.name: p.identity() for p in passes}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def review_passes(spec: Curriculum, teacher, tspec: TeacherSpec) -> list[Pass]:
+    """The curriculum's verify and judge passes; each asks the writer unless it names its own
+    teacher."""
+    from flows.prompting.check import prompts_dir_of
+    from flows.prompting.template import load_template
+
+    passes = []
+    g = spec.generate
+    for name, cfg, samples in (("verify", g.verify, g.verify.samples if g.verify else 0),
+                               ("judge", g.judge, 1)):
+        if cfg is None:
+            continue
+        own = cfg.teacher
+        passes.append(Pass(name, load_template(cfg.template, prompts_dir_of(spec)),
+                           make_teacher(own, base_dir=spec.base_dir) if own else teacher,
+                           own or tspec, samples))
+    return passes
 
 
 def _reusable(ws: Workspace, run_id: str, round_index: int, fp: str):
@@ -98,9 +128,10 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     """Run (resume, or reuse) the generate stage of one round; returns its summary. `teacher` is
     a TeacherSpec or a made teacher (the staircase passes last round's student); default: the
     curriculum's."""
-    from flows.prompting.check import generate_template
+    from flows.prompting.check import generate_template, student_template
 
     template = generate_template(spec)
+    student = student_template(spec) if template.student else None
     tspec = teacher if isinstance(teacher, TeacherSpec) else getattr(teacher, "spec",
                                                                       spec.teacher)
     if teacher is None or isinstance(teacher, TeacherSpec):
@@ -109,7 +140,8 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     # shown or restored after the file is edited (`stairs prompts history`).
     ws.catalog.save_template_text(template.name, template.content_hash, template.source)
     ingest_stage, shards = corpus_shards(spec, ws, run_id)
-    fp = fingerprint(ingest_stage, template, teacher, spec, tspec)
+    passes = review_passes(spec, teacher, tspec)
+    fp = fingerprint(ingest_stage, template, teacher, spec, tspec, student, passes)
     done = _reusable(ws, run_id, round_index, fp)
     if done is not None:
         # Identical finished work: nothing is sent, no rows are copied.
@@ -124,18 +156,35 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
               "teacher": teacher.name, "samples": tspec.samples, "round": round_index}
     with ws.stage(run_id, "generate", round_index=round_index, fingerprint=fp,
                   params=params) as st:
-        adopted, answered = adopt(ws, st.stage, earlier_attempts(
-            ws, run_id, round_index, fp, st.id))
+        attempts = earlier_attempts(ws, run_id, round_index, fp, st.id)
+        adopted, answered = adopt(ws, st.stage, attempts)
         todo = [r for r in requests if r.key not in answered]
         st.summary.update(params, source_rows=len(sources), requests=len(requests),
                           resumed_requests=len(requests) - len(todo),
                           resumed_shards=len(adopted))
-        teach(st, ws, todo, teacher, template, tspec, spec, round_index, shards, progress_bar)
+        teach(st, ws, todo, teacher, template, tspec, spec, round_index, shards, progress_bar,
+              student)
+        if passes:
+            review(st, ws, passes, attempts, spec, progress_bar)
     return GenerateResult.of(run_id, st.summary)
 
 
+@step(name="review")
+def review(st, ws, passes, attempts, spec, progress_bar):
+    """Verify and judge passes over the rows just written (flows/generate/review.py)."""
+    shards = ws.catalog.shards(st.id, "generated")
+    rows = ws.store.table(shards).to_pylist() if shards else []
+    for p in passes:
+        result = run_pass(p, st, ws, rows, attempts, spec, progress_bar)
+        st.summary.update(result)
+        if not result[f"{p.name}_complete"]:
+            st.summary["complete"] = False
+    return dict(st.summary)
+
+
 @step(name="teach")
-def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, progress_bar):
+def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, progress_bar,
+          student=None):
     writer = ShardWriter(ws.store, st.stage, parents, batch_rows=spec.generate.batch_rows,
                          flush_seconds=spec.generate.flush_seconds)
     cache = ResponseCacheStore(ws.catalog)
@@ -143,7 +192,8 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
 
     def rows_of(req, reply):
         return build_rows(source=req.tag, request=req, reply=reply, template=template,
-                          teacher_name=teacher.name, round_index=round_index)
+                          teacher_name=teacher.name, round_index=round_index, student=student,
+                          student_context=spec.generate.student_context)
 
     started, cpu_started = time.monotonic(), time.process_time()
     tally = None

@@ -55,6 +55,9 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
     has_questions = corpus.format != "text"
     columns = corpus.columns if has_questions else corpus.columns.model_copy(
         update={"question": None, "answer": None})
+    # Demo raw mode: a row is its passage (id and split by the passage alone); train rows lose
+    # their question and answer, held-out rows keep the generator's gold ones.
+    passages_only = corpus.format == "demo" and corpus.demo.raw
     kept: list[dict] = []
     rejects: list[dict] = []
     seen: dict[str, int] = {}
@@ -65,7 +68,8 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
                 raise Reject(reason, None, detail)
             fields = validate(record, columns=columns, min_chars=corpus.min_chars,
                               max_chars=corpus.max_chars, has_questions=has_questions)
-            row_id = content_id(fields["passage"], fields["question"], fields["answer"])
+            row_id = (content_id(fields["passage"], None, None) if passages_only else
+                      content_id(fields["passage"], fields["question"], fields["answer"]))
             if row_id in seen:
                 raise Reject("duplicate", None, f"same content as line {seen[row_id]}")
             seen[row_id] = line
@@ -73,13 +77,17 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
             rejects.append({"source": source, "line": line, "reason": r.reason, "field": r.field,
                             "detail": r.detail, "raw": (raw or str(record or ""))[:RAW_KEEP]})
             continue
-        kept.append({"id": row_id, **fields, "split": split_of(row_id, corpus.eval_fraction),
-                     "source": source, "line": line})
+        split = split_of(row_id, corpus.eval_fraction)
+        if passages_only and split == "train":
+            fields = {**fields, "question": None, "answer": None}
+        kept.append({"id": row_id, **fields, "split": split, "source": source, "line": line})
     if corpus.eval_max_rows is not None:
         # Keep the cap's worth of eval rows with the smallest ids: still a stable choice.
         evals = sorted((r for r in kept if r["split"] == "eval"), key=lambda r: r["id"])
         for r in evals[corpus.eval_max_rows:]:
             r["split"] = "train"
+            if passages_only:
+                r["question"] = r["answer"] = None
     return kept, rejects
 
 

@@ -26,6 +26,11 @@ def check_generate_template(spec: Curriculum) -> list[str]:
         template = generate_template(spec)
     except TemplateError as e:
         return [f"generate.template: {e}"]
+    if template.student is not None:
+        try:
+            load_template(template.student, prompts_dir_of(spec))
+        except TemplateError as e:
+            return [f"generate.template: its student template: {e}"]
     if spec.corpus.path is not None and not spec.resolve(spec.corpus.path).exists():
         return []  # the missing corpus is reported by the corpus check; nothing to render
     from flows.prompting.samples import first_problem, sample_rows
@@ -49,3 +54,12 @@ def check_generate_template(spec: Curriculum) -> list[str]:
     except TemplateError as e:
         return [f"generate.template: {e}"]
     return []
+
+
+def student_template(spec: Curriculum) -> Template:
+    """The template students of this curriculum are trained and evaluated with: the generate
+    template's `student` template when it names one (disentangle, textbook), else itself."""
+    template = generate_template(spec)
+    if template.student is None:
+        return template
+    return load_template(template.student, prompts_dir_of(spec))
