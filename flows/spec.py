@@ -267,6 +267,12 @@ class CurationSpec(Strict):
         2, ge=1, description="Answers of at least this many words found verbatim in the question "
                              "are leaks (shorter ones, like names in 'A or B?', are not).")
     require_gold_match: bool = Field(True, description="Drop answers that differ from the gold.")
+    check_arithmetic: bool = Field(
+        True, description="Drop rationales with a step like '3 + 5 = 9' that does not hold "
+        "(arithmetic_error).")
+    check_numbers: bool = Field(
+        True, description="Drop rationales computing with a number that is neither in the "
+        "passage/question nor an earlier step's result (unsupported_number).")
     min_judge_score: float | None = Field(
         None, description="Rows the judge (generate.judge) scored lower are dropped as "
         "judge_low; rows it did not score pass.")

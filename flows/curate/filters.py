@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from flows.curate import answers as ans
+from flows.curate import arithmetic
 from flows.curate.ngrams import ngram_hashes
 from flows.curate.reviews import VERIFY_MAJORITY
 
@@ -125,6 +126,18 @@ def _rationale_unsupported(ctx: FilterContext) -> pl.Expr:
                                   | text.str.contains(raw, literal=True))
 
 
+def _arithmetic_error(ctx: FilterContext) -> pl.Expr | None:
+    if not ctx.cfg.check_arithmetic:
+        return None
+    return _question_row(ctx) & arithmetic.check("arithmetic_error", list(ctx.columns))
+
+
+def _unsupported_number(ctx: FilterContext) -> pl.Expr | None:
+    if not ctx.cfg.check_numbers:
+        return None
+    return _question_row(ctx) & arithmetic.check("unsupported_number", list(ctx.columns))
+
+
 def _unverified(ctx: FilterContext) -> pl.Expr | None:
     if "verify_agreement" not in ctx.columns:
         return None
@@ -151,6 +164,8 @@ FILTERS: list[Filter] = [
     Filter("answer_leaked", _answer_leaked),
     Filter("wrong_answer", _wrong_answer),
     Filter("rationale_unsupported", _rationale_unsupported),
+    Filter("arithmetic_error", _arithmetic_error),
+    Filter("unsupported_number", _unsupported_number),
     Filter("unverified", _unverified),
     Filter("judge_low", _judge_low),
 ]
