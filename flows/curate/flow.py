@@ -67,10 +67,17 @@ def run_pipeline(spec: Curriculum, ws: Workspace, generated: list[Shard],
                  grams: np.ndarray, reviews: dict[str, list[Shard]] | None = None) -> pl.DataFrame:
     if not generated or sum(s.rows for s in generated) == 0:
         raise CurateError("the generate stage wrote no rows: nothing to curate")
+    from flows.curate.pipeline import STEPS
+    from flows.progress import bar
+
     read = {kind: ws.store.scan(shards).collect() if shards else None
             for kind, shards in (reviews or {}).items()}
-    return curate_rows(ws.store.scan(generated), spec.curation, eval_grams=grams,
-                       verified=read.get("verified"), judged=read.get("judged"))
+    rows = sum(s.rows for s in generated)
+    with bar(f"curate {rows} rows", STEPS) as advance:
+        return curate_rows(ws.store.scan(generated), spec.curation, eval_grams=grams,
+                           verified=read.get("verified"), judged=read.get("judged"),
+                           on_step=lambda name: advance(description=f"curate {rows} rows: "
+                                                        f"{name}"))
 
 
 def curate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0) -> CurateResult:

@@ -34,11 +34,15 @@ def check_columns(columns: list[str]) -> None:
         raise ValueError(f"generated rows lack column(s) {missing}: not the generate contract")
 
 
+STEPS = 7  # what `on_step` is called with: filters, decontam, vote, exact, near, semantic, order
+
+
 def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = None,
-                verified: pl.DataFrame | None = None,
-                judged: pl.DataFrame | None = None) -> pl.DataFrame:
+                verified: pl.DataFrame | None = None, judged: pl.DataFrame | None = None,
+                on_step=lambda name: None) -> pl.DataFrame:
     """All generated rows plus the curation columns (see docs/contracts.md 'Curated rows');
-    `verified` / `judged`: the generate stage's review passes, joined on first."""
+    `verified` / `judged`: the generate stage's review passes, joined on first. `on_step(name)`
+    is called after each of the STEPS steps (a progress bar)."""
     check_columns(generated.collect_schema().names())
     generated = reviews.attach(generated, verified, judged)
     columns = generated.collect_schema().names()
@@ -58,18 +62,25 @@ def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None =
     if len(dup_ids):
         raise ValueError(f"generated rows repeat id {dup_ids[0]!r} ({len(dup_ids)} ids repeat): "
                          "each generated row needs its own id")
+    on_step("filters")
     if eval_grams is not None and cfg.decontaminate.enabled:
         df = decontam.mark(df, eval_grams, cfg.decontaminate.ngram)
+    on_step("decontaminate")
     df = consistency.vote(df, min_confidence=cfg.min_confidence)
+    on_step("self-consistency")
     if cfg.exact_dedup:
         df = dedup.exact(df, cfg.dedup_fields)
+    on_step("exact dedup")
     if cfg.near_dedup.enabled:
         df = dedup.near(df, cfg.dedup_fields, minhash_params(cfg))
+    on_step("near dedup")
     if cfg.semantic_dedup_threshold is not None:
         df = dedup.semantic(df, cfg.dedup_fields, cfg.semantic_dedup_threshold)
+    on_step("semantic dedup")
     cur = cfg.curriculum
     df = curriculum.order(df, stages=cur.stages, mix=cur.mix,
                           agreement_weight=cur.agreement_weight)
+    on_step("curriculum order")
     df = df.with_columns(keep=pl.col("drop_reason").is_null())
     return df.drop("_answer_norm", "_gold_norm").with_columns(
         [pl.col(c).cast(t) for c, t in OUTPUT_COLUMNS.items()])

@@ -12,6 +12,7 @@ the template is the curriculum's generate template from its own prompts folder.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prefect import flow
 
@@ -58,7 +59,8 @@ def evaluate_model(model, rows: list[dict], template, *, max_new_tokens: int,
     where = str(getattr(engine, "path", model if isinstance(model, str) else "in-memory"))
     try:
         scored = score.answer_accuracy(engine, rows, template, few_shot=few_shot,
-                                       max_new_tokens=max_new_tokens)
+                                       max_new_tokens=max_new_tokens,
+                                       description=f"score {Path(where).name or where}")
         loss = None
         if with_loss and isinstance(engine, TorchEngine):
             loss = score.target_loss(engine.model, engine.tok, rows, template,
