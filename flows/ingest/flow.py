@@ -56,8 +56,9 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
     has_questions = corpus.format != "text"
     columns = corpus.columns if has_questions else corpus.columns.model_copy(
         update={"question": None, "answer": None})
-    # Demo raw mode: a row is its passage (id and split by the passage alone); train rows lose
-    # their question and answer, held-out rows keep the generator's gold ones.
+    # Demo raw mode: train rows lose their question and answer, held-out rows keep the
+    # generator's gold ones. Ids (and so the split) are those of the full rows, so a raw run and
+    # a run with questions of the same demo settings hold out the same rows.
     passages_only = corpus.format == "demo" and corpus.demo.raw
     kept: list[dict] = []
     rejects: list[dict] = []
@@ -70,8 +71,7 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
                 raise Reject(reason, None, detail)
             fields = validate(record, columns=columns, min_chars=corpus.min_chars,
                               max_chars=corpus.max_chars, has_questions=has_questions)
-            row_id = (content_id(fields["passage"], None, None) if passages_only else
-                      content_id(fields["passage"], fields["question"], fields["answer"]))
+            row_id = content_id(fields["passage"], fields["question"], fields["answer"])
             if row_id in seen:
                 raise Reject("duplicate", None, f"same content as line {seen[row_id]}")
             seen[row_id] = line
