@@ -195,6 +195,10 @@ class GenerateSpec(Strict):
         "passage", description="For templates with a `student` template (disentangle): the "
         "text the student's prompt gives with each question, the source passage (as held-out "
         "questions are asked) or the facts the teacher extracted from it.")
+    also: list[str] = Field(
+        default_factory=list, description="More templates asked about the same corpus rows in "
+        "the same stage, their rows trained by the same student: e.g. [textbook] puts lessons "
+        "(LM loss) beside the question rows.")
     verify: VerifySpec | None = Field(None, description="Re-answer teacher-written questions "
                                       "(no gold answer) and keep the majority-agreeing ones.")
     judge: JudgeSpec | None = Field(None, description="Grade every generated row with a judge.")

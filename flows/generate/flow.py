@@ -74,7 +74,7 @@ ROWS_VERSION = 2
 
 
 def fingerprint(ingest_stage, template, teacher, spec: Curriculum,
-                tspec: TeacherSpec | None = None, student=None, passes=()) -> str:
+                tspec: TeacherSpec | None = None, student=None, passes=(), also=()) -> str:
     """What the stage's rows depend on: corpus, template text (and its student template),
     teacher identity and sampling, row limit, the review passes. Not concurrency or rate
     limits, which change speed, not answers."""
@@ -86,7 +86,8 @@ def fingerprint(ingest_stage, template, teacher, spec: Curriculum,
                        "max_rows": spec.generate.max_rows, "rows_version": ROWS_VERSION,
                        "student": student.content_hash if student is not None else None,
                        "student_context": spec.generate.student_context,
-                       "passes": {p.name: p.identity() for p in passes}}, sort_keys=True)
+                       "passes": {p.name: p.identity() for p in passes},
+                       "also": [t.content_hash for t in also]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -128,20 +129,23 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     """Run (resume, or reuse) the generate stage of one round; returns its summary. `teacher` is
     a TeacherSpec or a made teacher (the staircase passes last round's student); default: the
     curriculum's."""
-    from flows.prompting.check import generate_template, student_template
+    from flows.prompting.check import generate_template, prompts_dir_of, student_template
+    from flows.prompting.template import load_template
 
     template = generate_template(spec)
     student = student_template(spec) if template.student else None
+    also = [load_template(name, prompts_dir_of(spec)) for name in spec.generate.also]
     tspec = teacher if isinstance(teacher, TeacherSpec) else getattr(teacher, "spec",
                                                                       spec.teacher)
     if teacher is None or isinstance(teacher, TeacherSpec):
         teacher = make_teacher(tspec, base_dir=spec.base_dir)
     # Rows carry only the template's hash; its text goes to the catalog so that version can be
     # shown or restored after the file is edited (`stairs prompts history`).
-    ws.catalog.save_template_text(template.name, template.content_hash, template.source)
+    for t in [template, *also]:
+        ws.catalog.save_template_text(t.name, t.content_hash, t.source)
     ingest_stage, shards = corpus_shards(spec, ws, run_id)
     passes = review_passes(spec, teacher, tspec)
-    fp = fingerprint(ingest_stage, template, teacher, spec, tspec, student, passes)
+    fp = fingerprint(ingest_stage, template, teacher, spec, tspec, student, passes, also)
     done = _reusable(ws, run_id, round_index, fp)
     if done is not None:
         # Identical finished work: nothing is sent, no rows are copied.
@@ -152,6 +156,13 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     sources = sources[:spec.generate.max_rows]
     requests = plan(sources, template, teacher.identity, sampling_for(tspec, template),
                     tspec.samples, few_shot=tspec.few_shot)
+    template_of = {}  # request key -> (template, its student template), for `generate.also`
+    for t in also:
+        extra = plan(sources, t, teacher.identity, sampling_for(tspec, t), tspec.samples,
+                     few_shot=tspec.few_shot)
+        own_student = load_template(t.student, prompts_dir_of(spec)) if t.student else None
+        template_of.update((r.key, (t, own_student)) for r in extra)
+        requests += extra
     params = {"template": template.name, "template_hash": template.content_hash,
               "teacher": teacher.name, "samples": tspec.samples, "round": round_index}
     with ws.stage(run_id, "generate", round_index=round_index, fingerprint=fp,
@@ -163,7 +174,7 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
                           resumed_requests=len(requests) - len(todo),
                           resumed_shards=len(adopted))
         teach(st, ws, todo, teacher, template, tspec, spec, round_index, shards, progress_bar,
-              student)
+              student, template_of)
         if passes:
             review(st, ws, passes, attempts, spec, progress_bar)
     return GenerateResult.of(run_id, st.summary)
@@ -184,16 +195,19 @@ def review(st, ws, passes, attempts, spec, progress_bar):
 
 @step(name="teach")
 def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, progress_bar,
-          student=None):
+          student=None, template_of=None):
     writer = ShardWriter(ws.store, st.stage, parents, batch_rows=spec.generate.batch_rows,
                          flush_seconds=spec.generate.flush_seconds)
     cache = ResponseCacheStore(ws.catalog)
     progress = Progress(len(todo), template.name, teacher.name, bar=progress_bar)
 
+    template_of = template_of or {}
+
     def rows_of(req, reply):
-        return build_rows(source=req.tag, request=req, reply=reply, template=template,
-                          teacher_name=teacher.name, round_index=round_index, student=student,
-                          student_context=spec.generate.student_context)
+        own, own_student = template_of.get(req.key, (template, student))
+        return build_rows(source=req.tag, request=req, reply=reply, template=own,
+                          teacher_name=teacher.name, round_index=round_index,
+                          student=own_student, student_context=spec.generate.student_context)
 
     started, cpu_started = time.monotonic(), time.process_time()
     tally = None

@@ -100,3 +100,29 @@ def test_mixed_lessons_and_questions_keep_both_terms(tok):
     without = collate(examples[:-1], tok.pad_token_id)
     with torch.no_grad():
         assert compute_loss(model, without, cfg)[0].item() != pytest.approx(loss.item())
+
+
+def test_lessons_beside_question_rows_in_one_student(tmp_path, workspace, tiny_base):
+    """generate.also: [textbook] next to the rationale template on a corpus with questions:
+    both kinds of rows come out of one stage, curation keeps both, and one student trains on
+    both, each with its own loss term."""
+    with FakeOpenAI(responder=responder()) as srv:
+        spec = curriculum(tmp_path, srv.base_url, tiny_base, "step_by_step")
+        spec = spec_mod.with_changes(spec, {"corpus.demo.raw": False,
+                                            "generate.template": "rationale",
+                                            "generate.also": ["textbook"],
+                                            "student.max_steps": 10})
+        run_id = workspace.start_run(spec, "run").id
+        gen = generate(spec, workspace, run_id, progress_bar=False)
+    n = gen.source_rows
+    assert gen.complete and gen.requests == gen.rows_written == 2 * n
+    cur = curate(spec, workspace, run_id)
+    assert cur.kept_by_target["text"] == n and cur.kept_by_target["rationale"] > 0
+    result = train(spec, workspace, run_id)
+    assert result.examples_by_target == {"text": n, "rationale": cur.kept_by_target[
+        "rationale"], "label": cur.kept_by_target["rationale"]}
+    logged = [json.loads(m.meta_json) for m in workspace.catalog.metrics(run_id=run_id)
+              if m.name == "train_loss"]
+    # Steps 5 and 10 are logged; lessons reached the loss there (both kinds sharing one
+    # batch, each with its own term: test_mixed_lessons_and_questions_keep_both_terms).
+    assert any(m.get("lm_loss", 0) > 0 for m in logged)
