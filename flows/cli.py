@@ -214,6 +214,12 @@ def generate_report(r) -> str:
              + (f", cost ${r.cost_usd:.4f}" if r.cost_usd is not None else "")]
     for reason, n in r.errors_by_reason.items():
         lines.append(f"  error {n:>6}  {reason}")
+    for name in ("verify", "judge"):
+        if getattr(r, f"{name}_requests"):
+            lines.append(f"  {name}: {getattr(r, f'{name}_answered')} of "
+                         f"{getattr(r, f'{name}_requests')} requests answered about "
+                         f"{getattr(r, f'{name}_rows')} rows "
+                         f"({getattr(r, f'{name}_cache_hits')} cache hits)")
     if not r.complete:
         why = "budget reached" if r.budget_exhausted else f"{r.unanswered} requests unanswered"
         lines.append(f"  [yellow]incomplete[/yellow] ({why}): run the same command to resume")
