@@ -31,6 +31,12 @@ def check_generate_template(spec: Curriculum) -> list[str]:
             load_template(template.student, prompts_dir_of(spec))
         except TemplateError as e:
             return [f"generate.template: its student template: {e}"]
+        if spec.staircase.rounds > 1:
+            # A promoted student teaches the next round with this template, but it was trained
+            # on another one (its `student` template): it cannot write these replies.
+            return [f"staircase.rounds: template '{template.name}' trains students on "
+                    f"'{template.student}', so a promoted student cannot answer "
+                    f"'{template.name}' requests in the next round; use rounds: 1"]
     if spec.corpus.path is not None and not spec.resolve(spec.corpus.path).exists():
         return []  # the missing corpus is reported by the corpus check; nothing to render
     from flows.prompting.samples import first_problem, sample_rows

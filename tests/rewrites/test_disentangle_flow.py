@@ -133,3 +133,14 @@ def test_facts_as_the_students_context(tmp_path, workspace, tiny_base):
         user = json.loads(row["prompt"])[-1]["content"]
         assert row["question"] in user and row["passage"] not in user
         assert user.startswith("Text: ") and " has " in user  # the extracted facts
+
+
+def test_a_staircase_of_disentangle_rounds_is_refused_at_validate(tmp_path):
+    from flows.prompting.check import check_generate_template
+
+    spec = curriculum(tmp_path, "http://127.0.0.1:9/v1", tmp_path)
+    assert check_generate_template(spec) == []
+    more = spec_mod.with_changes(spec, {"staircase.rounds": 2})
+    (problem,) = check_generate_template(more)
+    assert problem.startswith("staircase.rounds: template 'disentangle' trains students on "
+                              "'rationale'")
