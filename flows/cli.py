@@ -216,6 +216,12 @@ def generate_report(r) -> str:
              + (f", cost ${r.cost_usd:.4f}" if r.cost_usd is not None else "")]
     for reason, n in r.errors_by_reason.items():
         lines.append(f"  error {n:>6}  {reason}")
+    for name in ("verify", "judge"):
+        if getattr(r, f"{name}_requests"):
+            lines.append(f"  {name}: {getattr(r, f'{name}_answered')} of "
+                         f"{getattr(r, f'{name}_requests')} requests answered about "
+                         f"{getattr(r, f'{name}_rows')} rows "
+                         f"({getattr(r, f'{name}_cache_hits')} cache hits)")
     if not r.complete:
         why = "budget reached" if r.budget_exhausted else f"{r.unanswered} requests unanswered"
         lines.append(f"  [yellow]incomplete[/yellow] ({why}): run the same command to resume")
@@ -390,6 +396,36 @@ def show(run_id: str = typer.Argument(..., help="A run id from `stairs runs`."),
         _emit_json(details)
         return
     _print_details(details)
+
+
+@app.command()
+def export(run_id: str = typer.Argument(..., help="A run id from `stairs runs`."),
+           to: Path = typer.Option(..., "--to", help="New (or empty) folder to write."),
+           stage: str = typer.Option("curate", help="curate (kept rows), generate (all rows) "
+                                     "or ingest (the corpus)."),
+           round_index: Optional[int] = typer.Option(None, "--round", help="Staircase round "
+                                                     "(default: the newest)."),
+           push_to_hub: Optional[str] = typer.Option(
+               None, "--push-to-hub", help="Also upload to this Hub dataset repo (user/name)."),
+           token_env: str = typer.Option("HF_TOKEN", help="Environment variable holding the "
+                                         "Hub token."),
+           private: bool = typer.Option(False, help="Create the Hub repo as private."),
+           as_json: bool = JsonOpt) -> None:
+    """Write a run's rows as a Hugging Face dataset: save_to_disk + Parquet + dataset card."""
+    from flows.export import ExportError, export_run
+    from flows.export import push_to_hub as push
+
+    try:
+        written = export_run(_workspace(), run_id, to, stage=stage, round_index=round_index)
+        if push_to_hub:
+            written["hub"] = push(to, push_to_hub, token_env=token_env, private=private)
+    except ExportError as e:
+        _fail("export error", str(e), 1)
+    if as_json:
+        _emit_json(written)
+        return
+    out.print(f"{written['rows']} {written['kind']} rows of run {run_id} -> {written['folder']}"
+              + (f"\nhub: {written['hub']}" if "hub" in written else ""))
 
 
 @app.command()

@@ -72,6 +72,28 @@ class GenerateResult(StageResult):
     complete: bool = False
     batches: list[dict] = Field([], description="Per batch: its index, requests, rows, and "
                                 "where it ran (host, pid, Dask/Ray worker, endpoint limit held).")
+    # Verification (generate.verify): teacher-written questions answered again.
+    verify_rows: int = 0  # generated rows the pass asked about
+    verify_requests: int = 0
+    verify_resumed_requests: int = 0
+    verify_answered: int = 0
+    verify_unanswered: int = 0
+    verify_cache_hits: int = 0
+    verify_errors_by_reason: dict[str, int] = {}
+    verify_prompt_tokens: int = 0
+    verify_completion_tokens: int = 0
+    verify_complete: bool | None = None
+    # Judge pass (generate.judge): rows graded 1-5.
+    judge_rows: int = 0  # generated rows the pass asked about
+    judge_requests: int = 0
+    judge_resumed_requests: int = 0
+    judge_answered: int = 0
+    judge_unanswered: int = 0
+    judge_cache_hits: int = 0
+    judge_errors_by_reason: dict[str, int] = {}
+    judge_prompt_tokens: int = 0
+    judge_completion_tokens: int = 0
+    judge_complete: bool | None = None
 
 
 class CurateResult(StageResult):
@@ -85,6 +107,14 @@ class CurateResult(StageResult):
     mean_confidence: float | None = None
     partitions: list[dict] = Field([], description="Per partition: its index, rows, and where "
                                    "its per-row work ran (host, pid, Dask/Ray worker).")
+    kept_by_target: dict[str, int] = Field(default_factory=dict, description="Kept rows by what "
+                                           "they train: rationale (question rows) or text.")
+    judged: int = Field(0, description="Rows the judge scored.")
+    judge_low: int = Field(0, description="Rows dropped for a score under min_judge_score.")
+    mean_judge_score: float | None = None
+    verified: int = Field(0, description="Teacher-written questions re-answered by the teacher.")
+    unverified: int = Field(0, description="Rows dropped: the re-answers' majority disagrees.")
+
 
 class TrainResult(StageResult):
     stage: ClassVar[str] = "train"
@@ -102,6 +132,8 @@ class TrainResult(StageResult):
     base_accuracy: float | None = None
     student_accuracy: float | None = None
     eval_rows: int = 0
+    examples_by_target: dict[str, int] = Field(default_factory=dict, description="Training "
+                                               "examples by target: rationale, label, text (LM).")
 
 
 class QuantizedArtifact(BaseModel):

@@ -59,6 +59,10 @@ class DemoSpec(Strict):
     max_count: int = Field(9, ge=1, le=1000)
     tasks: list[Literal["lookup", "sum", "difference", "compare", "total", "count", "most"]] = (
         Field(default_factory=lambda: ["sum"], min_length=1))
+    raw: bool = Field(False, description="Raw text: train rows are passages only (no question, "
+                      "no answer), for templates that write their own questions (disentangle, "
+                      "textbook); held-out rows keep the generator's gold questions, so students "
+                      "are scored on questions no teacher wrote.")
 
 
 class EvalSetSpec(Strict):
@@ -195,6 +199,26 @@ class TeacherSpec(Strict):
 
 
 # -- generate -----------------------------------------------------------------------------------
+class VerifySpec(Strict):
+    """Verification without gold answers: the teacher (or `teacher`) answers each question it
+    wrote `samples` more times through `template`; curation keeps a row only when the majority
+    of those answers equals its answer (else `unverified`)."""
+
+    template: str = Field("rationale", description="Template the questions are re-answered "
+                          "with (needs passage and question).")
+    samples: int = Field(3, ge=1, le=32, description="Re-answers per question.")
+    teacher: TeacherSpec | None = Field(None, description="Another teacher to re-answer; "
+                                        "default: the writer.")
+
+
+class JudgeSpec(Strict):
+    """LLM-as-judge pass over the generated rows (prompts/judge.yaml): a score from 1 to 5 and a
+    reason per row; curation drops rows under curation.min_judge_score as `judge_low`."""
+
+    template: str = Field("judge", description="Template the rows are graded with.")
+    teacher: TeacherSpec | None = Field(None, description="The judge; default: the writer.")
+
+
 class GenerateSpec(Strict):
     template: str = Field("rationale", description="Prompt template name in prompts/.")
     prompts_dir: Path | None = Field(
@@ -209,6 +233,17 @@ class GenerateSpec(Strict):
                                 "Dask or Ray task runner: each batch is one task on a worker that "
                                 "writes its own shards. In the flow's own process (and with a "
                                 "budget) all requests go as one batch.")
+    student_context: Literal["passage", "facts"] = Field(
+        "passage", description="For templates with a `student` template (disentangle): the "
+        "text the student's prompt gives with each question, the source passage (as held-out "
+        "questions are asked) or the facts the teacher extracted from it.")
+    also: list[str] = Field(
+        default_factory=list, description="More templates asked about the same corpus rows in "
+        "the same stage, their rows trained by the same student: e.g. [textbook] puts lessons "
+        "(LM loss) beside the question rows.")
+    verify: VerifySpec | None = Field(None, description="Re-answer teacher-written questions "
+                                      "(no gold answer) and keep the majority-agreeing ones.")
+    judge: JudgeSpec | None = Field(None, description="Grade every generated row with a judge.")
 
 
 # -- curation -----------------------------------------------------------------------------------
@@ -278,8 +313,15 @@ class CurationSpec(Strict):
         2, ge=1, description="Answers of at least this many words found verbatim in the question "
                              "are leaks (shorter ones, like names in 'A or B?', are not).")
     require_gold_match: bool = Field(True, description="Drop answers that differ from the gold.")
+    check_arithmetic: bool = Field(
+        True, description="Drop rationales with a step like '3 + 5 = 9' that does not hold "
+        "(arithmetic_error).")
+    check_numbers: bool = Field(
+        True, description="Drop rationales computing with a number that is neither in the "
+        "passage/question nor an earlier step's result (unsupported_number).")
     min_judge_score: float | None = Field(
-        None, description="With a judge_score column: lower scores are dropped.")
+        None, description="Rows the judge (generate.judge) scored lower are dropped as "
+        "judge_low; rows it did not score pass.")
     min_confidence: float = Field(
         0.0, ge=0.0, le=1.0, description="Least self-consistency agreement to keep a row.")
     exact_dedup: bool = True

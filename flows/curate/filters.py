@@ -1,6 +1,7 @@
 """Row filters: each is a named drop reason and a Polars expression that is true for rows to drop.
 
-Filters are lazy expressions over the generated-row columns (see docs/contracts.md), so a caller can
+Question filters (no_answer, answer_leaked, wrong_answer, the rationale checks) skip text rows
+(`target` = text: a textbook lesson has no answer). Filters are lazy expressions over the generated-row columns (see docs/contracts.md), so a caller can
 compose, reorder or add them; `drop_reason` folds a list of them into one `when/then` chain in
 which the first matching filter names the reason. Filters that need a column the rows lack (a
 judge score) or a setting that is off return None and are skipped.
@@ -15,7 +16,9 @@ import numpy as np
 import polars as pl
 
 from flows.curate import answers as ans
+from flows.curate import arithmetic
 from flows.curate.ngrams import ngram_hashes
+from flows.curate.reviews import VERIFY_MAJORITY
 
 # Same marker `flows.answers.extract_answer` looks for: a question carrying it gives the answer away.
 _ANSWER_MARKER = r"(?i)(?:final\s+)?answer\s*(?:is)?\s*[:=]"
@@ -62,8 +65,16 @@ def _generation_error(ctx: FilterContext) -> pl.Expr:
     return pl.col("error").is_not_null()
 
 
+def _question_row(ctx: FilterContext) -> pl.Expr:
+    """Rows that answer a question; text rows (textbook lessons, `target` = text) have no answer
+    to check and skip the answer filters."""
+    if "target" not in ctx.columns:
+        return pl.lit(True)
+    return pl.col("target").fill_null("rationale") != "text"
+
+
 def _no_answer(ctx: FilterContext) -> pl.Expr:
-    return ans.normalized("answer") == ""
+    return _question_row(ctx) & (ans.normalized("answer") == "")
 
 
 def _too_short(ctx: FilterContext) -> pl.Expr:
@@ -94,7 +105,7 @@ def _answer_leaked(ctx: FilterContext) -> pl.Expr:
     answer_tokens = tokens(ans.normalized("answer"))
     long_enough = answer_tokens.str.count_matches(r"\w+") >= ctx.cfg.leak_min_words
     verbatim = long_enough & tokens(question).str.contains(answer_tokens, literal=True)
-    return marker | verbatim
+    return _question_row(ctx) & (marker | verbatim)
 
 
 def _wrong_answer(ctx: FilterContext) -> pl.Expr | None:
@@ -111,10 +122,31 @@ def _rationale_unsupported(ctx: FilterContext) -> pl.Expr:
     text = tokens(pl.col("rationale"))
     normalized = tokens(ans.normalized("answer"))
     raw = tokens(pl.col("answer"))
-    return ~(text.str.contains(normalized, literal=True) | text.str.contains(raw, literal=True))
+    return _question_row(ctx) & ~(text.str.contains(normalized, literal=True)
+                                  | text.str.contains(raw, literal=True))
 
 
-def _low_judge_score(ctx: FilterContext) -> pl.Expr | None:
+def _arithmetic_error(ctx: FilterContext) -> pl.Expr | None:
+    if not ctx.cfg.check_arithmetic:
+        return None
+    return _question_row(ctx) & arithmetic.check("arithmetic_error", list(ctx.columns))
+
+
+def _unsupported_number(ctx: FilterContext) -> pl.Expr | None:
+    if not ctx.cfg.check_numbers:
+        return None
+    return _question_row(ctx) & arithmetic.check("unsupported_number", list(ctx.columns))
+
+
+def _unverified(ctx: FilterContext) -> pl.Expr | None:
+    if "verify_agreement" not in ctx.columns:
+        return None
+    # Rows nobody re-asked (a gold answer decides them instead) pass.
+    return (pl.col("verify_agreement").is_not_null()
+            & (pl.col("verify_agreement") <= VERIFY_MAJORITY))
+
+
+def _judge_low(ctx: FilterContext) -> pl.Expr | None:
     if ctx.cfg.min_judge_score is None or "judge_score" not in ctx.columns:
         return None
     # Rows the judge did not score (null) pass: no verdict is not a bad verdict.
@@ -132,7 +164,10 @@ FILTERS: list[Filter] = [
     Filter("answer_leaked", _answer_leaked),
     Filter("wrong_answer", _wrong_answer),
     Filter("rationale_unsupported", _rationale_unsupported),
-    Filter("low_judge_score", _low_judge_score),
+    Filter("arithmetic_error", _arithmetic_error),
+    Filter("unsupported_number", _unsupported_number),
+    Filter("unverified", _unverified),
+    Filter("judge_low", _judge_low),
 ]
 
 

@@ -51,15 +51,17 @@ def _fingerprint(spec: Curriculum, shards: list[Shard]) -> str:
     return h.hexdigest()[:16]
 
 
-def _inputs(ws: Workspace, run_id: str, round_index: int) -> tuple[list[Shard], list[Shard]]:
+def _inputs(ws: Workspace, run_id: str, round_index: int):
+    """Generated shards, the review passes' shards ({kind: shards}) and the held-out shards."""
     gen = ws.latest_stage("generate", run_id=run_id, round_index=round_index)
     if gen is None:
         raise CurateError(f"run {run_id} has no completed generate stage for round {round_index}:"
                           " run `stairs generate` (or `stairs run`) first")
     generated = ws.shards(gen, "generated")
+    reviews = {kind: ws.shards(gen, kind) for kind in ("verified", "judged")}
     ingest = ws.latest_stage("ingest", run_id=run_id)
     evals = ws.shards(ingest, "eval") if ingest is not None else []
-    return generated, evals
+    return generated, reviews, evals
 
 
 # Inputs are a workspace and arrays: nothing Prefect could key a cache on.
@@ -78,6 +80,8 @@ class Partition:
     shards: list[Shard]
     curation: Any  # CurationSpec
     grams: np.ndarray
+    verified: pl.DataFrame | None = None  # the generate stage's review passes (joined by row id)
+    judged: pl.DataFrame | None = None
     ws: Any = None  # only when the task runs in the flow's own process
 
     def __getstate__(self):
@@ -99,7 +103,8 @@ def curate_partition(part: Partition) -> tuple[pl.DataFrame, dict]:
     rows and where they were curated (the stage summary keeps it)."""
     ws = part.ws or Workspace.attach()
     try:
-        rows = prepare(ws.store.scan(part.shards), part.curation, eval_grams=part.grams)
+        rows = prepare(ws.store.scan(part.shards), part.curation, eval_grams=part.grams,
+                       verified=part.verified, judged=part.judged)
     finally:
         if part.ws is None:
             ws.catalog.engine.dispose()
@@ -109,37 +114,52 @@ def curate_partition(part: Partition) -> tuple[pl.DataFrame, dict]:
 
 
 @step(name="curate-global")
-def curate_global(spec: Curriculum, prepared: list[pl.DataFrame]) -> pl.DataFrame:
-    return finish(pl.concat(prepared, how="diagonal_relaxed"), spec.curation)
+def curate_global(spec: Curriculum, prepared: list[pl.DataFrame],
+                  on_step=lambda name: None) -> pl.DataFrame:
+    return finish(pl.concat(prepared, how="diagonal_relaxed"), spec.curation, on_step=on_step)
 
 
 def run_pipeline(spec: Curriculum, ws: Workspace, generated: list[Shard],
-                 grams: np.ndarray) -> tuple[pl.DataFrame, list[dict]]:
+                 grams: np.ndarray, reviews: dict[str, list[Shard]] | None = None
+                 ) -> tuple[pl.DataFrame, list[dict]]:
     if not generated or sum(s.rows for s in generated) == 0:
         raise CurateError("the generate stage wrote no rows: nothing to curate")
+    from flows.curate.pipeline import STEPS
+    from flows.progress import bar
+
+    read = {kind: ws.store.scan(shards).collect() if shards else None
+            for kind, shards in (reviews or {}).items()}
     local = not in_flow_run() or isinstance(FlowRunContext.get().task_runner,
                                             ThreadPoolTaskRunner)
-    parts = [Partition(i, shards, spec.curation, grams, ws=ws if local else None)
+    parts = [Partition(i, shards, spec.curation, grams, verified=read.get("verified"),
+                       judged=read.get("judged"), ws=ws if local else None)
              for i, shards in enumerate(partitions(generated, spec.curation.partition_rows))]
-    done = map_step(curate_partition, parts, name="curate-partition")
-    rows = curate_global(spec, [r for r, _ in done])
-    return rows, [w for _, w in done]
+    rows = sum(s.rows for s in generated)
+    with bar(f"curate {rows} rows", STEPS) as advance:
+        def step_done(name):
+            advance(description=f"curate {rows} rows: {name}")
+
+        done = map_step(curate_partition, parts, name="curate-partition")
+        step_done("filters")
+        curated = curate_global(spec, [r for r, _ in done], on_step=step_done)
+    return curated, [w for _, w in done]
 
 
 def curate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0) -> CurateResult:
     """Run (or reuse) curation of one round's generated rows; returns the stage summary."""
-    generated, evals = _inputs(ws, run_id, round_index)
-    fingerprint = _fingerprint(spec, generated + evals)
+    generated, reviews, evals = _inputs(ws, run_id, round_index)
+    review_shards = [s for shards in reviews.values() for s in shards]
+    fingerprint = _fingerprint(spec, generated + review_shards + evals)
     done = ws.reuse(run_id, "curate", fingerprint, round_index=round_index)
     if done is not None:
         return CurateResult.of(run_id, ws.summary(done))
     with ws.stage(run_id, "curate", round_index=round_index, fingerprint=fingerprint,
                   params={"curation": spec.curation.model_dump(mode="json")}) as st:
         grams = eval_ngrams(spec, ws, evals)
-        rows, where = run_pipeline(spec, ws, generated, grams)
+        rows, where = run_pipeline(spec, ws, generated, grams, reviews)
         kept = rows.filter(pl.col("keep"))
         dropped = rows.filter(~pl.col("keep"))
-        parents = generated + evals
+        parents = generated + review_shards + evals
         store = ws.store
         kept_shard = store.write(kept, stage=st.stage, kind="kept", parents=parents)
         store.write(dropped, stage=st.stage, kind="dropped", parents=parents)
@@ -153,8 +173,26 @@ def curate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0
                                       stages["len"].to_list())),
             "mean_confidence": float(kept["confidence"].mean()) if len(kept) else None,
             "partitions": where,
+            **review_counts(rows, kept),
         })
     return CurateResult.of(run_id, st.summary)
+
+
+def review_counts(rows: pl.DataFrame, kept: pl.DataFrame) -> dict:
+    """What the review passes did (CurateResult fields) and what the kept rows train."""
+    drops = rows["drop_reason"]
+    targets = (kept["target"].fill_null("rationale") if "target" in kept.columns
+               else pl.Series(["rationale"] * len(kept)))
+    out = {"kept_by_target": {str(k): int(v) for k, v in targets.value_counts().iter_rows()},
+           "judge_low": int((drops == "judge_low").sum()),
+           "unverified": int((drops == "unverified").sum())}
+    if "judge_score" in rows.columns:
+        scores = rows["judge_score"].drop_nulls()
+        out["judged"] = len(scores)
+        out["mean_judge_score"] = float(scores.mean()) if len(scores) else None
+    if "verify_total" in rows.columns:
+        out["verified"] = int(rows["verify_total"].is_not_null().sum())
+    return out
 
 
 def latest_run_with(ws: Workspace, curriculum: str, stage: str) -> str | None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from flows.curate import consistency, curriculum, decontam, dedup, filters
+from flows.curate import consistency, curriculum, decontam, dedup, filters, reviews
 from flows.curate.answers import normalized
 from flows.curate.minhash import MinHashParams
 
 # Columns of the generated-rows contract that curation reads.
 REQUIRED = ["id", "source_id", "rationale", "answer", "error"]
 TEXT_COLUMNS = ["id", "source_id", "passage", "gold_answer", "question", "rationale", "answer",
-                "error", "messages"]
+                "error", "messages", "facts", "prompt", "target"]
 OUTPUT_COLUMNS = {"keep": pl.Boolean, "drop_reason": pl.String, "dedup_cluster": pl.String,
                   "confidence": pl.Float64, "difficulty": pl.Float64,
                   "curriculum_stage": pl.Int64, "order": pl.Int64}
@@ -34,17 +34,31 @@ def check_columns(columns: list[str]) -> None:
         raise ValueError(f"generated rows lack column(s) {missing}: not the generate contract")
 
 
-def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = None) -> pl.DataFrame:
-    """All generated rows plus the curation columns (see docs/contracts.md 'Curated rows')."""
-    return finish(prepare(generated, cfg, eval_grams=eval_grams), cfg)
+# What `on_step` is called with: prepared (filters, decontamination lookups, signatures), then
+# self-consistency, exact, near and semantic dedup, curriculum order.
+STEPS = 6
 
 
-def prepare(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = None) -> pl.DataFrame:
+def curate_rows(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = None,
+                verified: pl.DataFrame | None = None, judged: pl.DataFrame | None = None,
+                on_step=lambda name: None) -> pl.DataFrame:
+    """All generated rows plus the curation columns (see docs/contracts.md 'Curated rows');
+    `verified` / `judged`: the generate stage's review passes, joined on first. `on_step(name)`
+    is called after each of the STEPS steps (a progress bar)."""
+    df = prepare(generated, cfg, eval_grams=eval_grams, verified=verified, judged=judged)
+    on_step("filters")
+    return finish(df, cfg, on_step=on_step)
+
+
+def prepare(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = None,
+            verified: pl.DataFrame | None = None,
+            judged: pl.DataFrame | None = None) -> pl.DataFrame:
     """The work each row needs alone, so it runs per partition of the rows (a task each, on
-    the flow's task runner): filters, answer normalization, decontamination lookups, MinHash
-    signatures. `finish` does the rest over all partitions together."""
+    the flow's task runner): review joins, filters, answer normalization, decontamination
+    lookups, MinHash signatures. `finish` does the rest over all partitions together."""
+    check_columns(generated.collect_schema().names())
+    generated = reviews.attach(generated, verified, judged)
     columns = generated.collect_schema().names()
-    check_columns(columns)
     missing = [f for f in cfg.dedup_fields if f not in columns]
     if missing:
         raise ValueError(f"curation.dedup_fields: generated rows have no column(s) {missing}")
@@ -64,7 +78,7 @@ def prepare(generated: pl.LazyFrame, cfg, *, eval_grams: np.ndarray | None = Non
     return df
 
 
-def finish(df: pl.DataFrame, cfg) -> pl.DataFrame:
+def finish(df: pl.DataFrame, cfg, *, on_step=lambda name: None) -> pl.DataFrame:
     """The steps that need every row at once: id check, self-consistency votes, exact, near and
     semantic dedup clustering, curriculum order."""
     dup_ids = df.filter(pl.col("id").is_duplicated())["id"].unique()
@@ -72,15 +86,20 @@ def finish(df: pl.DataFrame, cfg) -> pl.DataFrame:
         raise ValueError(f"generated rows repeat id {dup_ids[0]!r} ({len(dup_ids)} ids repeat): "
                          "each generated row needs its own id")
     df = consistency.vote(df, min_confidence=cfg.min_confidence)
+    on_step("self-consistency")
     if cfg.exact_dedup:
         df = dedup.exact(df, cfg.dedup_fields)
+    on_step("exact dedup")
     if cfg.near_dedup.enabled:
         df = dedup.near(df, cfg.dedup_fields, minhash_params(cfg))
+    on_step("near dedup")
     if cfg.semantic_dedup_threshold is not None:
         df = dedup.semantic(df, cfg.dedup_fields, cfg.semantic_dedup_threshold)
+    on_step("semantic dedup")
     cur = cfg.curriculum
     df = curriculum.order(df, stages=cur.stages, mix=cur.mix,
                           agreement_weight=cur.agreement_weight)
+    on_step("curriculum order")
     df = df.with_columns(keep=pl.col("drop_reason").is_null())
     df = df.drop([c for c in df.columns if c.startswith("_")])
     return df.with_columns([pl.col(c).cast(t) for c, t in OUTPUT_COLUMNS.items()])

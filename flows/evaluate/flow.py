@@ -12,6 +12,7 @@ the template is the curriculum's generate template from its own prompts folder.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prefect import flow
 
@@ -40,10 +41,13 @@ def held_out_rows(ws: Workspace, run_id: str, limit: int | None) -> tuple[list[d
 
 
 def eval_template(spec: Curriculum):
-    """The curriculum's generate template, from its own prompts folder when it names one."""
-    from flows.prompting.check import generate_template
+    """The template students are asked with: the curriculum's generate template, or the
+    `student` template it names (a disentangle request is not a question; its rows train
+    "passage + question -> rationale + answer", and held-out questions are asked the same way),
+    from the curriculum's own prompts folder when it names one."""
+    from flows.prompting.check import student_template
 
-    return generate_template(spec)
+    return student_template(spec)
 
 
 def evaluate_model(model, rows: list[dict], template, *, max_new_tokens: int,
@@ -55,7 +59,8 @@ def evaluate_model(model, rows: list[dict], template, *, max_new_tokens: int,
     where = str(getattr(engine, "path", model if isinstance(model, str) else "in-memory"))
     try:
         scored = score.answer_accuracy(engine, rows, template, few_shot=few_shot,
-                                       max_new_tokens=max_new_tokens)
+                                       max_new_tokens=max_new_tokens,
+                                       description=f"score {Path(where).name or where}")
         loss = None
         if with_loss and isinstance(engine, TorchEngine):
             loss = score.target_loss(engine.model, engine.tok, rows, template,

@@ -40,14 +40,28 @@ def gold(row: dict):
     return row["gold_answer"] if "gold_answer" in row else row.get("answer")
 
 
+# Conversations per engine call: a progress step, and large enough that the torch engine's
+# length-sorted batches (8 rows) still pad little.
+CHUNK = 32
+
+
 def answer_accuracy(engine, rows: list[dict], template, *, few_shot: bool,
-                    max_new_tokens: int) -> Scored:
+                    max_new_tokens: int, description: str = "evaluate") -> Scored:
     """Render each row through `template`, answer greedily with `engine`, and score the final
     answer against the row's gold answer. Students are asked without the template's worked
     examples (as they were trained, few_shot=False); a base teacher with them, as it teaches."""
+    from flows.progress import bar
+
     conversations = [template.render(r, few_shot=few_shot) for r in rows]
     started = time.perf_counter()
-    outputs, generated = engine.generate(conversations, max_new_tokens)
+    outputs, generated = [], 0
+    with bar(f"{description} ({len(rows)} rows)", len(conversations)) as advance:
+        for c in range(0, len(conversations), CHUNK):
+            chunk = conversations[c:c + CHUNK]
+            out, tokens = engine.generate(chunk, max_new_tokens)
+            outputs += out
+            generated += tokens
+            advance(len(chunk))
     seconds = time.perf_counter() - started
     golds = [gold(r) for r in rows]
     predicted, correct = score_outputs(outputs, golds)
@@ -122,13 +136,13 @@ def target_loss(model, tokenizer, rows: list[dict], template, *, max_length: int
 
 
 def measure(engine, rows: list[dict], template, *, tokenizer, max_new_tokens: int,
-            speed_tokens: int, speed_repeats: int = 3) -> dict:
+            speed_tokens: int, speed_repeats: int = 3, description: str = "measure") -> dict:
     """What every quantized artifact gets: accuracy (answer_accuracy, as the student was trained:
     no worked examples), perplexity and median decode tokens/s, on the same eval rows."""
     import statistics
 
     scored = answer_accuracy(engine, rows, template, few_shot=False,
-                             max_new_tokens=max_new_tokens)
+                             max_new_tokens=max_new_tokens, description=description)
     messages = template.render(rows[0], few_shot=False)
     speeds = [engine.decode_speed(messages, speed_tokens) for _ in range(speed_repeats)]
     return {

@@ -40,6 +40,9 @@ class BatchJob:
     flush_seconds: float
     budget: Any  # TeacherSpec: max_requests / max_total_tokens (one batch when set)
     slots: int | None = None  # size of the endpoint's limit when first created
+    student: Any = None  # the template's student template (disentangle), if any
+    student_context: str = "passage"
+    template_of: dict = field(default_factory=dict)  # request key -> (template, student): `also`
     # Only when the batch runs in the flow's own process: never shipped to a worker.
     ws: Any = None
     progress: Any = None
@@ -110,8 +113,10 @@ def run_batch(job: BatchJob) -> BatchResult:
     teacher = job.teacher
 
     def rows_of(req, reply):
-        return build_rows(source=req.tag, request=req, reply=reply, template=job.template,
-                          teacher_name=job.teacher_name, round_index=job.round_index)
+        own, own_student = job.template_of.get(req.key, (job.template, job.student))
+        return build_rows(source=req.tag, request=req, reply=reply, template=own,
+                          teacher_name=job.teacher_name, round_index=job.round_index,
+                          student=own_student, student_context=job.student_context)
 
     cancelled = job.cancel.is_set if job.cancel is not None else None
     # A teacher shared by the flow's batches (one after another) keeps counting: this batch

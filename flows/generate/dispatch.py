@@ -45,10 +45,11 @@ class Budget:
 
 
 def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_spec,
-             start_teacher: bool = True, cancelled=None) -> Tally:
+             start_teacher: bool = True, cancelled=None, check_rows=check_rows) -> Tally:
     """start_teacher=False: the caller started the teacher (a generate batch: the flow starts
     it once for all its batches). `cancelled()` True: send nothing new (the flow was stopped);
-    what is in flight is still recorded."""
+    what is in flight is still recorded. `check_rows` raises when rows do not fit the writer's
+    schema (generated rows by default; the review passes write their own kinds)."""
     tally = Tally()
     answers = cache.lookup([r.key for r in requests])
 

@@ -27,7 +27,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.generate.batches import BatchJob, run_batch, split, total
 from flows.generate.progress import Progress
 from flows.generate.resume import adopt, earlier_attempts
-from flows.orchestration import in_flow_run, map_step, task_runner
+from flows.generate.review import Pass, run_pass
+from flows.orchestration import in_flow_run, map_step, step, task_runner
 from flows.params import StageParams
 from flows.results import GenerateResult
 from flows.spec import Curriculum, TeacherSpec
@@ -69,17 +70,47 @@ def plan(sources: list[dict], template, identity: str, sampling: Sampling,
     return requests
 
 
+# Version of the rows this code writes (columns, what `prompt` holds): part of the fingerprint,
+# so a finished stage written by an older version is never reused as this one's (its answers
+# are still in the response cache: nothing is paid again).
+ROWS_VERSION = 2
+
+
 def fingerprint(ingest_stage, template, teacher, spec: Curriculum,
-                tspec: TeacherSpec | None = None) -> str:
-    """What the stage's rows depend on: corpus, template text, teacher identity and sampling,
-    row limit. Not concurrency or rate limits, which change speed, not answers."""
+                tspec: TeacherSpec | None = None, student=None, passes=(), also=()) -> str:
+    """What the stage's rows depend on: corpus, template text (and its student template),
+    teacher identity and sampling, row limit, the review passes. Not concurrency or rate
+    limits, which change speed, not answers."""
     t = tspec or spec.teacher
     blob = json.dumps({"corpus": ingest_stage.fingerprint, "template": template.content_hash,
                        "teacher": teacher.identity, "samples": t.samples,
                        "few_shot": t.few_shot,
                        "sampling": sampling_for(t, template).as_dict(),
-                       "max_rows": spec.generate.max_rows}, sort_keys=True)
+                       "max_rows": spec.generate.max_rows, "rows_version": ROWS_VERSION,
+                       "student": student.content_hash if student is not None else None,
+                       "student_context": spec.generate.student_context,
+                       "passes": {p.name: p.identity() for p in passes},
+                       "also": [t.content_hash for t in also]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def review_passes(spec: Curriculum, teacher, tspec: TeacherSpec) -> list[Pass]:
+    """The curriculum's verify and judge passes; each asks the writer unless it names its own
+    teacher."""
+    from flows.prompting.check import prompts_dir_of
+    from flows.prompting.template import load_template
+
+    passes = []
+    g = spec.generate
+    for name, cfg, samples in (("verify", g.verify, g.verify.samples if g.verify else 0),
+                               ("judge", g.judge, 1)):
+        if cfg is None:
+            continue
+        own = cfg.teacher
+        passes.append(Pass(name, load_template(cfg.template, prompts_dir_of(spec)),
+                           make_teacher(own, base_dir=spec.base_dir) if own else teacher,
+                           own or tspec, samples))
+    return passes
 
 
 def _reusable(ws: Workspace, run_id: str, round_index: int, fp: str):
@@ -101,18 +132,23 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     """Run (resume, or reuse) the generate stage of one round; returns its summary. `teacher` is
     a TeacherSpec or a made teacher (the staircase passes last round's student); default: the
     curriculum's."""
-    from flows.prompting.check import generate_template
+    from flows.prompting.check import generate_template, prompts_dir_of, student_template
+    from flows.prompting.template import load_template
 
     template = generate_template(spec)
+    student = student_template(spec) if template.student else None
+    also = [load_template(name, prompts_dir_of(spec)) for name in spec.generate.also]
     tspec = teacher if isinstance(teacher, TeacherSpec) else getattr(teacher, "spec",
                                                                       spec.teacher)
     if teacher is None or isinstance(teacher, TeacherSpec):
         teacher = make_teacher(tspec, base_dir=spec.base_dir)
     # Rows carry only the template's hash; its text goes to the catalog so that version can be
     # shown or restored after the file is edited (`stairs prompts history`).
-    ws.catalog.save_template_text(template.name, template.content_hash, template.source)
+    for t in [template, *also]:
+        ws.catalog.save_template_text(t.name, t.content_hash, t.source)
     ingest_stage, shards = corpus_shards(spec, ws, run_id)
-    fp = fingerprint(ingest_stage, template, teacher, spec, tspec)
+    passes = review_passes(spec, teacher, tspec)
+    fp = fingerprint(ingest_stage, template, teacher, spec, tspec, student, passes, also)
     done = _reusable(ws, run_id, round_index, fp)
     if done is not None:
         # Identical finished work: nothing is sent, no rows are copied.
@@ -123,23 +159,48 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     sources = sources[:spec.generate.max_rows]
     requests = plan(sources, template, teacher.identity, sampling_for(tspec, template),
                     tspec.samples, few_shot=tspec.few_shot)
+    template_of = {}  # request key -> (template, its student template), for `generate.also`
+    for t in also:
+        extra = plan(sources, t, teacher.identity, sampling_for(tspec, t), tspec.samples,
+                     few_shot=tspec.few_shot)
+        own_student = load_template(t.student, prompts_dir_of(spec)) if t.student else None
+        template_of.update((r.key, (t, own_student)) for r in extra)
+        requests += extra
     params = {"template": template.name, "template_hash": template.content_hash,
               "teacher": teacher.name, "samples": tspec.samples, "round": round_index}
     with ws.stage(run_id, "generate", round_index=round_index, fingerprint=fp,
                   params=params) as st:
-        adopted, answered = adopt(ws, st.stage, earlier_attempts(
-            ws, run_id, round_index, fp, st.id))
+        attempts = earlier_attempts(ws, run_id, round_index, fp, st.id)
+        adopted, answered = adopt(ws, st.stage, attempts)
         todo = [r for r in requests if r.key not in answered]
         st.summary.update(params, source_rows=len(sources), requests=len(requests),
                           resumed_requests=len(requests) - len(todo),
                           resumed_shards=len(adopted))
-        teach(st, ws, todo, teacher, template, tspec, spec, round_index, shards, progress_bar)
+        teach(st, ws, todo, teacher, template, tspec, spec, round_index, shards, progress_bar,
+              student, template_of)
+        if passes:
+            review(st, ws, passes, attempts, spec, progress_bar)
     return GenerateResult.of(run_id, st.summary)
 
 
-def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, progress_bar):
+@step(name="review")
+def review(st, ws, passes, attempts, spec, progress_bar):
+    """Verify and judge passes over the rows just written (flows/generate/review.py)."""
+    shards = ws.catalog.shards(st.id, "generated")
+    rows = ws.store.table(shards).to_pylist() if shards else []
+    for p in passes:
+        result = run_pass(p, st, ws, rows, attempts, spec, progress_bar)
+        st.summary.update(result)
+        if not result[f"{p.name}_complete"]:
+            st.summary["complete"] = False
+    return dict(st.summary)
+
+
+def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, progress_bar,
+          student=None, template_of=None):
     """Answer `todo` in batches of `generate.batch_requests`, each a task on the flow's task
-    runner (flows/generate/batches.py), and add up what they did in the stage summary."""
+    runner (flows/generate/batches.py), and add up what they did in the stage summary.
+    `template_of`: request key -> (template, student template) for `generate.also` requests."""
     progress = Progress(len(todo), template.name, teacher.name, bar=progress_bar)
     # A teacher at a shared endpoint (an HTTP server others may use too) runs its batches side
     # by side on the task runner, each holding slots of the endpoint's limit. One that lives
@@ -169,6 +230,9 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
                         batch_rows=spec.generate.batch_rows,
                         flush_seconds=spec.generate.flush_seconds, budget=tspec,
                         slots=int(slots_env) if slots_env else tspec.concurrency,
+                        student=student, student_context=spec.generate.student_context,
+                        template_of={r.key: template_of[r.key] for r in requests
+                                     if r.key in template_of} if template_of else {},
                         ws=ws if in_flow_process else None,
                         progress=progress if in_flow_process else None,
                         cancel=cancel if in_flow_process else None)

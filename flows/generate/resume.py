@@ -19,18 +19,18 @@ def earlier_attempts(ws, run_id: str, round_index: int, fingerprint: str, curren
             and s.fingerprint == fingerprint and s.id != current_id and s.reused_from_id is None]
 
 
-def adopt(ws, stage, attempts) -> tuple[list[Shard], set[str]]:
-    """Register the earlier attempts' generated shards under `stage`, one row per id; return
+def adopt(ws, stage, attempts, kind: str = "generated") -> tuple[list[Shard], set[str]]:
+    """Register the earlier attempts' shards of `kind` under `stage`, one row per id; return
     them and the request hashes they already answer."""
     seen_paths: set[str] = set()
     seen_ids: set[str] = set()
     adopted: list[Shard] = []
     for attempt in attempts:
-        if attempt.status == "running":
+        if attempt.status == "running" and kind == "generated":
             # Its process died without a word (kill -9): say so instead of leaving it "running".
             ws.catalog.finish_stage(attempt.id, "failed", error=f"process died; resumed by "
                                     f"stage {stage.id}")
-        for shard in ws.catalog.shards(attempt.id, "generated"):
+        for shard in ws.catalog.shards(attempt.id, kind):
             if shard.path in seen_paths or not ws.store.verify(shard):
                 continue
             seen_paths.add(shard.path)
@@ -44,7 +44,7 @@ def adopt(ws, stage, attempts) -> tuple[list[Shard], set[str]]:
                 adopted.append(ws.catalog.register_shard(copy, parents))
             elif new.any():
                 rows = ws.store.table([shard]).filter(new.to_arrow())
-                adopted.append(ws.store.write(rows, stage=stage, kind="generated",
+                adopted.append(ws.store.write(rows, stage=stage, kind=kind,
                                               parents=parents))
             seen_ids.update(ids.to_list())
     if not adopted:

@@ -17,8 +17,13 @@ GENERATED_SCHEMA = pa.schema([
     ("question", pa.string()), ("facts", pa.string()), ("rationale", pa.string()),
     ("answer", pa.string()), ("response", pa.string()), ("finish_reason", pa.string()),
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("error", pa.string()),
-    ("logprobs", pa.string()),
+    ("logprobs", pa.string()), ("prompt", pa.string()), ("target", pa.string()),
 ])
+
+# What a row trains (the `target` column): "rationale" = prompt -> rationale + answer (question
+# rows), "text" = the rationale column as plain text under a language-modelling loss (textbook
+# lessons: no question, no answer).
+TEXT_OUTPUTS = ("textbook",)
 
 
 # Python types that certainly convert to each column's Arrow type.
@@ -62,6 +67,16 @@ def row_id(source_id: str, template_hash: str, sample_index: int, item: int) -> 
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
+def _facts_lines(facts: str | None) -> str | None:
+    """Facts as the student reads them: one per line (stored as JSON when they came as a list)."""
+    if facts and facts.startswith("["):
+        try:
+            return "\n".join(str(f) for f in json.loads(facts))
+        except ValueError:
+            return facts
+    return facts
+
+
 def _text(value) -> str | None:
     if value is None:
         return None
@@ -70,10 +85,22 @@ def _text(value) -> str | None:
     return str(value)
 
 
+def student_prompt(student, row_id: str, passage, question, facts, context: str) -> str | None:
+    """The chat messages (JSON) the student is trained on for a row whose request is not its
+    prompt: the `student` template over the row's passage (or its facts) and its question, with
+    no worked examples, the way held-out questions are asked at evaluation."""
+    if student is None or not question:
+        return None
+    text = facts if context == "facts" and facts else passage
+    return messages_json(student.render({"id": row_id, "passage": text, "question": question},
+                                        few_shot=False))
+
+
 def build_rows(*, source: dict, request: Request, reply: Reply, template, teacher_name: str,
-               round_index: int) -> list[dict]:
+               round_index: int, student=None, student_context: str = "passage") -> list[dict]:
     """One row per parsed item (a disentangle reply holds several questions). Tokens sit on the
-    first item only, so summing the column gives the true usage."""
+    first item only, so summing the column gives the true usage. `student`: the template the
+    student is trained with when it is not the request's own (template.student)."""
     if reply.error is not None:
         items = [{"error": reply.error}]
     else:
@@ -92,18 +119,27 @@ def build_rows(*, source: dict, request: Request, reply: Reply, template, teache
         "finish_reason": reply.finish_reason,
         "logprobs": json.dumps(reply.logprobs) if reply.logprobs else None,
     }
+    text_target = template.output in TEXT_OUTPUTS
     rows = []
     for i, item in enumerate(items):
         question = item.get("question")
         own_question = question is not None and question != source.get("question")
+        # Stable per question: source id + sample index + the question's place in the reply.
+        rid = row_id(source["id"], template.content_hash, request.sample_index, i)
+        question = question if own_question else source.get("question")
+        facts = _text(item.get("facts"))
         rows.append({
             **base,
-            "id": row_id(source["id"], template.content_hash, request.sample_index, i),
-            "question": question if own_question else source.get("question"),
+            "id": rid,
+            "question": None if text_target else question,
             # A question the teacher wrote itself has no gold answer to check against.
-            "gold_answer": None if own_question else source.get("answer"),
-            "facts": _text(item.get("facts")), "rationale": _text(item.get("rationale")),
+            "gold_answer": None if own_question or text_target else source.get("answer"),
+            "facts": facts, "rationale": _text(item.get("rationale")),
             "answer": _text(item.get("answer")),
+            "prompt": None if text_target or item.get("error") else student_prompt(
+                student, rid, source.get("passage"), question, _facts_lines(facts),
+                student_context),
+            "target": "text" if text_target else "rationale",
             "prompt_tokens": reply.prompt_tokens if i == 0 else 0,
             "completion_tokens": reply.completion_tokens if i == 0 else 0,
             "error": item.get("error"),

@@ -18,8 +18,10 @@ from flows.generate.rows import GENERATED_SCHEMA
 
 
 class ShardWriter:
-    def __init__(self, store, stage, parents, *, batch_rows: int, flush_seconds: float):
+    def __init__(self, store, stage, parents, *, batch_rows: int, flush_seconds: float,
+                 schema: pa.Schema = GENERATED_SCHEMA, kind: str = "generated"):
         self.store, self.stage, self.parents = store, stage, list(parents)
+        self.schema, self.kind = schema, kind
         self.batch_rows, self.flush_seconds = batch_rows, flush_seconds
         self.buffer: list[dict] = []
         self.rows_written = 0
@@ -42,8 +44,8 @@ class ShardWriter:
             self._pending.append(self._pool.submit(self._write, rows))
 
     def _write(self, rows: list[dict]) -> int:
-        table = pa.Table.from_pylist(rows, GENERATED_SCHEMA)
-        self.store.write(table, stage=self.stage, kind="generated", parents=self.parents)
+        table = pa.Table.from_pylist(rows, self.schema)
+        self.store.write(table, stage=self.stage, kind=self.kind, parents=self.parents)
         return len(rows)
 
     def _collect(self, *, wait: bool) -> None:

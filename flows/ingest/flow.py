@@ -29,6 +29,7 @@ from flows.ingest.rows import (
 )
 from flows.orchestration import step, task_runner
 from flows.params import StageParams
+from flows.progress import bar
 from flows.results import IngestResult
 from flows.spec import Curriculum
 from flows.workspace import Workspace
@@ -59,10 +60,15 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
     has_questions = corpus.format != "text"
     columns = corpus.columns if has_questions else corpus.columns.model_copy(
         update={"question": None, "answer": None})
+    # Demo raw mode: train rows lose their question and answer, held-out rows keep the
+    # generator's gold ones. Ids (and so the split) are those of the full rows, so a raw run and
+    # a run with questions of the same demo settings hold out the same rows.
+    passages_only = corpus.format == "demo" and corpus.demo.raw
     kept: list[dict] = []
     rejects: list[dict] = []
     seen: dict[str, int] = {}
-    for source, line, record, error, raw in source_records(spec):
+
+    def read_one(source, line, record, error, raw) -> None:
         try:
             if error is not None:
                 reason, _, detail = error.partition(": ")
@@ -76,14 +82,27 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
         except Reject as r:
             rejects.append({"source": source, "line": line, "reason": r.reason, "field": r.field,
                             "detail": r.detail, "raw": (raw or str(record or ""))[:RAW_KEEP]})
-            continue
-        kept.append({"id": row_id, **fields, "split": split_of(row_id, corpus.eval_fraction),
-                     "source": source, "line": line})
+            return
+        split = split_of(row_id, corpus.eval_fraction)
+        if passages_only and split == "train":
+            fields = {**fields, "question": None, "answer": None}
+        kept.append({"id": row_id, **fields, "split": split, "source": source, "line": line})
+
+    total = corpus.demo.rows if corpus.format == "demo" else None
+    n = 0
+    with bar(f"ingest {spec.name}", total) as advance:
+        for n, record in enumerate(source_records(spec), start=1):
+            read_one(*record)
+            if n % 1000 == 0:  # the bar moves per thousand rows: per row it costs more
+                advance(1000)
+        advance(n % 1000)
     if corpus.eval_max_rows is not None:
         # Keep the cap's worth of eval rows with the smallest ids: still a stable choice.
         evals = sorted((r for r in kept if r["split"] == "eval"), key=lambda r: r["id"])
         for r in evals[corpus.eval_max_rows:]:
             r["split"] = "train"
+            if passages_only:
+                r["question"] = r["answer"] = None
     return kept, rejects
 
 

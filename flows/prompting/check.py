@@ -26,6 +26,17 @@ def check_generate_template(spec: Curriculum) -> list[str]:
         template = generate_template(spec)
     except TemplateError as e:
         return [f"generate.template: {e}"]
+    if template.student is not None:
+        try:
+            load_template(template.student, prompts_dir_of(spec))
+        except TemplateError as e:
+            return [f"generate.template: its student template: {e}"]
+        if spec.staircase.rounds > 1:
+            # A promoted student teaches the next round with this template, but it was trained
+            # on another one (its `student` template): it cannot write these replies.
+            return [f"staircase.rounds: template '{template.name}' trains students on "
+                    f"'{template.student}', so a promoted student cannot answer "
+                    f"'{template.name}' requests in the next round; use rounds: 1"]
     if spec.corpus.path is not None and not spec.resolve(spec.corpus.path).exists():
         return []  # the missing corpus is reported by the corpus check; nothing to render
     from flows.prompting.samples import first_problem, sample_rows
@@ -49,3 +60,12 @@ def check_generate_template(spec: Curriculum) -> list[str]:
     except TemplateError as e:
         return [f"generate.template: {e}"]
     return []
+
+
+def student_template(spec: Curriculum) -> Template:
+    """The template students of this curriculum are trained and evaluated with: the generate
+    template's `student` template when it names one (disentangle, textbook), else itself."""
+    template = generate_template(spec)
+    if template.student is None:
+        return template
+    return load_template(template.student, prompts_dir_of(spec))

@@ -62,6 +62,11 @@ class TemplateFile(_Strict):
     json_schema: dict[str, Any] | None = Field(
         None, description="JSON schema for backends with structured output.")
     messages: list[MessageSpec] = Field(min_length=1)
+    student: str | None = Field(
+        None, description="Template the student is trained and evaluated with, rendered over "
+        "each generated row (its passage and its question), when the request itself is not "
+        "the student's prompt: a disentangle request asks for questions, the student answers "
+        "one of them.")
 
     @field_validator("output")
     @classmethod
@@ -107,6 +112,7 @@ class Template:
         self.output = spec.output
         self.json_schema = spec.json_schema
         self._spec = spec
+        self.student = spec.student
         self._messages: list[tuple[str, jinja2.Template]] = []
         declared = set(self.needs) | set(self.optional)
         for i, m in enumerate(spec.messages):

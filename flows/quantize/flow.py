@@ -137,7 +137,8 @@ def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, templat
         bits = 8 * sum(p.stat().st_size for p in weights) / params
     try:
         result = measure(engine, rows, template, tokenizer=tok,
-                         max_new_tokens=q.max_new_tokens, speed_tokens=q.speed_tokens)
+                         max_new_tokens=q.max_new_tokens, speed_tokens=q.speed_tokens,
+                         description=f"measure {path.name}")
     finally:
         engine.close()
     return {**result, "bits_per_weight": bits, "bytes": folder_bytes(path),

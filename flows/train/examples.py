@@ -16,6 +16,11 @@ Objectives and their examples per row:
   weighs.
 - kd:           prompt -> "R\nAnswer: A" plus teacher logits (local teacher) or, for rows with a
   `logprobs` column, prompt -> the teacher's own response tokens with its top-k logprobs.
+
+The prompt is the row's `prompt` column when it has one (a disentangle row: the student template
+over its passage and its own question, never the request that asked for questions), else the
+request's `messages` without worked examples. Rows with `target` = text (textbook lessons) are
+one plain language-modelling example under every objective: the lesson, every token a target.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import json
 from dataclasses import dataclass, field
 
 from flows.prompting.template import zero_shot
-from flows.train.losses import IGNORE, TASK_LABEL, TASK_RATIONALE
+from flows.train.losses import IGNORE, TASK_LABEL, TASK_RATIONALE, TASK_TEXT
 
 LABEL_PREFIX = "[label] "
 OBJECTIVES = ("step_by_step", "cot", "label", "kd")
@@ -63,17 +68,29 @@ def cot_target(rationale: str, answer: str) -> str:
 
 
 def _messages(row: dict) -> list[dict]:
-    raw = row.get("messages")
+    """The student's prompt: the row's `prompt` when set, else the request's `messages`."""
+    field = "prompt" if row.get("prompt") else "messages"
+    raw = row.get(field)
     if raw is None:
         raise RowError(f"row {row.get('id')}: field 'messages' is missing")
     try:
         messages = json.loads(raw) if isinstance(raw, str) else raw
     except json.JSONDecodeError as e:
-        raise RowError(f"row {row.get('id')}: field 'messages' is not JSON ({e})") from None
+        raise RowError(f"row {row.get('id')}: field '{field}' is not JSON ({e})") from None
     if not isinstance(messages, list) or not all(
             isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-        raise RowError(f"row {row.get('id')}: field 'messages' must be a list of {{role, content}}")
+        raise RowError(f"row {row.get('id')}: field '{field}' must be a list of "
+                       "{role, content}")
     return zero_shot(messages)
+
+
+def text_example(tokenizer, text: str, max_length: int, row_id: str = "") -> Example | None:
+    """Plain language modelling: the text (closed by end-of-text) with every token a target."""
+    ids = tokenizer(text.strip() + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    ids = ids[:max_length]
+    if len(ids) < 2:
+        return None
+    return Example(ids, list(ids), TASK_TEXT, row_id)
 
 
 def with_prefix(messages: list[dict], prefix: str) -> list[dict]:
@@ -119,6 +136,8 @@ def _rationale(row: dict) -> str:
 
 def row_examples(row: dict, tokenizer, objective: str, max_length: int,
                  top_k: int = 0) -> list[Example | None]:
+    if row.get("target") == "text":
+        return [text_example(tokenizer, _rationale(row), max_length, str(row.get("id", "")))]
     messages, rid = _messages(row), str(row.get("id", ""))
     answer = _answer(row)
     if objective == "label":

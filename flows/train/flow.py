@@ -151,6 +151,7 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
         st.summary.update({
             "round": round_index, "objective": s.objective, "rows": len(rows), "examples":
             sum(len(g) for g in built.groups), "skipped": built.skipped, "steps": result.steps,
+            "examples_by_target": examples_by_target(built.groups),
             "resumed_from": result.resumed_from, "first_loss": result.losses[0]["loss"],
             "final_loss": result.losses[-1]["loss"], "train_tokens_per_s": result.tokens_per_s,
             "student_model_id": student.id, "base_model_id": base_row.id})
@@ -162,6 +163,16 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
         if in_flow_run():
             _artifacts(st.summary, result.losses)
     return TrainResult.of(run_id, st.summary)
+
+
+def examples_by_target(groups) -> dict[str, int]:
+    names = {ex_mod.TASK_RATIONALE: "rationale", ex_mod.TASK_LABEL: "label",
+             ex_mod.TASK_TEXT: "text"}
+    counts: dict[str, int] = {}
+    for group in groups:
+        for e in group:
+            counts[names[e.task]] = counts.get(names[e.task], 0) + 1
+    return counts
 
 
 def _artifacts(summary: dict, history: list[dict]) -> None:

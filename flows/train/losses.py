@@ -5,6 +5,8 @@ padding positions never contribute.
 - `task_mean`: mean over the target tokens of one task (label or rationale) in the batch.
 - `step_by_step_loss`: a·label + (1−a)·rationale, each a token mean over its own task
   (Distilling Step-by-Step, Hsieh et al. 2023, with a = 0.5 in the paper's code).
+- text rows (TASK_TEXT, textbook lessons) add their own token mean, `lm_loss`, to whatever the
+  question rows' objective is (see trainer.compute_loss).
 - `dense_kd_loss`: forward KL, reverse KL or JSD between teacher and student logits at temperature
   T (scaled by T² so gradients keep their size as T changes, Hinton et al.).
 - `topk_kd_loss`: forward KL from a teacher's top-k logprobs (renormalized over the k tokens it
@@ -18,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = -100
-TASK_RATIONALE, TASK_LABEL = 0, 1
+# TASK_TEXT: plain language modelling over a whole text (a textbook lesson): every token is a
+# target, no prompt.
+TASK_RATIONALE, TASK_LABEL, TASK_TEXT = 0, 1, 2
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -174,9 +174,15 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, teacher=None) -> tuple[to
     per_token = losses.token_losses(logits, labels)
     ce = losses.masked_mean(per_token, losses.target_mask(labels))
     parts = {"ce": ce.item()}
+    has_text = bool((task == losses.TASK_TEXT).any())
+    if has_text:
+        lm = losses.task_mean(per_token, labels, task, losses.TASK_TEXT)
+        parts["lm_loss"] = lm.item()
     if cfg.objective == "step_by_step":
         loss, extra = losses.step_by_step_loss(per_token, labels, task, cfg.label_weight)
         parts.update(extra)
+        if has_text:  # the text rows' own token mean, beside the question rows' two terms
+            loss = loss + lm
     elif cfg.objective == "kd" and (teacher is not None or "topk_ids" in batch):
         if teacher is not None:
             with torch.no_grad():

@@ -44,7 +44,7 @@ def test_planted_row_drops_with_its_reason(reason):
     assert got[:-1] == [None] * len(GOOD)
 
 
-@pytest.mark.parametrize("f", [f.reason for f in FILTERS if f.reason != "low_judge_score"])
+@pytest.mark.parametrize("f", [f.reason for f in FILTERS if f.reason != "judge_low"])
 def test_each_filter_alone_keeps_good_rows(f):
     assert set(reasons(GOOD, only=f)) == {None}
 
@@ -100,7 +100,7 @@ def test_judge_score_filter_only_when_configured_and_present():
     def run(cfg, frame):
         return frame.lazy().select(r=drop_reason(cfg, frame.columns)).collect()["r"].to_list()
 
-    assert run(CurationSpec(min_judge_score=5.0), df) == [None, "low_judge_score", None]
+    assert run(CurationSpec(min_judge_score=5.0), df) == [None, "judge_low", None]
     # Without a threshold, or without the column, nothing drops for it.
     assert run(CurationSpec(), df) == [None] * 3
     assert run(CurationSpec(min_judge_score=5.0), df.drop("judge_score")) == [None] * 3

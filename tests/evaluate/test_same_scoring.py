@@ -17,11 +17,12 @@ def calls(monkeypatch):
     seen = []
     real = score.answer_accuracy
 
-    def spy(engine, rows, template, *, few_shot, max_new_tokens):
+    def spy(engine, rows, template, *, few_shot, max_new_tokens, description="evaluate"):
         seen.append({"engine": type(engine).__name__, "path": str(getattr(engine, "path", "")),
                      "rows": [r["id"] for r in rows], "template": template.content_hash,
                      "few_shot": few_shot, "max_new_tokens": max_new_tokens})
-        return real(engine, rows, template, few_shot=few_shot, max_new_tokens=max_new_tokens)
+        return real(engine, rows, template, few_shot=few_shot, max_new_tokens=max_new_tokens,
+                    description=description)
 
     monkeypatch.setattr(score, "answer_accuracy", spy)
     return seen

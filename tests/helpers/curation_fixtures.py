@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 
 import pyarrow as pa
 
@@ -109,7 +110,20 @@ def planted(src: dict) -> dict[str, dict]:
         "rationale_unsupported": generated_row(
             src, sample_index=next(k), rationale="I counted every item in the passage carefully.",
             answer=ans),
+        # The step that gives the answer is wrong: "3 + 5 = 9. So the answer is 8."
+        "arithmetic_error": generated_row(
+            src, sample_index=next(k), rationale=f"{ok} {numbers(src)[0]} + {numbers(src)[1]} = "
+            f"{numbers(src)[0] + numbers(src)[1] + 1}. So the answer is {ans}.", answer=ans),
+        # Right arithmetic with a number the passage never gave (nor an earlier step).
+        "unsupported_number": generated_row(
+            src, sample_index=next(k), rationale=f"{ok} 1000 + {int(ans)} = {1000 + int(ans)}, "
+            f"minus 1000 is {ans}.", answer=ans),
     }
+
+
+def numbers(src: dict) -> list[int]:
+    """The counts the passage's first fact states."""
+    return [int(n) for n in re.findall(r"\d+", src["passage"].split(". ")[0])] + [1, 2]
 
 
 def table(rows: list[dict]) -> pa.Table:

@@ -66,6 +66,9 @@ class FakeOpenAI:
     faults: Faults = field(default_factory=Faults)
     # substring of the user message -> (reply text, finish_reason)
     script: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # messages of a request -> reply text, or None for the default answer (checked after
+    # `script`): a teacher that answers by what it was asked (a disentangle request, a judge...)
+    responder: object = None
     # substring of the user message -> a reply shape from SHAPES (odd but seen bodies)
     shapes: dict[str, str] = field(default_factory=dict)
     drop: tuple[str, ...] = ()  # substrings of user messages whose requests always disconnect
@@ -164,6 +167,11 @@ class FakeOpenAI:
         for needle, (scripted, reason) in self.script.items():
             if needle in user:
                 text, finish = scripted, reason
+        if self.responder is not None:
+            answer = self.responder([{**m, "content": message_text(m)}
+                                     for m in request["messages"]])
+            if answer is not None:
+                text, finish = answer, "stop"
         prompt_tokens = sum(len(message_text(m)) for m in request["messages"]) // 4
         choice = {"index": 0, "finish_reason": finish,
                   "message": {"role": "assistant", "content": text}}

@@ -1,0 +1,123 @@
+"""Checks a reader makes of a rationale's arithmetic.
+
+A step is "a + b = c", "a - b = c", "a × b = c" (also x, *, ·), "a / b = c" (also ÷), or a
+chain of them ("3 + 5 + 2 = 10", evaluated with × and / before + and -). Two checks:
+
+- arithmetic_error: some step does not hold. c may be rounded to its own precision
+  ("10 / 3 = 3.33" holds, "3 + 5 = 9" does not).
+- unsupported_number: some operand of a step is neither a number of the passage or question
+  nor the result of an earlier step: the rationale computed with a number from nowhere.
+  Conclusions ("so the total is 8") are not operands; whether they are right is what the
+  answer checks and arithmetic_error decide.
+
+Steps are found and joined per row in Polars (extract, explode, anti-join); only the distinct
+step strings are evaluated in Python.
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
+OP = r"(?:\s*[+\-−–×*·/÷]\s*|\s+[xX]\s+)"
+STEP = rf"{NUM}(?:{OP}{NUM})+\s*=\s*-?{NUM}"
+_TOKEN = re.compile(rf"{NUM}|[+\-−–×*·/÷xX]")
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def evaluate(step: str) -> tuple[bool, list[float], float | None]:
+    """(holds, operands, result) of one step string matched by STEP."""
+    left, _, right = step.rpartition("=")
+    tokens = [t for t in _TOKEN.findall(left) if t.strip()]
+    values = [number(t) for t in tokens[0::2]]
+    ops = ["-" if o in "-−–" else "*" if o in "×*·xX" else "/" if o in "/÷" else o
+           for o in tokens[1::2]]
+    result = float(right.strip().replace(",", ""))
+    # × and / first, then + and - left to right.
+    terms, signs = [values[0]], []
+    for op, v in zip(ops, values[1:]):
+        if op == "*":
+            terms[-1] *= v
+        elif op == "/":
+            if v == 0:
+                return False, values, result
+            terms[-1] /= v
+        else:
+            signs.append(op)
+            terms.append(v)
+    total = terms[0]
+    for op, v in zip(signs, terms[1:]):
+        total = total + v if op == "+" else total - v
+    decimals = len(right.strip().split(".", 1)[1]) if "." in right else 0
+    return abs(total - result) <= 0.5 * 10 ** -decimals + 1e-9, values, result
+
+
+def _steps(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per step: (row, index, holds, operands, result)."""
+    steps = (df.select(pl.int_range(pl.len()).alias("row"),
+                       step=pl.col("rationale").fill_null("").str.extract_all(STEP))
+             .explode("step").drop_nulls("step")
+             .with_columns(index=pl.int_range(pl.len()).over("row")))
+    if not len(steps):
+        return steps.with_columns(holds=pl.lit(True), operands=pl.lit([], pl.List(pl.Float64)),
+                                  result=pl.lit(None, pl.Float64))
+    distinct = steps["step"].unique().to_list()
+    parsed = {s: evaluate(s) for s in distinct}
+    table = pl.DataFrame({"step": distinct,
+                          "holds": [parsed[s][0] for s in distinct],
+                          "operands": [parsed[s][1] for s in distinct],
+                          "result": [parsed[s][2] for s in distinct]},
+                         schema={"step": pl.String, "holds": pl.Boolean,
+                                 "operands": pl.List(pl.Float64), "result": pl.Float64})
+    return steps.join(table, on="step", how="left")
+
+
+def arithmetic_errors(df: pl.DataFrame) -> pl.Series:
+    """True for rows with a step that does not hold."""
+    steps = _steps(df)
+    bad = steps.filter(~pl.col("holds"))["row"].unique()
+    return pl.Series("arithmetic_error", pl.int_range(len(df), eager=True).is_in(bad.implode()))
+
+
+def unsupported_numbers(df: pl.DataFrame) -> pl.Series:
+    """True for rows with a step operand that is neither in the passage/question nor an
+    earlier step's result."""
+    steps = _steps(df)
+    operands = (steps.select("row", "index", value=pl.col("operands")).explode("value")
+                .drop_nulls("value"))
+    source = (df.select(pl.int_range(pl.len()).alias("row"),
+                        value=pl.concat_str([pl.col("passage").fill_null(""),
+                                             pl.col("question").fill_null("")], separator=" ")
+                        .str.extract_all(NUM))
+              .explode("value").drop_nulls("value")
+              .with_columns(pl.col("value").str.replace_all(",", "").cast(pl.Float64))
+              .unique())
+    results = (steps.group_by("row", pl.col("result").alias("value"))
+               .agg(first=pl.col("index").min()))
+    unsupported = (operands.join(source, on=["row", "value"], how="anti")
+                   .join(results, on=["row", "value"], how="left")
+                   .filter(pl.col("first").is_null() | (pl.col("first") >= pl.col("index"))))
+    bad = unsupported["row"].unique()
+    return pl.Series("unsupported_number",
+                     pl.int_range(len(df), eager=True).is_in(bad.implode()))
+
+
+def check(kind: str, columns: list[str]) -> pl.Expr:
+    """The check as a lazy expression over (rationale, passage, question)."""
+    fn = arithmetic_errors if kind == "arithmetic_error" else unsupported_numbers
+    cols = [c for c in ("rationale", "passage", "question") if c in columns]
+
+    def run(s: pl.Series) -> pl.Series:
+        frame = s.struct.unnest()
+        for c in ("rationale", "passage", "question"):
+            if c not in frame.columns:
+                frame = frame.with_columns(pl.lit(None, pl.String).alias(c))
+        return fn(frame)
+
+    return pl.struct([pl.col(c).cast(pl.String) for c in cols]).map_batches(
+        run, return_dtype=pl.Boolean)
