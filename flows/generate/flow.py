@@ -134,6 +134,18 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     return GenerateResult.of(run_id, st.summary)
 
 
+def spent_scoring(ws: Workspace, run_id: str, round_index: int, teacher_name: str
+                  ) -> tuple[int, int]:
+    """Requests and tokens this run already sent this teacher to score it (flows/staircase.py):
+    the budget covers them too."""
+    spent = {"teacher_score_requests": 0, "teacher_score_tokens": 0}
+    for m in ws.catalog.metrics(run_id=run_id):
+        if (m.name in spent and m.round_index == round_index
+                and json.loads(m.meta_json).get("teacher") == teacher_name):
+            spent[m.name] += int(m.value)
+    return spent["teacher_score_requests"], spent["teacher_score_tokens"]
+
+
 @step(name="teach")
 def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, progress_bar):
     writer = ShardWriter(ws.store, st.stage, parents, batch_rows=spec.generate.batch_rows,
@@ -149,7 +161,8 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
     tally = None
     try:
         tally = dispatch(requests=todo, teacher=teacher, cache=cache, writer=writer,
-                         build_rows=rows_of, progress=progress, budget_spec=tspec)
+                         build_rows=rows_of, progress=progress, budget_spec=tspec,
+                         spent=spent_scoring(ws, st.stage.run_id, round_index, teacher.name))
     finally:
         # Runs on success, errors and Ctrl-C alike: whatever was answered becomes a shard.
         writer.flush()

@@ -119,7 +119,14 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
         rows = ws.store.table(train_shards).to_pylist()
         if rows and "order" in rows[0]:
             rows.sort(key=lambda r: (r["order"] is None, r["order"]))
-        built = ex_mod.build(rows, tokenizer, s.objective, s.max_length, top_k=s.kd_top_k)
+        # No more candidate slots than the teacher returned (teacher.top_logprobs), if it did.
+        top_k = min(s.kd_top_k, spec.teacher.top_logprobs or s.kd_top_k)
+        built = ex_mod.build(rows, tokenizer, s.objective, s.max_length, top_k=top_k)
+        sparse = sum(1 for g in built.groups if g[0].topk_ids)
+        if s.objective == "kd" and not s.kd_teacher and not sparse:
+            raise TrainError("objective 'kd' without student.kd_teacher needs rows with teacher "
+                             "logprobs, and none of the curated rows has any (was "
+                             "teacher.top_logprobs > 0 when they were generated?)")
         teacher = None
         if s.objective == "kd" and s.kd_teacher:
             teacher, t_tok, _ = load(curriculum_ref(spec, s.kd_teacher), catalog=ws.catalog,
@@ -129,15 +136,19 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
                                  "student's tokenizer; white-box kd needs identical vocabularies")
         model = prepare(model, cfg)
         log = _loss_logger(ws, run_id, st.id, round_index)
-        log.total = total_steps(batch_plan([sum(map(len, g)) for g in built.groups], cfg), cfg)
+        log.total = total_steps(batch_plan([sum(map(len, g)) for g in built.groups], cfg,
+                                           built.stages), cfg)
         result = fit(model, built.groups, cfg, pad_id=tokenizer.pad_token_id,
-                     checkpoint_dir=out_dir / "checkpoints", teacher=teacher, device=device,
+                     stages=built.stages, checkpoint_dir=out_dir / "checkpoints",
+                     teacher=teacher, device=device,
                      on_log=log, description=f"train r{round_index} {s.objective}")
         model = final_model(model)
         meta = {"parent": s.base, "parent_model_id": base_row.id, "objective": s.objective,
                 "method": s.method, "keep_layers": s.keep_layers, "steps": result.steps,
                 "train_shards": [sh.id for sh in train_shards], "run_id": run_id,
-                "round": round_index, "config": cfg.model_dump(mode="json")}
+                "round": round_index, "config": cfg.model_dump(mode="json"),
+                # The order it trained in: which curriculum stage each run of steps came from.
+                "order": s.order, "replay": s.replay, "stage_runs": result.stage_runs}
         final = out_dir / "model"
         _save(model, tokenizer, final, meta)
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the model supersedes them
@@ -151,8 +162,10 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
         st.summary.update({
             "round": round_index, "objective": s.objective, "rows": len(rows), "examples":
             sum(len(g) for g in built.groups), "skipped": built.skipped, "steps": result.steps,
-            "resumed_from": result.resumed_from, "first_loss": result.losses[0]["loss"],
-            "final_loss": result.losses[-1]["loss"], "train_tokens_per_s": result.tokens_per_s,
+            "resumed_from": result.resumed_from, "order": s.order, "kd_rows": sparse,
+            "stage_runs": result.stage_runs, "first_loss": result.losses[0]["loss"],
+            "final_loss": result.losses[-1]["loss"], "loss_terms": loss_terms(result.losses),
+            "train_tokens_per_s": result.tokens_per_s,
             "student_model_id": student.id, "base_model_id": base_row.id})
         if evals:
             res = evaluate_and_record(ws, TorchEngine(model, tokenizer), student.id, evals, spec,
@@ -162,6 +175,13 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
         if in_flow_run():
             _artifacts(st.summary, result.losses)
     return TrainResult.of(run_id, st.summary)
+
+
+def loss_terms(history: list[dict]) -> dict[str, list[float]]:
+    """Each term of the objective's loss (ce, kd, label_loss, ...) at the first and the last
+    step: what the objective optimised, and whether it went down."""
+    skip = ("step", "lr", "stage", "loss")
+    return {k: [history[0][k], history[-1][k]] for k in history[0] if k not in skip}
 
 
 def _artifacts(summary: dict, history: list[dict]) -> None:

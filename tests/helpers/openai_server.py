@@ -75,6 +75,9 @@ class FakeOpenAI:
     statuses: Counter = field(default_factory=Counter)
     auth_headers: list = field(default_factory=list)
     formats: list = field(default_factory=list)  # response_format of each chat request
+    # With a tokenizer, logprobs come per token of that tokenizer (a teacher that shares the
+    # student's vocabulary); without one, per whitespace-separated word.
+    tokenizer: object = None
     hold_batches: bool = False  # batches stay "in_progress" (a job that takes hours)
     reject_auth: bool = False  # answer chat requests with `reject_status` (a revoked key...)
     reject_status: int = 401  # 401 bad key, 403 forbidden, 404 no such model
@@ -161,13 +164,38 @@ class FakeOpenAI:
             if needle in user:
                 SHAPES[shape](choice["message"], usage)
         if request.get("logprobs"):
-            k = request.get("top_logprobs") or 1
-            choice["logprobs"] = {"content": [
-                {"token": w, "logprob": -0.1, "bytes": None,
-                 "top_logprobs": [{"token": w, "logprob": -0.1, "bytes": None}] * k}
-                for w in text.split()[:8]]}
+            choice["logprobs"] = {"content": self.logprobs(text, request.get("top_logprobs") or 0)}
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                 "model": request.get("model", "fake"), "choices": [choice], "usage": usage}
+
+    def logprobs(self, text: str, k: int) -> list[dict]:
+        """The OpenAI layout: per token {token, logprob, bytes, top_logprobs: k of {token,
+        logprob, bytes}}, the chosen token the most likely, k distinct alternatives."""
+        if self.tokenizer is None:
+            tokens = text.split()
+            others = [[f"{t}~{j}" for j in range(1, k)] for t in tokens]
+        else:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            tokens = [self.tokenizer.decode([i]) for i in ids]
+            clean = self._clean_ids()
+            others = []
+            for i in ids:  # the next k-1 tokens of the vocabulary that are not this one
+                at = next((n for n, c in enumerate(clean) if c > i), 0)
+                picked = [clean[(at + j) % len(clean)] for j in range(k)]
+                others.append([self.tokenizer.decode([c]) for c in picked if c != i][:k - 1])
+        lps = [-0.05 - 0.6 * j for j in range(k)]
+        return [{"token": t, "logprob": lps[0], "bytes": None,
+                 "top_logprobs": [{"token": a, "logprob": lp, "bytes": None}
+                                  for a, lp in zip([t, *alts], lps)]}
+                for t, alts in zip(tokens, others)]
+
+    def _clean_ids(self) -> list[int]:
+        """Ids whose text encodes back to exactly themselves (no partial UTF-8, no specials)."""
+        if not hasattr(self, "_clean"):
+            tok = self.tokenizer
+            self._clean = [i for i in range(len(tok)) if i not in tok.all_special_ids
+                           and tok(tok.decode([i]), add_special_tokens=False)["input_ids"] == [i]]
+        return self._clean
 
     # -- Batch API: files in, a batch that completes when first polled, files out --------------
     async def _batch_api(self, send, method: str, path: str, headers: dict, body: bytes):
