@@ -93,6 +93,12 @@ class TrainResult(StageResult):
     resumed_from: int | None = None
     order: str | None = None
     kd_rows: int = Field(0, description="Rows trained on the teacher's top-k logprobs (kd).")
+    teacher_requests: int = Field(0, description="on_policy: scoring requests to the teacher.")
+    teacher_tokens: int = Field(0, description="on_policy: tokens the teacher scored (its "
+                                "reported prompt tokens).")
+    on_policy_samples: int = 0
+    misaligned_samples: int = Field(0, description="on_policy: samples whose echoed tokens did "
+                                    "not match the student's (left out).")
     stage_runs: list[dict] = Field([], description="Curriculum stage per run of optimizer steps: "
                                    "[{stage, steps: [first, last]}], the order it trained in.")
     first_loss: float | None = None

@@ -268,9 +268,11 @@ class StudentSpec(Strict):
     keep_layers: list[int] | None = Field(
         None, min_length=1, description="Cut a smaller student from the base by keeping these "
         "decoder layers (e.g. [0, 2, 4, ...]); the base is recorded as its parent.")
-    objective: Literal["step_by_step", "cot", "label", "kd"] = Field(
+    objective: Literal["step_by_step", "cot", "label", "kd", "on_policy"] = Field(
         "step_by_step", description="step_by_step: label + rationale multi-task loss; cot: "
-        "rationale then answer; label: answer only; kd: distillation on teacher logits.")
+        "rationale then answer; label: answer only; kd: distillation on teacher logits "
+        "(kd_teacher) or top-k logprobs (teacher.top_logprobs); on_policy: reverse KL to the "
+        "served teacher on the student's own samples.")
     label_weight: float = Field(0.5, ge=0.0, le=1.0, description="a in a*label + (1-a)*rationale "
                                 "(step_by_step).")
     method: Literal["full", "lora"] = Field(
@@ -313,7 +315,14 @@ class StudentSpec(Strict):
     kd_weight: float = Field(0.5, ge=0.0, le=1.0, description="Share of the kd term; the rest is "
                              "cross-entropy on the target.")
     kd_top_k: int = Field(20, ge=1, le=100, description="Teacher alternatives per token used "
-                          "from 'logprobs'.")
+                          "from 'logprobs' (kd) or asked of the endpoint (on_policy).")
+    on_policy_max_tokens: int = Field(64, ge=1, le=4096, description="on_policy: tokens the "
+                                      "student samples per prompt.")
+    on_policy_temperature: float = Field(1.0, gt=0.0, le=2.0, description="on_policy: the "
+                                         "student's sampling temperature.")
+    on_policy_cot_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="on_policy: weight w of cross-entropy on the curated "
+        "rationales (cot) in (1 - w) * reverse KL + w * CE; 0 is on-policy alone.")
     eval_rows: int | None = Field(40, ge=1, description="Held-out eval rows scored per model "
                                   "(greedy generation is the slow part on CPU); null = all.")
     eval_max_new_tokens: int = Field(160, ge=1, le=4096)
@@ -443,6 +452,12 @@ class Curriculum(Strict):
                 "student.objective: 'kd' needs a teacher distribution: set student.kd_teacher "
                 "(a local model sharing the student's tokenizer: logit KD) or "
                 "teacher.top_logprobs > 0 (rows with the teacher's top-k logprobs)")
+        if s.objective == "on_policy" and (self.teacher.backend not in ("llamacpp", "openai")
+                                           or self.teacher.batch_api):
+            raise ValueError(
+                "student.objective: 'on_policy' scores the student's samples through the "
+                "teacher's OpenAI-compatible /v1/completions endpoint; teacher.backend must be "
+                "'llamacpp' or 'openai' (without batch_api)")
         if self.staircase.promote not in made:
             raise ValueError(
                 f"staircase.promote: {self.staircase.promote!r} is not made by the quantization "

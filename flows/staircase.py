@@ -159,7 +159,7 @@ def run_round(spec: Curriculum, ws: Workspace, run_id: str, index: int, teacher:
         _finish_round(ws, rnd.id, status="completed", gate_passed=False, gate_reason=reason)
         print(f"round {index}: {reason}; the staircase stops here")
         return {"passed": False, "promoted": None, "student_acc": None}
-    trained = train(spec, ws, run_id, round_index=index)
+    trained = train(spec, ws, run_id, round_index=index, teacher=teacher)
     final_loss = trained.final_loss if trained.final_loss is not None else float("nan")
     print(f"round {index} train: {trained.steps} steps, final loss {final_loss:.4f}, student "
           f"{_pct(trained.student_accuracy)} on {trained.eval_rows} eval rows")

@@ -16,6 +16,8 @@ Objectives and their examples per row:
   weighs.
 - kd:           prompt -> "R\nAnswer: A" plus teacher logits (local teacher) or, for rows with a
   `logprobs` column, prompt -> the teacher's own response tokens with its top-k logprobs.
+- on_policy:    the cot example; its prompt is what the student samples from during training
+  (flows/train/onpolicy.py), its target the cross-entropy of the optional cot mix.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from flows.prompting.template import zero_shot
 from flows.train.losses import IGNORE, TASK_LABEL, TASK_RATIONALE
 
 LABEL_PREFIX = "[label] "
-OBJECTIVES = ("step_by_step", "cot", "label", "kd")
+OBJECTIVES = ("step_by_step", "cot", "label", "kd", "on_policy")
 
 
 class RowError(ValueError):
@@ -125,7 +127,7 @@ def row_examples(row: dict, tokenizer, objective: str, max_length: int,
     if objective == "label":
         return [encode(tokenizer, messages, answer_target(answer), max_length,
                        task=TASK_LABEL, row_id=rid)]
-    if objective == "cot":
+    if objective in ("cot", "on_policy"):  # on_policy: the prompt, and the rationale for its cot mix
         return [encode(tokenizer, messages, cot_target(_rationale(row), answer), max_length,
                        row_id=rid)]
     if objective == "step_by_step":

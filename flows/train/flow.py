@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow
@@ -25,7 +26,7 @@ from flows.orchestration import in_flow_run, task_runner
 from flows.params import RoundParams
 from flows.results import TrainResult
 from flows.settings import models_root
-from flows.spec import Curriculum
+from flows.spec import Curriculum, TeacherSpec
 from flows.train import examples as ex_mod
 from flows.train.layers import keep_layers
 from flows.train.trainer import (
@@ -53,9 +54,12 @@ def train_inputs(ws: Workspace, run_id: str, round_index: int) -> tuple[list[Sha
     return train, ws.stage_shards(run_id, "ingest", "eval")
 
 
-def _fingerprint(spec: Curriculum, train: list[Shard], evals: list[Shard]) -> str:
+def _fingerprint(spec: Curriculum, train: list[Shard], evals: list[Shard],
+                 teacher: TeacherSpec) -> str:
     h = hashlib.sha256(spec.fingerprint("student").encode())
     h.update(spec.generate.template.encode())
+    if spec.student.objective == "on_policy":  # the teacher is asked during training
+        h.update(teacher.model_dump_json().encode())
     for s in train + evals:
         h.update(s.checksum.encode())
     return h.hexdigest()[:16]
@@ -90,11 +94,14 @@ def _save(model, tokenizer, folder: Path, meta: dict) -> None:
     tmp.rename(folder)
 
 
-def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0) -> TrainResult:
-    """Run (or reuse) the train stage of one round."""
+def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
+          teacher: TeacherSpec | None = None) -> TrainResult:
+    """Run (or reuse) the train stage of one round. `teacher`: the round's teacher (default: the
+    curriculum's), which objective on_policy asks during training."""
     s = spec.student
+    tspec = teacher or spec.teacher
     train_shards, eval_shards = train_inputs(ws, run_id, round_index)
-    fingerprint = _fingerprint(spec, train_shards, eval_shards)
+    fingerprint = _fingerprint(spec, train_shards, eval_shards, tspec)
     done = ws.reuse(run_id, "train", fingerprint, round_index=round_index)
     if done is not None:
         return TrainResult.of(run_id, ws.summary(done))
@@ -138,10 +145,16 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
         log = _loss_logger(ws, run_id, st.id, round_index)
         log.total = total_steps(batch_plan([sum(map(len, g)) for g in built.groups], cfg,
                                            built.stages), cfg)
-        result = fit(model, built.groups, cfg, pad_id=tokenizer.pad_token_id,
-                     stages=built.stages, checkpoint_dir=out_dir / "checkpoints",
-                     teacher=teacher, device=device,
-                     on_log=log, description=f"train r{round_index} {s.objective}")
+        with served_teacher(spec, tspec, tokenizer, built, rows, s.objective) as sampler:
+            result = fit(model, built.groups, cfg, pad_id=tokenizer.pad_token_id,
+                         stages=built.stages, checkpoint_dir=out_dir / "checkpoints",
+                         teacher=teacher, sampler=sampler, device=device,
+                         on_log=log, description=f"train r{round_index} {s.objective}")
+        if sampler is not None:
+            st.summary.update({"teacher_requests": sampler.scorer.requests,
+                               "teacher_tokens": sampler.scorer.prompt_tokens,
+                               "on_policy_samples": sampler.samples,
+                               "misaligned_samples": sampler.misaligned})
         model = final_model(model)
         meta = {"parent": s.base, "parent_model_id": base_row.id, "objective": s.objective,
                 "method": s.method, "keep_layers": s.keep_layers, "steps": result.steps,
@@ -175,6 +188,36 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
         if in_flow_run():
             _artifacts(st.summary, result.losses)
     return TrainResult.of(run_id, st.summary)
+
+
+@contextmanager
+def served_teacher(spec: Curriculum, tspec: TeacherSpec, tokenizer, built, rows: list[dict],
+                   objective: str):
+    """For objective on_policy: the round's teacher served (llama.cpp's server started here, or
+    the remote endpoint) and an OnPolicy sampler scoring through it; None otherwise."""
+    if objective != "on_policy":
+        yield None
+        return
+    from flows.teachers import make_teacher, running
+    from flows.teachers.openai_compat import api_key
+    from flows.train.onpolicy import CompletionsScorer, OnPolicy
+
+    s = spec.student
+    # Each row's prompt: its example's tokens up to the first target token; the teacher's: the
+    # messages it was sent when it taught (flows/train/onpolicy.py says why).
+    prompts = [g[0].input_ids[:next(i for i, t in enumerate(g[0].labels) if t >= 0)]
+               for g in built.groups]
+    sent = {str(r.get("id", "")): json.loads(r["messages"]) for r in rows}
+    teacher_prompts = [ex_mod.prompt_ids(tokenizer, sent[g[0].row_id]) for g in built.groups]
+    with running(make_teacher(tspec, base_dir=spec.base_dir)) as teacher:
+        scorer = CompletionsScorer(teacher.base_url or "https://api.openai.com/v1", tspec.model,
+                                   api_key(tspec.api_key_env), s.kd_top_k, tspec.timeout)
+        try:
+            yield OnPolicy(tokenizer, scorer, prompts, teacher_prompts,
+                           max_new_tokens=s.on_policy_max_tokens,
+                           temperature=s.on_policy_temperature, k=s.kd_top_k)
+        finally:
+            scorer.close()
 
 
 def loss_terms(history: list[dict]) -> dict[str, list[float]]:

@@ -13,6 +13,7 @@ folder and renamed, so a crash never leaves a half checkpoint; `fit` resumes fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -243,6 +244,36 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, teacher=None) -> tuple[to
     return loss, parts
 
 
+def on_policy_loss(model, micro: Batch, groups: list[list[Example]], sampler, cfg: TrainConfig,
+                   pad_id: int, device: str) -> tuple[torch.Tensor, dict]:
+    """(1 - w) * reverse KL to the teacher on the student's own samples of these rows' prompts
+    (flows/train/onpolicy.py) + w * cross-entropy on their curated rationales (w =
+    on_policy_cot_weight)."""
+    w = cfg.on_policy_cot_weight
+    parts: dict[str, float] = {}
+    loss = torch.zeros((), device=device)
+    samples = sampler.examples(model, micro.rows)
+    if samples and w < 1:
+        batch = {k: v.to(device) for k, v in collate(samples, pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits
+        rkl = losses.topk_reverse_kl(logits, batch["topk_ids"], batch["topk_logprobs"],
+                                     batch["labels"])
+        loss = loss + (1 - w) * rkl
+        parts["reverse_kl"] = rkl.item()
+    if w > 0:
+        cot = [ex for i in micro.rows for ex in groups[i]]
+        batch = {k: v.to(device) for k, v in collate(cot, pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits
+        ce = losses.masked_mean(losses.token_losses(logits, batch["labels"]),
+                                losses.target_mask(batch["labels"]))
+        loss = loss + w * ce
+        parts["ce"] = ce.item()
+    parts["loss"] = loss.item()
+    return loss, parts
+
+
 # -- model preparation ------------------------------------------------------------------------
 def prepare(model, cfg: TrainConfig):
     """Full fine-tune, or wrap with LoRA adapters (merged back in `final_model`)."""
@@ -333,12 +364,13 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list[dict]]:
 # -- the loop -------------------------------------------------------------------------------
 def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
         stages: list[int] | None = None, checkpoint_dir: Path | None = None, teacher=None,
-        device: str = "auto",
+        sampler=None, device: str = "auto",
         on_log: Callable[[int, dict], None] | None = None, log_every: int = 5,
         progress: bool = True, description: str = "training") -> FitResult:
     """Train `model` in place (it must already be `prepare`d) on `groups` (one list of examples
-    per row; `stages` = each row's curriculum stage). Resumes from the newest checkpoint in
-    checkpoint_dir, if any."""
+    per row; `stages` = each row's curriculum stage). `teacher`: a local model for logit KD;
+    `sampler`: an onpolicy.OnPolicy for on-policy distillation. Resumes from the newest
+    checkpoint in checkpoint_dir, if any."""
     device = pick_device(device)
     seed_everything(cfg.seed)
     model.to(device).train()
@@ -371,12 +403,14 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
                 batch = {k: v.to(device) for k, v in collate(
                     examples, pad_id, packing=cfg.packing, max_length=cfg.max_length).items()}
                 tokens += sum(len(ex) for ex in examples)
-                if autocast is not None:
-                    with autocast:
+                with autocast or contextlib.nullcontext():
+                    if sampler is not None:
+                        loss, parts = on_policy_loss(model, micro, groups, sampler, cfg, pad_id,
+                                                     device)
+                    else:
                         loss, parts = compute_loss(model, batch, cfg, teacher)
-                else:
-                    loss, parts = compute_loss(model, batch, cfg, teacher)
-                (loss / cfg.grad_accum).backward()
+                if loss.requires_grad:  # an on-policy batch whose samples were all empty
+                    (loss / cfg.grad_accum).backward()
                 for k, v in parts.items():
                     acc[k] = acc.get(k, 0.0) + v / cfg.grad_accum
             if cfg.max_grad_norm:

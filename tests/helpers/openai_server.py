@@ -78,6 +78,7 @@ class FakeOpenAI:
     # With a tokenizer, logprobs come per token of that tokenizer (a teacher that shares the
     # student's vocabulary); without one, per whitespace-separated word.
     tokenizer: object = None
+    scored: list = field(default_factory=list)  # token-id prompts sent to /v1/completions
     hold_batches: bool = False  # batches stay "in_progress" (a job that takes hours)
     reject_auth: bool = False  # answer chat requests with `reject_status` (a revoked key...)
     reject_status: int = 401  # 401 bad key, 403 forbidden, 404 no such model
@@ -118,6 +119,9 @@ class FakeOpenAI:
                     self.reject_status]}})
         if "/files" in path or "/batches" in path:
             return await self._batch_api(send, scope["method"], path, headers, body)
+        if path.endswith("/v1/completions") and self.tokenizer is not None:
+            self.scored.append(json.loads(body)["prompt"])
+            return await self._json(send, 200, self.echo_scores(json.loads(body)))
         if not path.endswith("/chat/completions"):
             return await self._json(send, 404, {"error": {"message": "not found"}})
         self.auth_headers.append(headers.get(b"authorization", b"").decode())
@@ -188,6 +192,40 @@ class FakeOpenAI:
                  "top_logprobs": [{"token": a, "logprob": lp, "bytes": None}
                                   for a, lp in zip([t, *alts], lps)]}
                 for t, alts in zip(tokens, others)]
+
+    def echo_scores(self, request: dict) -> dict:
+        """/v1/completions with a token-id prompt, echo and logprobs, laid out as llama.cpp's
+        server answers: per prompt token (the first has none) its text, logprob and a dict of
+        alternatives (the top k plus the token itself), then the one generated token. The fake
+        teacher's taste: after token i it prefers the next clean vocabulary id after i."""
+        tok, k = self.tokenizer, request.get("logprobs") or 1
+        ids = list(request["prompt"])
+        clean = self._clean_ids()
+
+        def preferred(prev: int) -> int:
+            return next((c for c in clean if c > prev), clean[0])
+
+        generated = preferred(ids[-1])
+        tokens, token_lps, tops = [tok.decode([ids[0]])], [None], [None]
+        for prev, actual in zip(ids, ids[1:] + [generated]):
+            best = preferred(prev)
+            alts = {tok.decode([best]): -0.1}
+            for j, c in enumerate(c for c in clean if c > best):
+                if len(alts) >= k:
+                    break
+                alts.setdefault(tok.decode([c]), -3.0 - j)
+            lp = alts.get(tok.decode([actual]), -8.0)
+            alts[tok.decode([actual])] = lp
+            tokens.append(tok.decode([actual]))
+            token_lps.append(lp)
+            tops.append(alts)
+        return {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                "model": request.get("model", "fake"), "choices": [{
+                    "index": 0, "text": "".join(tokens), "finish_reason": "length",
+                    "logprobs": {"tokens": tokens, "token_logprobs": token_lps,
+                                 "top_logprobs": tops, "text_offset": [0] * len(tokens)}}],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": 1,
+                          "total_tokens": len(ids) + 1}}
 
     def _clean_ids(self) -> list[int]:
         """Ids whose text encodes back to exactly themselves (no partial UTF-8, no specials)."""

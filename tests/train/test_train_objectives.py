@@ -5,6 +5,8 @@ loopback fake OpenAI server (tests/helpers/openai_server.py) speaking the studen
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flows.curate import curate
@@ -161,3 +163,31 @@ def test_a_kd_teacher_with_another_vocabulary_is_refused_at_validate_time(tmp_pa
     with pytest.raises(SpecError, match=r"student\.kd_teacher: .*vocabulary .*must share the "
                                         r"student's tokenizer"):
         load_checked(path)
+
+
+@pytest.mark.parametrize("cot_weight", [0.0, 0.5])
+def test_on_policy_scores_the_students_own_samples_through_the_endpoint(workspace, tok, base,
+                                                                        cot_weight):
+    """objective on_policy: each step the student samples, the served teacher scores exactly
+    those token ids (/v1/completions, echo, logprobs), and the reverse KL to it falls; with
+    on_policy_cot_weight the curated rationales' cross-entropy joins it."""
+    with FakeOpenAI(tokenizer=tok) as server:
+        spec = spec_of(base, server, {"objective": "on_policy", "kd_top_k": 3,
+                                      "on_policy_max_tokens": 8, "max_steps": 12,
+                                      "on_policy_cot_weight": cot_weight})
+        run_id = curated_run(workspace, spec, server)
+        result = train(spec, workspace, run_id)
+    rows = train_rows_of(workspace, run_id)
+    # The teacher scores in the context it taught in (its worked examples included).
+    asked = [ex_mod.prompt_ids(tok, json.loads(r["messages"])) for r in rows]
+    assert result.teacher_requests == len(server.scored) > 0
+    assert result.teacher_tokens == sum(map(len, server.scored))
+    for sent in server.scored:  # a teacher prompt followed by the student's own tokens
+        prompt = next(p for p in asked if sent[:len(p)] == p)
+        assert 0 < len(sent) - len(prompt) <= 8
+    assert result.misaligned_samples == 0
+    assert set(result.loss_terms) == ({"reverse_kl", "ce"} if cot_weight else {"reverse_kl"})
+    # The fake teacher's taste (a fixed next token) disagrees with the rationales' text, so in the
+    # mix the two terms pull apart; alone, the reverse KL to it falls.
+    first, last = result.loss_terms["ce" if cot_weight else "reverse_kl"]
+    assert first > 0.5 and last < 0.9 * first

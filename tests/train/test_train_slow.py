@@ -84,3 +84,35 @@ def test_kd_topk_through_the_real_llamacpp_server(workspace, tmp_path):
     result = train(spec, workspace, run_id)
     first, last = result.loss_terms["kd"]
     assert result.kd_rows == len(built.groups) and first > 0.1 and last < first
+
+
+@pytest.mark.slow
+def test_on_policy_through_the_real_llamacpp_server(workspace):
+    """The embedded student samples; the embedded teacher behind llama.cpp's server scores the
+    very token ids it sampled (/v1/completions, prompt as ids, echo, logprobs) and the teacher's
+    echoed tokens line up with the student's."""
+    from flows.curate import curate
+    from flows.generate import generate
+    from flows.ingest import ingest
+    from flows.spec import Curriculum
+    from flows.train import train
+
+    spec = Curriculum.model_validate({
+        "name": "on-policy-real", "corpus": {"format": "demo", "demo": {"rows": 30, "seed": 4}},
+        "teacher": {"backend": "llamacpp", "model": "smollm2-135m", "temperature": 0.0,
+                    "max_tokens": 48},
+        "generate": {"max_rows": 4},
+        "curation": {"require_gold_match": False, "decontaminate": {"enabled": False},
+                     "near_dedup": {"enabled": False}},
+        "student": {"base": "smollm2-135m", "objective": "on_policy", "kd_top_k": 5,
+                    "on_policy_max_tokens": 16, "max_steps": 2, "batch_size": 2,
+                    "eval_rows": 1, "eval_max_new_tokens": 2, "evaluate_base": False}})
+    run_id = workspace.start_run(spec, "run").id
+    ingest(spec, workspace, run_id)
+    assert generate(spec, workspace, run_id, progress_bar=False).complete
+    assert curate(spec, workspace, run_id).kept >= 2
+    result = train(spec, workspace, run_id)
+    assert result.on_policy_samples == 4 and result.misaligned_samples == 0
+    assert result.teacher_requests == 4 and result.teacher_tokens > 4 * 16
+    assert set(result.loss_terms) == {"reverse_kl"}
+    assert all(0 < v < 20 for v in result.loss_terms["reverse_kl"])
