@@ -102,6 +102,9 @@ def main() -> None:
                    help=f"Comma-separated variants of: {', '.join(VARIANTS)}.")
     p.add_argument("--eval-rows", type=int, default=None,
                    help="Held-out rows (default: the curriculum's quantization.eval_rows).")
+    p.add_argument("--on-policy-steps", type=int, default=None,
+                   help="Steps of the on_policy variants (default: the curriculum's max_steps); "
+                        "each step samples and scores batch_size completions.")
     p.add_argument("--equal-tokens", action="store_true",
                    help="Also train cot on as many generated rows as on_policy's teacher tokens.")
     p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
@@ -144,7 +147,15 @@ def main() -> None:
         return results[-1]
 
     for i, name in enumerate(args.objectives.split(",")):
-        result = run(name, VARIANTS[name], run_id, i == 0, gen_tokens)
+        variant = dict(VARIANTS[name])
+        if name.startswith("on_policy"):
+            if args.on_policy_steps:
+                variant["max_steps"] = args.on_policy_steps
+            if spec.teacher.backend == "llamacpp":
+                # The same GGUF in-process: llama-cpp-python's server spends ~40 ms of Python per
+                # echoed token (flows/train/onpolicy.py: GGUFScorer); same numbers, same tokens.
+                variant["on_policy_scorer"] = "in_process"
+        result = run(name, variant, run_id, i == 0, gen_tokens)
         if name == "step_by_step":
             rows, _ = held_out_rows(ws, run_id, n_eval)
             label = evaluate_model(f"catalog:{result['student_model_id']}", rows,

@@ -320,6 +320,10 @@ class StudentSpec(Strict):
                                       "student samples per prompt.")
     on_policy_temperature: float = Field(1.0, gt=0.0, le=2.0, description="on_policy: the "
                                          "student's sampling temperature.")
+    on_policy_scorer: Literal["endpoint", "in_process"] = Field(
+        "endpoint", description="on_policy: where the teacher scores the student's samples: its "
+        "OpenAI-compatible endpoint, or (llamacpp teachers) the same GGUF in-process, which is "
+        "several times faster than llama-cpp-python's server on long prompts.")
     on_policy_cot_weight: float = Field(
         0.0, ge=0.0, le=1.0, description="on_policy: weight w of cross-entropy on the curated "
         "rationales (cot) in (1 - w) * reverse KL + w * CE; 0 is on-policy alone.")
@@ -458,6 +462,10 @@ class Curriculum(Strict):
                 "student.objective: 'on_policy' scores the student's samples through the "
                 "teacher's OpenAI-compatible /v1/completions endpoint; teacher.backend must be "
                 "'llamacpp' or 'openai' (without batch_api)")
+        if s.on_policy_scorer == "in_process" and self.teacher.backend != "llamacpp":
+            raise ValueError("student.on_policy_scorer: 'in_process' scores with the GGUF file a "
+                             "'llamacpp' teacher serves; this teacher is "
+                             f"{self.teacher.backend!r}")
         if self.staircase.promote not in made:
             raise ValueError(
                 f"staircase.promote: {self.staircase.promote!r} is not made by the quantization "

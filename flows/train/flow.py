@@ -198,9 +198,10 @@ def served_teacher(spec: Curriculum, tspec: TeacherSpec, tokenizer, built, rows:
     if objective != "on_policy":
         yield None
         return
+    from flows.models import resolve_model
     from flows.teachers import make_teacher, running
     from flows.teachers.openai_compat import api_key
-    from flows.train.onpolicy import CompletionsScorer, OnPolicy
+    from flows.train.onpolicy import CompletionsScorer, GGUFScorer, OnPolicy
 
     s = spec.student
     # Each row's prompt: its example's tokens up to the first target token; the teacher's: the
@@ -208,14 +209,26 @@ def served_teacher(spec: Curriculum, tspec: TeacherSpec, tokenizer, built, rows:
     prompts = [g[0].input_ids[:next(i for i, t in enumerate(g[0].labels) if t >= 0)]
                for g in built.groups]
     sent = {str(r.get("id", "")): json.loads(r["messages"]) for r in rows}
-    teacher_prompts = [ex_mod.prompt_ids(tokenizer, sent[g[0].row_id]) for g in built.groups]
+    teacher_prompts = [tokenizer.apply_chat_template(sent[g[0].row_id], tokenize=False,
+                                                     add_generation_prompt=True)
+                       for g in built.groups]
+    def sampler(scorer):
+        return OnPolicy(tokenizer, scorer, prompts, teacher_prompts,
+                        max_new_tokens=s.on_policy_max_tokens,
+                        temperature=s.on_policy_temperature, k=s.kd_top_k)
+
+    if s.on_policy_scorer == "in_process":
+        scorer = GGUFScorer(resolve_model(tspec.model, base_dir=spec.base_dir), s.kd_top_k)
+        try:
+            yield sampler(scorer)
+        finally:
+            scorer.close()
+        return
     with running(make_teacher(tspec, base_dir=spec.base_dir)) as teacher:
         scorer = CompletionsScorer(teacher.base_url or "https://api.openai.com/v1", tspec.model,
                                    api_key(tspec.api_key_env), s.kd_top_k, tspec.timeout)
         try:
-            yield OnPolicy(tokenizer, scorer, prompts, teacher_prompts,
-                           max_new_tokens=s.on_policy_max_tokens,
-                           temperature=s.on_policy_temperature, k=s.kd_top_k)
+            yield sampler(scorer)
         finally:
             scorer.close()
 

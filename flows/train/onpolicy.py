@@ -1,21 +1,25 @@
 """On-policy distillation through a served teacher (objective `on_policy`).
 
 Each step the student samples completions for the step's training prompts; the teacher's own
-OpenAI-compatible endpoint scores exactly those tokens (`/v1/completions` with the prompt given as
-token ids, `echo: true`, `logprobs: k`, `max_tokens: 1`: the legacy completions API that
-llama.cpp's server, `vllm serve` and OpenAI-compatible proxies answer with the prompt's own
+OpenAI-compatible endpoint scores exactly those tokens (`/v1/completions` with the teacher's
+prompt followed by the student's completion, `echo: true`, `logprobs: k`, `max_tokens: 1`: the
+legacy completions API, which llama.cpp's server and `vllm serve` answer with the prompt's own
 logprobs); the student then minimises reverse KL to the teacher on its own samples
 (losses.topk_reverse_kl), optionally mixed with cross-entropy on the curated rationales (cot).
 This is GKD (Agarwal et al. 2024) with only on-policy data, and what Thinking Machines call
 on-policy distillation; TRL's stable trainer dropped the served-teacher path.
 
-Token ids, not text, go to the teacher, so nothing is re-tokenized: teacher and student must
-share the vocabulary (checked per sample: the teacher's echoed token texts must be the student's).
+The prompt goes as text: llama-cpp-python 0.3.36 fails on a token-id prompt with echo (it
+concatenates the list to a string). The endpoint re-tokenizes it, so every sample is checked: the
+echoed tokens must be exactly the student's sampled tokens (same vocabulary, and a sample the
+student spelled the way the tokenizer does); one that is not is left out and counted.
 Costs are counted in `teacher_tokens` (what the endpoint reported as prompt tokens), the number
 an accuracy-per-teacher-token comparison needs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import httpx
 import torch
@@ -28,6 +32,15 @@ class ScoringError(RuntimeError):
     """The teacher endpoint cannot score the student's tokens; says why."""
 
 
+@dataclass
+class Sample:
+    """A student completion three ways: its token ids, each token's text, and its text."""
+
+    ids: list[int]
+    texts: list[str]
+    text: str
+
+
 class CompletionsScorer:
     """The teacher's top-k logprobs at every token of a token sequence, from /v1/completions."""
 
@@ -37,29 +50,93 @@ class CompletionsScorer:
         self.client = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {api_key}"})
         self.prompt_tokens = self.requests = 0
 
-    def score(self, ids: list[int], n: int) -> tuple[list[str], list[list[tuple[str, float]]]]:
-        """The echoed token texts of `ids` and, per token, the teacher's alternatives
-        [(text, logprob)] best first (the actual token among them); at least the last n."""
+    def score(self, prompt: str, sample: Sample) -> list | None:
+        """The teacher's alternatives [(text, logprob)], best first (the actual token among
+        them), at each token of the sample; None when the echoed tokens are not the sample's
+        (a token that is part of a character never lines up: the server echoes it as "")."""
+        texts = sample.texts
         response = self.client.post(self.url, json={
-            "model": self.model, "prompt": ids, "echo": True, "logprobs": self.k,
-            "max_tokens": 1, "temperature": 0.0})
+            "model": self.model, "prompt": prompt + sample.text, "echo": True,
+            "logprobs": self.k, "max_tokens": 1, "temperature": 0.0})
         if response.status_code != 200:
             raise ScoringError(f"teacher endpoint {self.url}: HTTP {response.status_code}: "
                                f"{response.text[:300]}")
         body = response.json()
         self.requests += 1
-        self.prompt_tokens += (body.get("usage") or {}).get("prompt_tokens") or len(ids)
         lp = body["choices"][0].get("logprobs") or {}
         tokens, tops = lp.get("tokens") or [], lp.get("top_logprobs") or []
-        if len(tokens) < n:
+        self.prompt_tokens += (body.get("usage") or {}).get("prompt_tokens") or len(tokens)
+        if len(tokens) < len(texts):
             raise ScoringError(f"teacher endpoint {self.url} echoed {len(tokens)} token "
-                               f"logprobs for a {len(ids)}-token prompt: it does not return "
-                               "prompt logprobs (echo)")
-        return tokens, [sorted(((t, float(v)) for t, v in (top or {}).items()),
-                               key=lambda a: -a[1]) for top in tops]
+                               "logprobs: it does not return prompt logprobs (echo)")
+        entries = align(tokens, tops, texts)
+        return None if entries is None else [
+            sorted(((t, float(v)) for t, v in (top or {}).items()), key=lambda a: -a[1])
+            for top in entries]
 
     def close(self) -> None:
         self.client.close()
+
+
+class GGUFScorer:
+    """The same answer as CompletionsScorer, computed in-process by llama.cpp on the GGUF file
+    the `llamacpp` backend serves (student.on_policy_scorer: in_process).
+
+    Why it exists: llama-cpp-python 0.3.36's server computes echo logprobs in Python, a sort of
+    the whole 49k vocabulary per echoed token. Measured on the loaded 2-core machine: 536 echoed
+    tokens took 486 s, evaluating them 66 s. Here the top k come from numpy's argpartition, and
+    the worked-examples prefix shared by consecutive requests stays in the KV cache."""
+
+    def __init__(self, path, k: int, n_ctx: int = 2048, threads: int | None = None):
+        from llama_cpp import Llama
+
+        from flows.settings import cpu_threads
+
+        threads = threads or cpu_threads()
+        self.llm = Llama(str(path), logits_all=True, n_ctx=n_ctx, n_threads=threads,
+                         n_threads_batch=threads, verbose=False)
+        self.k = k
+        self.prompt_tokens = self.requests = 0
+
+    def score(self, prompt: str, sample: Sample) -> list:
+        """As CompletionsScorer.score; the sample goes in as the student's own token ids, so
+        there is nothing to line up."""
+        import numpy as np
+
+        from flows.evaluate.engines import log_softmax
+
+        llm = self.llm
+        completion = sample.ids
+        ids = llm.tokenize(prompt.encode(), add_bos=False, special=True) + completion
+        if len(ids) >= llm.n_ctx():
+            raise ScoringError(f"{len(ids)} tokens do not fit the scorer's {llm.n_ctx()}")
+        # Keep the KV cache of the prefix this text shares with the last one; evaluate the rest.
+        same = 0
+        for a, b in zip(llm.input_ids[:llm.n_tokens].tolist(), ids[:-1]):
+            if a != b:
+                break
+            same += 1
+        llm.n_tokens = same
+        llm.eval(ids[same:])
+        self.requests += 1
+        self.prompt_tokens += len(ids)
+        n = len(completion)
+        # Row t of the scores is the distribution of token t + 1.
+        rows = log_softmax(np.asarray(llm.scores[len(ids) - n - 1:len(ids) - 1],
+                                      dtype=np.float64))
+        out = []
+        for row, actual in zip(rows, completion):
+            best = np.argpartition(-row, self.k)[:self.k]
+            alts = {int(i): float(row[i]) for i in best} | {actual: float(row[actual])}
+            out.append(sorted(((self._text(i), lp) for i, lp in alts.items()),
+                              key=lambda a: -a[1]))
+        return out
+
+    def _text(self, token: int) -> str:
+        return self.llm.detokenize([token]).decode("utf-8", errors="ignore")
+
+    def close(self) -> None:
+        self.llm.close()
 
 
 def align(tokens: list[str], tops: list, texts: list[str]) -> list | None:
@@ -83,7 +160,7 @@ class OnPolicy:
     teacher knows and the student does not."""
 
     def __init__(self, tokenizer, scorer: CompletionsScorer, prompts: list[list[int]],
-                 teacher_prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
+                 teacher_prompts: list[str], *, max_new_tokens: int, temperature: float,
                  k: int):
         self.tok, self.scorer = tokenizer, scorer
         self.prompts, self.teacher_prompts = prompts, teacher_prompts
@@ -115,7 +192,10 @@ class OnPolicy:
                 # their alternatives by text, so it cannot be aligned. The cot mix (or the base)
                 # teaches stopping.
                 seq = seq[:seq.index(tok.eos_token_id)]
-            completions.append([t for t in seq if t != pad])
+            seq = [t for t in seq if t != pad]
+            # Spelled the way the tokenizer spells its text, which is what the endpoint will
+            # tokenize: a sampled "A", "nswer" becomes "Answer". Same text, same student.
+            completions.append(tok(tok.decode(seq), add_special_tokens=False)["input_ids"])
         return completions
 
     def examples(self, model, rows: list[int]) -> list[Example]:
@@ -125,10 +205,9 @@ class OnPolicy:
             if not completion:
                 continue
             prompt = self.prompts[row]
-            texts = [self.tok.decode([t]) for t in completion]
-            tokens, tops = self.scorer.score(self.teacher_prompts[row] + completion,
-                                             len(completion))
-            entries = align(tokens, tops, texts)
+            sample = Sample(completion, [self.tok.decode([t]) for t in completion],
+                            self.tok.decode(completion))
+            entries = self.scorer.score(self.teacher_prompts[row], sample)
             if entries is None:
                 self.misaligned += 1
                 continue

@@ -78,7 +78,7 @@ class FakeOpenAI:
     # With a tokenizer, logprobs come per token of that tokenizer (a teacher that shares the
     # student's vocabulary); without one, per whitespace-separated word.
     tokenizer: object = None
-    scored: list = field(default_factory=list)  # token-id prompts sent to /v1/completions
+    scored: list = field(default_factory=list)  # /v1/completions prompts, as token ids
     hold_batches: bool = False  # batches stay "in_progress" (a job that takes hours)
     reject_auth: bool = False  # answer chat requests with `reject_status` (a revoked key...)
     reject_status: int = 401  # 401 bad key, 403 forbidden, 404 no such model
@@ -120,7 +120,6 @@ class FakeOpenAI:
         if "/files" in path or "/batches" in path:
             return await self._batch_api(send, scope["method"], path, headers, body)
         if path.endswith("/v1/completions") and self.tokenizer is not None:
-            self.scored.append(json.loads(body)["prompt"])
             return await self._json(send, 200, self.echo_scores(json.loads(body)))
         if not path.endswith("/chat/completions"):
             return await self._json(send, 404, {"error": {"message": "not found"}})
@@ -194,12 +193,13 @@ class FakeOpenAI:
                 for t, alts in zip(tokens, others)]
 
     def echo_scores(self, request: dict) -> dict:
-        """/v1/completions with a token-id prompt, echo and logprobs, laid out as llama.cpp's
-        server answers: per prompt token (the first has none) its text, logprob and a dict of
-        alternatives (the top k plus the token itself), then the one generated token. The fake
-        teacher's taste: after token i it prefers the next clean vocabulary id after i."""
+        """/v1/completions with echo and logprobs, laid out as llama.cpp's server answers: per
+        prompt token (the first has none) its text, logprob and a dict of alternatives (the top
+        k plus the token itself), then the one generated token. The fake teacher's taste: after
+        token i it prefers the next clean vocabulary id after i."""
         tok, k = self.tokenizer, request.get("logprobs") or 1
-        ids = list(request["prompt"])
+        ids = tok(request["prompt"], add_special_tokens=False)["input_ids"]
+        self.scored.append(ids)
         clean = self._clean_ids()
 
         def preferred(prev: int) -> int:
