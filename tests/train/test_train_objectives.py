@@ -173,7 +173,8 @@ def test_on_policy_scores_the_students_own_samples_through_the_endpoint(workspac
     on_policy_cot_weight the curated rationales' cross-entropy joins it."""
     with FakeOpenAI(tokenizer=tok) as server:
         spec = spec_of(base, server, {"objective": "on_policy", "kd_top_k": 3,
-                                      "on_policy_max_tokens": 8, "max_steps": 12,
+                                      "on_policy_max_tokens": 8,
+                                      "max_steps": 6 if cot_weight else 12,
                                       "on_policy_cot_weight": cot_weight})
         run_id = curated_run(workspace, spec, server)
         result = train(spec, workspace, run_id)
