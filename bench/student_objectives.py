@@ -34,6 +34,7 @@ VARIANTS: dict[str, dict] = {
     "label": {"objective": "label"},
     "cot": {"objective": "cot"},
     "cot-shuffled": {"objective": "cot", "order": "shuffled"},
+    "label-shuffled": {"objective": "label", "order": "shuffled"},
     "step_by_step": {"objective": "step_by_step"},
     "kd-topk": {"objective": "kd", "kd_top_k": 5},
     "kd-logits": {"objective": "kd", "kd_teacher": "smollm2-135m",
@@ -42,7 +43,8 @@ VARIANTS: dict[str, dict] = {
     "on_policy": {"objective": "on_policy", "kd_top_k": 5},
     "on_policy+cot": {"objective": "on_policy", "kd_top_k": 5, "on_policy_cot_weight": 0.5},
 }
-FROM_ROWS = ("label", "cot", "cot-shuffled", "step_by_step", "kd-topk", "kd-logits", "cot-cut")
+FROM_ROWS = ("label", "cot", "cot-shuffled", "label-shuffled", "step_by_step", "kd-topk",
+             "kd-logits", "cot-cut")
 
 
 class LabelTask:
@@ -102,6 +104,9 @@ def main() -> None:
                    help=f"Comma-separated variants of: {', '.join(VARIANTS)}.")
     p.add_argument("--eval-rows", type=int, default=None,
                    help="Held-out rows (default: the curriculum's quantization.eval_rows).")
+    p.add_argument("--seed", type=int, default=None,
+                   help="Training seed of every variant (default: the curriculum's student.seed): "
+                        "the batch order and, for on_policy, the samples.")
     p.add_argument("--on-policy-steps", type=int, default=None,
                    help="Steps of the on_policy variants (default: the curriculum's max_steps); "
                         "each step samples and scores batch_size completions.")
@@ -135,7 +140,8 @@ def main() -> None:
             print(results[-1], flush=True)
         tokens = (tokens_of_rows if (name in FROM_ROWS or student.on_policy_cot_weight) else 0) \
             + s.teacher_tokens
-        results.append({"model": name, "accuracy": s.student_accuracy, "examples": s.examples,
+        results.append({"model": name, "seed": student.seed, "accuracy": s.student_accuracy,
+                        "examples": s.examples,
                         "steps": s.steps, "final_loss": round(s.final_loss, 4),
                         "loss_terms": s.loss_terms, "teacher_tokens": tokens,
                         "correct_per_1k_teacher_tokens": round(
@@ -148,6 +154,8 @@ def main() -> None:
 
     for i, name in enumerate(args.objectives.split(",")):
         variant = dict(VARIANTS[name])
+        if args.seed is not None:
+            variant["seed"] = args.seed
         if name.startswith("on_policy"):
             if args.on_policy_steps:
                 variant["max_steps"] = args.on_policy_steps
