@@ -6,6 +6,7 @@ loopback fake OpenAI server (tests/helpers/openai_server.py) speaking the studen
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -108,9 +109,18 @@ def test_sft_objectives_teach_their_targets_with_their_loss_terms(workspace, tok
     for row, group in zip(rows, built.groups):
         taught = [tok.decode([t for t in ex.labels if t >= 0]) for ex in group]
         assert taught == [t + tok.eos_token for t in TARGETS[objective](row)]
+    # One epoch in curriculum order: curation's stages easiest first, a stage's rows (both tasks
+    # of a step_by_step row together) in ceil(rows / batch) batches that never mix stages.
+    per_stage = Counter(r["curriculum_stage"] for r in rows)
+    assert len(per_stage) >= 2, per_stage
+    epoch = sum(-(-n // 2) for n in per_stage.values())
+    spec.student.max_steps = epoch
     result = train(spec, workspace, run_id)
     assert set(result.loss_terms) == TERMS[objective]
     assert result.examples == len(rows) * len(TARGETS[objective](rows[0]))
+    assert result.order == "curriculum" and result.steps == epoch
+    assert [(r["stage"], r["steps"][1] - r["steps"][0] + 1) for r in result.stage_runs] == [
+        (s, -(-per_stage[s] // 2)) for s in sorted(per_stage)]
     if objective == "step_by_step":  # a*label + (1-a)*rationale, a = 0.5
         label, rationale = (result.loss_terms[k][-1] for k in ("label_loss", "rationale_loss"))
         assert result.final_loss == pytest.approx(0.5 * label + 0.5 * rationale, rel=1e-4)
