@@ -220,6 +220,35 @@ def load_folder(path: Path):
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
+def vocabulary(ref: str, catalog=None, *, base_dir: Path | None = None) -> list[str]:
+    """The model's token strings by id, without loading its weights: from a GGUF file's own
+    vocabulary (llama.cpp, vocab only: seconds, where transformers' GGUF tokenizer takes ~15 s)
+    or an HF folder's tokenizer."""
+    resolved = resolve(ref, catalog, base_dir=base_dir)
+    if resolved.kind == "gguf":
+        import logging
+
+        import llama_cpp as lc
+
+        # What Llama(verbose=False) does: llama.cpp's log lines go through this logger.
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        params = lc.llama_model_default_params()
+        params.vocab_only = True  # the tokenizer tables only: no weights, no context
+        model = lc.llama_model_load_from_file(str(resolved.path).encode(), params)
+        if not model:
+            raise ModelRefError(f"{ref!r}: llama.cpp cannot read {resolved.path}")
+        try:
+            vocab = lc.llama_model_get_vocab(model)
+            return [lc.llama_vocab_get_text(vocab, i).decode("utf-8", errors="replace")
+                    for i in range(lc.llama_vocab_n_tokens(vocab))]
+        finally:
+            lc.llama_model_free(model)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolved.path)
+    return tok.convert_ids_to_tokens(list(range(len(tok))))
+
+
 def read_meta(folder: Path) -> dict:
     p = Path(folder) / STAIRS_META
     return json.loads(p.read_text()) if p.exists() else {}

@@ -124,8 +124,20 @@ class TrainResult(StageResult):
     skipped: dict[str, int] = {}
     steps: int = 0
     resumed_from: int | None = None
+    order: str | None = None
+    kd_rows: int = Field(0, description="Rows trained on the teacher's top-k logprobs (kd).")
+    teacher_requests: int = Field(0, description="on_policy: scoring requests to the teacher.")
+    teacher_tokens: int = Field(0, description="on_policy: tokens the teacher scored (its "
+                                "reported prompt tokens).")
+    on_policy_samples: int = 0
+    misaligned_samples: int = Field(0, description="on_policy: samples whose echoed tokens did "
+                                    "not match the student's (left out).")
+    stage_runs: list[dict] = Field([], description="Curriculum stage per run of optimizer steps: "
+                                   "[{stage, steps: [first, last]}], the order it trained in.")
     first_loss: float | None = None
     final_loss: float | None = None
+    loss_terms: dict[str, list[float]] = Field(
+        {}, description="Each loss term (ce, kd, label_loss, ...): [first step, last step].")
     train_tokens_per_s: float | None = None
     student_model_id: int | None = None
     base_model_id: int | None = None
@@ -147,6 +159,12 @@ class QuantizedArtifact(BaseModel):
     bits_per_weight: float
     accuracy: float
     perplexity: float
+    kl_divergence: float | None = Field(
+        None, description="Mean KL(float GGUF || this file) of next-token distributions on the "
+        "eval text (nats); None for the float file itself.")
+    same_top_token: float | None = Field(
+        None, description="Share of eval-text positions where this file and the float GGUF rank "
+        "the same token first.")
     tokens_per_s: float
     model_id: int
 

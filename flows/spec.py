@@ -356,9 +356,11 @@ class StudentSpec(Strict):
     keep_layers: list[int] | None = Field(
         None, min_length=1, description="Cut a smaller student from the base by keeping these "
         "decoder layers (e.g. [0, 2, 4, ...]); the base is recorded as its parent.")
-    objective: Literal["step_by_step", "cot", "label", "kd"] = Field(
+    objective: Literal["step_by_step", "cot", "label", "kd", "on_policy"] = Field(
         "step_by_step", description="step_by_step: label + rationale multi-task loss; cot: "
-        "rationale then answer; label: answer only; kd: distillation on teacher logits.")
+        "rationale then answer; label: answer only; kd: distillation on teacher logits "
+        "(kd_teacher) or top-k logprobs (teacher.top_logprobs); on_policy: reverse KL to the "
+        "served teacher on the student's own samples.")
     label_weight: float = Field(0.5, ge=0.0, le=1.0, description="a in a*label + (1-a)*rationale "
                                 "(step_by_step).")
     method: Literal["full", "lora"] = Field(
@@ -383,6 +385,12 @@ class StudentSpec(Strict):
     packing: bool = Field(False, description="Pack examples into max_length rows (block-diagonal "
                           "attention): helps when lengths vary a lot, e.g. step_by_step's short "
                           "label targets.")
+    order: Literal["curriculum", "shuffled"] = Field(
+        "curriculum", description="curriculum: train the curated difficulty stages easiest first "
+        "in every epoch, shuffling only inside a stage; shuffled: one shuffled pool per epoch.")
+    replay: float = Field(0.0, ge=0.0, le=1.0, description="With order 'curriculum': mix this "
+                          "share (of a stage's rows) of earlier stages' rows back into each later "
+                          "stage, so easy skills are rehearsed, not forgotten.")
     seed: int = 0
     checkpoint_every: int = Field(20, ge=1, description="Steps between safetensors checkpoints; "
                                   "a rerun resumes from the newest.")
@@ -395,7 +403,18 @@ class StudentSpec(Strict):
     kd_weight: float = Field(0.5, ge=0.0, le=1.0, description="Share of the kd term; the rest is "
                              "cross-entropy on the target.")
     kd_top_k: int = Field(20, ge=1, le=100, description="Teacher alternatives per token used "
-                          "from 'logprobs'.")
+                          "from 'logprobs' (kd) or asked of the endpoint (on_policy).")
+    on_policy_max_tokens: int = Field(64, ge=1, le=4096, description="on_policy: tokens the "
+                                      "student samples per prompt.")
+    on_policy_temperature: float = Field(1.0, gt=0.0, le=2.0, description="on_policy: the "
+                                         "student's sampling temperature.")
+    on_policy_scorer: Literal["endpoint", "in_process"] = Field(
+        "endpoint", description="on_policy: where the teacher scores the student's samples: its "
+        "OpenAI-compatible endpoint, or (llamacpp teachers) the same GGUF in-process, which is "
+        "several times faster than llama-cpp-python's server on long prompts.")
+    on_policy_cot_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="on_policy: weight w of cross-entropy on the curated "
+        "rationales (cot) in (1 - w) * reverse KL + w * CE; 0 is on-policy alone.")
     eval_rows: int | None = Field(40, ge=1, description="Held-out eval rows scored per model "
                                   "(greedy generation is the slow part on CPU); null = all.")
     eval_max_new_tokens: int = Field(160, ge=1, le=4096)
@@ -444,6 +463,19 @@ class QuantizationSpec(Strict):
     threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp and torch "
                                 "while measuring (null: STAIRS_THREADS, else every core).")
 
+    def artifact_quants(self) -> list[str]:
+        """The `quant` label of every artifact the quantize stage makes from this section, in
+        the order it makes them (flows/quantize/flow.py: plan_artifacts uses these labels)."""
+        quants = [self.gguf_float, *self.gguf_types]
+        if self.int8_absmax:
+            quants.append(f"int8-absmax-{self.int8_absmax}")
+        if self.int4_group_size:
+            quants.append(f"int4-g{self.int4_group_size}-"
+                          f"{'sym' if self.int4_symmetric else 'asym'}")
+        if self.gptq_bits:
+            quants.append(f"gptq-{self.gptq_bits}bit-g{self.gptq_group_size}")
+        return quants
+
     @model_validator(mode="after")
     def _types(self):
         unknown = [t for t in self.gguf_types if t not in self.GGUF_QUANT_TYPES]
@@ -459,12 +491,34 @@ class QuantizationSpec(Strict):
 class StaircaseSpec(Strict):
     rounds: int = Field(1, ge=1, le=20)
     promote: str = Field("Q8_0", description="Which quantized artifact of a round's student "
-                         "becomes the next teacher (a quantization type, e.g. Q8_0 or Q4_K_M).")
+                         "becomes the next teacher: one of the `quant` labels the quantization "
+                         "section makes (gguf_float, gguf_types, int8/int4/gptq labels).")
     gate: Literal["beat_teacher", "threshold"] = Field(
         "beat_teacher", description="beat_teacher: the promoted file's held-out accuracy must be "
         "higher than the current teacher's; threshold: at least min_accuracy.")
-    min_accuracy: float = Field(0.0, ge=0.0, le=1.0, description="Accuracy floor for the "
-                                "threshold gate (and when a remote teacher cannot be scored).")
+    min_accuracy: float | None = Field(
+        None, ge=0.0, le=1.0, description="Accuracy floor of the promoted file: the threshold "
+        "gate's bar, and required whenever the teacher is not scored (score_teacher: false).")
+    score_teacher: bool = Field(
+        True, description="Score the round-0 teacher on the held-out rows. A remote teacher is "
+        "asked through its own endpoint (teacher_eval_rows requests, greedy, through the response "
+        "cache and counted in teacher.max_requests / max_total_tokens); false skips it, and the "
+        "gate then needs min_accuracy.")
+    teacher_eval_rows: int = Field(
+        40, ge=1, description="Held-out rows a remote teacher is scored on (the first of the "
+        "rows every artifact is scored on); local teachers get all quantization.eval_rows.")
+    max_kl: float | None = Field(
+        None, gt=0.0, description="Fidelity gate: the promoted file's mean KL divergence to the "
+        "float GGUF's next-token distribution on the eval text must be at most this (nats).")
+
+    @model_validator(mode="after")
+    def _bar(self):
+        if self.gate == "threshold" and self.min_accuracy is None:
+            raise ValueError("gate 'threshold' needs min_accuracy")
+        if not self.score_teacher and self.min_accuracy is None:
+            raise ValueError("score_teacher: false leaves the gate nothing to compare with; set "
+                             "min_accuracy")
+        return self
 
 
 class Curriculum(Strict):
@@ -480,6 +534,36 @@ class Curriculum(Strict):
 
     # Set by load(): the file it came from (not part of the YAML).
     _source: Path | None = None
+
+    @model_validator(mode="after")
+    def _across_sections(self):
+        """Rules that span sections: caught when the file is read, not after a round."""
+        s, made = self.student, self.quantization.artifact_quants()
+        if s.objective == "kd" and s.kd_teacher is None and self.teacher.top_logprobs == 0:
+            raise ValueError(
+                "student.objective: 'kd' needs a teacher distribution: set student.kd_teacher "
+                "(a local model sharing the student's tokenizer: logit KD) or "
+                "teacher.top_logprobs > 0 (rows with the teacher's top-k logprobs)")
+        if s.objective == "on_policy" and (self.teacher.backend not in ("llamacpp", "openai")
+                                           or self.teacher.batch_api):
+            raise ValueError(
+                "student.objective: 'on_policy' scores the student's samples through the "
+                "teacher's OpenAI-compatible /v1/completions endpoint; teacher.backend must be "
+                "'llamacpp' or 'openai' (without batch_api)")
+        if s.on_policy_scorer == "in_process" and self.teacher.backend != "llamacpp":
+            raise ValueError("student.on_policy_scorer: 'in_process' scores with the GGUF file a "
+                             "'llamacpp' teacher serves; this teacher is "
+                             f"{self.teacher.backend!r}")
+        if self.staircase.promote not in made:
+            raise ValueError(
+                f"staircase.promote: {self.staircase.promote!r} is not made by the quantization "
+                f"section (it makes {', '.join(made)}); add it to quantization.gguf_types or "
+                "promote one of those")
+        ggufs = [self.quantization.gguf_float, *self.quantization.gguf_types]
+        if self.staircase.max_kl is not None and self.staircase.promote not in ggufs:
+            raise ValueError("staircase.max_kl: fidelity is measured for GGUF files "
+                             f"({', '.join(ggufs)}); {self.staircase.promote!r} is not one")
+        return self
 
     @property
     def source(self) -> Path | None:

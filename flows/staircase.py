@@ -39,42 +39,84 @@ def describe(teacher: TeacherSpec) -> str:
 def score_teacher(spec: Curriculum, ws: Workspace, run_id: str, teacher: TeacherSpec,
                   round_index: int) -> float | None:
     """The round-0 teacher's held-out accuracy, asked exactly as it teaches (with the template's
-    worked examples), on the rows every quantized student is scored on. Remote teachers are not
-    scored here (it would spend the user's API budget): the gate then uses min_accuracy."""
+    worked examples), on the rows every quantized student is scored on, by the same function.
+    A local teacher is opened in-process like any student file; any other (an OpenAI-compatible
+    endpoint, vLLM) is asked through its own backend on the first staircase.teacher_eval_rows of
+    those rows, through the response cache and inside the teacher's budget. None when
+    staircase.score_teacher is false or the endpoint left rows unanswered."""
     for m in ws.catalog.metrics(run_id=run_id):
         if m.name == "teacher_accuracy" and m.round_index == round_index:
             return m.value  # resumed run: already measured
-    if teacher.backend not in LOCAL_BACKENDS:
+    if not spec.staircase.score_teacher:
         return None
     from flows.evaluate import eval_template, evaluate_model, held_out_rows
+    from flows.evaluate.engines import EndpointEngine
     from flows.models import curriculum_ref
 
     q = spec.quantization
-    rows, _ = held_out_rows(ws, run_id, q.eval_rows)
-    # The same function, rows, template and decoding as every quantized student's score.
-    result = evaluate_model(curriculum_ref(spec, teacher.model), rows, eval_template(spec),
-                            max_new_tokens=q.max_new_tokens, catalog=ws.catalog,
-                            few_shot=teacher.few_shot)
+    local = teacher.backend in LOCAL_BACKENDS
+    rows, _ = held_out_rows(ws, run_id, q.eval_rows if local else min(
+        q.eval_rows, spec.staircase.teacher_eval_rows))
+    engine = (curriculum_ref(spec, teacher.model) if local
+              else EndpointEngine(teacher, ws.catalog, base_dir=spec.base_dir))
+    try:
+        result = evaluate_model(engine, rows, eval_template(spec),
+                                max_new_tokens=q.max_new_tokens, catalog=ws.catalog,
+                                few_shot=teacher.few_shot)
+    finally:
+        if not local:
+            engine.close()
+    meta = {"teacher": describe(teacher), "eval_rows": result.n}
+    if not local:
+        spent = {"requests": engine.sent, "tokens": engine.prompt_tokens + engine.completion_tokens,
+                 "cache_hits": engine.cache_hits, "unanswered": engine.unanswered}
+        # The generate stage's budget counts what scoring spent (flows/generate/dispatch.py).
+        ws.catalog.log_metric("teacher_score_requests", spent["requests"], run_id=run_id,
+                              round_index=round_index, meta=meta)
+        ws.catalog.log_metric("teacher_score_tokens", spent["tokens"], run_id=run_id,
+                              round_index=round_index, meta=meta)
+        print(f"teacher {describe(teacher)} scored through its endpoint on {result.n} rows: "
+              f"{spent['requests']} requests sent, {spent['cache_hits']} from the cache, "
+              f"{spent['tokens']} tokens")
+        if engine.unanswered:
+            print(f"teacher score left out: {engine.unanswered} of {result.n} rows unanswered "
+                  "(budget reached or requests failed)")
+            return None
     ws.catalog.log_metric("teacher_accuracy", result.accuracy, run_id=run_id,
-                          round_index=round_index, split="eval",
-                          meta={"teacher": describe(teacher), "eval_rows": result.n})
+                          round_index=round_index, split="eval", meta=meta)
     return result.accuracy
 
 
-def gate(spec: Curriculum, student_acc: float | None, teacher_acc: float | None) -> tuple[bool, str]:
+def gate(spec: Curriculum, student_acc: float | None, teacher_acc: float | None,
+         kl: float | None = None) -> tuple[bool, str]:
+    """Whether the promoted file passes, and why: every condition the curriculum sets (beat the
+    teacher, min_accuracy, max_kl) must hold; a condition that cannot be checked fails."""
     s = spec.staircase
     if student_acc is None:
         return False, f"no '{s.promote}' artifact was measured (check quantization.gguf_types)"
-    if s.gate == "beat_teacher" and teacher_acc is not None:
-        ok = student_acc > teacher_acc and student_acc >= s.min_accuracy
-        return ok, (f"{s.promote} student {student_acc:.3f} "
-                    f"{'>' if student_acc > teacher_acc else '<='} teacher {teacher_acc:.3f}"
-                    + (f", below min_accuracy {s.min_accuracy:.3f}"
-                       if student_acc < s.min_accuracy else ""))
-    ok = student_acc >= s.min_accuracy
-    why = "teacher not scored (remote); " if s.gate == "beat_teacher" else ""
-    return ok, (f"{why}{s.promote} student {student_acc:.3f} "
-                f"{'>=' if ok else '<'} min_accuracy {s.min_accuracy:.3f}")
+    checks: list[tuple[bool, str]] = []
+    if s.gate == "beat_teacher":
+        if teacher_acc is not None:
+            checks.append((student_acc > teacher_acc,
+                           f"{s.promote} student {student_acc:.3f} "
+                           f"{'>' if student_acc > teacher_acc else '<='} teacher "
+                           f"{teacher_acc:.3f}"))
+        elif s.min_accuracy is None:
+            checks.append((False, "teacher not scored and no staircase.min_accuracy to compare "
+                                  "with"))
+        else:
+            checks.append((True, "teacher not scored"))
+    if s.min_accuracy is not None:
+        ok = student_acc >= s.min_accuracy
+        checks.append((ok, f"{s.promote} student {student_acc:.3f} {'>=' if ok else '<'} "
+                           f"min_accuracy {s.min_accuracy:.3f}"))
+    if s.max_kl is not None:
+        if kl is None:
+            checks.append((False, f"{s.promote} fidelity (KL to the float file) not measured"))
+        else:
+            checks.append((kl <= s.max_kl, f"KL to {spec.quantization.gguf_float} {kl:.4f} "
+                           f"{'<=' if kl <= s.max_kl else '>'} max_kl {s.max_kl}"))
+    return all(ok for ok, _ in checks), "; ".join(why for _, why in checks)
 
 
 def _round_row(ws: Workspace, run_id: str, index: int, teacher: TeacherSpec,
@@ -117,7 +159,7 @@ def run_round(spec: Curriculum, ws: Workspace, run_id: str, index: int, teacher:
         _finish_round(ws, rnd.id, status="completed", gate_passed=False, gate_reason=reason)
         print(f"round {index}: {reason}; the staircase stops here")
         return {"passed": False, "promoted": None, "student_acc": None}
-    trained = train(spec, ws, run_id, round_index=index)
+    trained = train(spec, ws, run_id, round_index=index, teacher=teacher)
     final_loss = trained.final_loss if trained.final_loss is not None else float("nan")
     print(f"round {index} train: {trained.steps} steps, final loss {final_loss:.4f}, student "
           f"{_pct(trained.student_accuracy)} on {trained.eval_rows} eval rows")
@@ -126,7 +168,8 @@ def run_round(spec: Curriculum, ws: Workspace, run_id: str, index: int, teacher:
         f"{r.quant} {r.size_mb:.0f} MB {_pct(r.accuracy)}" for r in quantized.table))
     promoted = quantized.artifact(spec.staircase.promote)
     student_acc = promoted.accuracy if promoted else None
-    passed, reason = gate(spec, student_acc, teacher_acc)
+    passed, reason = gate(spec, student_acc, teacher_acc,
+                          promoted.kl_divergence if promoted else None)
     _finish_round(ws, rnd.id, status="completed", gate_passed=passed, gate_reason=reason,
                   student_model_id=trained.student_model_id or quantized.student_id,
                   promoted_model_id=promoted.model_id if (promoted and passed) else None)

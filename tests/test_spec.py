@@ -137,3 +137,30 @@ def test_a_curriculum_that_is_not_utf8_is_one_clear_error(tmp_path):
     path.write_bytes("name: caf\xe9\ncorpus: {format: demo}\n".encode("latin-1"))
     with pytest.raises(SpecError, match=r"latin1.yaml: not UTF-8 text \(byte 9 is 0xe9\)"):
         load(path)
+
+
+def test_kd_without_a_teacher_distribution_is_refused(tmp_path):
+    with pytest.raises(SpecError, match=r"student\.objective: 'kd' needs .*student\.kd_teacher"
+                                        r".*teacher\.top_logprobs"):
+        load(write(tmp_path, minimal(student={"objective": "kd"})))
+    load(write(tmp_path, minimal(student={"objective": "kd"}, teacher={"top_logprobs": 5})))
+
+
+def test_promote_must_be_an_artifact_the_curriculum_makes(tmp_path):
+    with pytest.raises(SpecError, match=r"staircase\.promote: 'Q6_K' is not made .*F16, Q8_0"):
+        load(write(tmp_path, minimal(quantization={"gguf_types": ["Q8_0"], "int8_absmax": None,
+                                                   "int4_group_size": None},
+                                     staircase={"promote": "Q6_K"})))
+    spec = load(write(tmp_path, minimal(staircase={"promote": "int4-g32-sym"})))
+    assert "int4-g32-sym" in spec.quantization.artifact_quants()
+
+
+def test_a_gate_without_a_bar_is_refused(tmp_path):
+    with pytest.raises(SpecError, match=r"staircase: .*threshold' needs min_accuracy"):
+        load(write(tmp_path, minimal(staircase={"gate": "threshold"})))
+    with pytest.raises(SpecError, match=r"staircase: .*score_teacher: false .*min_accuracy"):
+        load(write(tmp_path, minimal(staircase={"score_teacher": False})))
+    load(write(tmp_path, minimal(staircase={"score_teacher": False, "min_accuracy": 0.5})))
+    with pytest.raises(SpecError, match=r"max_kl: .*int8-absmax-channel' is not one"):
+        load(write(tmp_path, minimal(staircase={"promote": "int8-absmax-channel",
+                                                "max_kl": 0.1})))

@@ -91,3 +91,55 @@ def test_reduced_staircase_with_the_real_embedded_models(workspace, tmp_path, ca
     before = [(s.id, s.status) for s in workspace.catalog.stages(run_id)]
     staircase(spec, workspace, run_id)
     assert [(s.id, s.status) for s in workspace.catalog.stages(run_id)] == before
+
+
+def test_gate_without_a_teacher_score_needs_min_accuracy():
+    spec = spec_with(gate="beat_teacher", min_accuracy=None)
+    ok, why = gate(spec, 0.99, None)
+    assert not ok and "teacher not scored" in why and "min_accuracy" in why
+
+
+def test_gate_max_kl_is_a_condition():
+    spec = spec_with(gate="threshold", min_accuracy=0.5, max_kl=0.05)
+    assert gate(spec, 0.9, None, kl=0.01)[0]
+    ok, why = gate(spec, 0.9, None, kl=0.2)
+    assert not ok and "max_kl" in why
+    ok, why = gate(spec, 0.9, None, kl=None)
+    assert not ok and "not measured" in why
+
+
+def test_a_remote_teacher_is_scored_through_its_endpoint_cached_and_within_budget(workspace):
+    """An OpenAI-compatible teacher is asked for the first teacher_eval_rows held-out rows; the
+    answers land in the response cache (a second run sends nothing), and what scoring sent counts
+    against teacher.max_requests in the generate stage that follows."""
+    from flows.generate import generate
+    from flows.ingest import ingest
+    from flows.staircase import score_teacher
+    from tests.helpers.openai_server import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        spec = Curriculum.model_validate({
+            "name": "remote", "corpus": {"format": "demo", "demo": {"rows": 40, "seed": 3,
+                                                                    "tasks": ["sum"]},
+                                         "eval_fraction": 0.25},
+            "teacher": {"backend": "openai", "model": "fake", "base_url": server.base_url,
+                        "max_requests": 8, "temperature": 0.0},
+            "generate": {"max_rows": 10},
+            "quantization": {"gguf_types": ["Q8_0"], "eval_rows": 20, "max_new_tokens": 64},
+            "staircase": {"teacher_eval_rows": 5}})
+        run_id = workspace.start_run(spec, "run").id
+        ingest(spec, workspace, run_id)
+        acc = score_teacher(spec, workspace, run_id, spec.teacher, 0)
+        assert acc == 1.0  # the fake solves every sum
+        assert sum(server.received.values()) == 5
+        metrics = {m.name: m for m in workspace.catalog.metrics(run_id=run_id)}
+        assert metrics["teacher_score_requests"].value == 5
+        assert metrics["teacher_accuracy"].value == 1.0
+        # A new run of the same curriculum: scored from the response cache, nothing sent.
+        again = workspace.start_run(spec, "run").id
+        ingest(spec, workspace, again)
+        assert score_teacher(spec, workspace, again, spec.teacher, 0) == 1.0
+        assert sum(server.received.values()) == 5
+        # The first run's generate stage may send 8 - 5 = 3 requests.
+        result = generate(spec, workspace, run_id, progress_bar=False)
+        assert result.sent == 3 and result.budget_exhausted

@@ -23,6 +23,7 @@ class Engine(Protocol):
     def generate(self, conversations: list[list[dict]],
                  max_new_tokens: int) -> tuple[list[str], int]: ...
     def nll(self, ids: list[int]) -> float: ...
+    def logits(self, ids: list[int]) -> np.ndarray: ...
     def decode_speed(self, messages: list[dict], tokens: int) -> float: ...
     def close(self) -> None: ...
 
@@ -60,11 +61,14 @@ class GGUFEngine:
             generated += reply["usage"]["completion_tokens"]
         return texts, generated
 
-    def nll(self, ids):
+    def logits(self, ids):
+        """[len(ids) - 1, vocab]: row t is the next-token logits after ids[:t + 1]."""
         self.scorer.reset()
         self.scorer.eval(ids)
-        logits = np.asarray(self.scorer.scores[: len(ids) - 1], dtype=np.float64)
-        return nll_from_logits(logits, np.asarray(ids[1:]))
+        return np.asarray(self.scorer.scores[: len(ids) - 1], dtype=np.float64)
+
+    def nll(self, ids):
+        return nll_from_logits(self.logits(ids), np.asarray(ids[1:]))
 
     def decode_speed(self, messages, tokens):
         eos = self.llm.token_eos()
@@ -140,12 +144,15 @@ class TorchEngine:
             tok.padding_side = side
         return [results[i] for i in range(len(conversations))], generated
 
-    def nll(self, ids):
+    def logits(self, ids):
         import torch
 
+        device = next(self.model.parameters()).device
         with torch.no_grad():
-            logits = self.model(torch.tensor([ids])).logits[0, :-1].double().numpy()
-        return nll_from_logits(logits, np.asarray(ids[1:]))
+            return self.model(torch.tensor([ids], device=device)).logits[0, :-1].double().cpu().numpy()
+
+    def nll(self, ids):
+        return nll_from_logits(self.logits(ids), np.asarray(ids[1:]))
 
     def decode_speed(self, messages, tokens):
         import torch
@@ -164,6 +171,71 @@ class TorchEngine:
 
     def close(self):
         pass
+
+
+class EndpointEngine:
+    """A teacher asked through its own backend (an OpenAI-compatible endpoint, vLLM), for scoring
+    a teacher that stairs cannot open in-process. Greedy, one request per row, through the
+    response cache (a rerun pays nothing) and inside the teacher's budget
+    (teacher.max_requests / max_total_tokens). Rows left unanswered (budget reached, requests
+    failed) are counted in `unanswered`: a caller must not read a partial score as a score."""
+
+    name = "endpoint"
+
+    def __init__(self, teacher_spec, catalog, *, base_dir: Path | None = None):
+        from flows.teachers import make_teacher
+        from flows.teachers.cache import ResponseCacheStore
+
+        # Greedy, no logprobs, no schema: the answer alone, asked the way students are scored.
+        self.spec = teacher_spec.model_copy(update={
+            "temperature": 0.0, "top_logprobs": 0, "samples": 1, "structured_output": False})
+        self.teacher = make_teacher(self.spec, base_dir=base_dir)
+        self.cache = ResponseCacheStore(catalog)
+        self.sent = self.cache_hits = self.unanswered = 0
+        self.prompt_tokens = self.completion_tokens = 0
+
+    def generate(self, conversations, max_new_tokens):
+        from flows.teachers import Request, Sampling, request_key, running
+        from flows.teachers.aio import run_coroutine
+
+        sampling = Sampling(0.0, 1.0, max_new_tokens, self.spec.seed, 0)
+        requests = [Request(request_key(self.teacher.identity, m, sampling, 0), m, sampling, 0, i)
+                    for i, m in enumerate(conversations)]
+        replies = self.cache.lookup([r.key for r in requests])
+        self.cache_hits += sum(r.key in replies for r in requests)
+        misses = [r for r in requests if r.key not in replies]
+        spec, usage = self.spec, self.teacher.usage
+
+        def over_budget() -> bool:
+            tokens = self.prompt_tokens + self.completion_tokens
+            return ((spec.max_requests is not None and usage.requests >= spec.max_requests)
+                    or (spec.max_total_tokens is not None and tokens >= spec.max_total_tokens))
+
+        async def send():
+            async for answers in self.teacher.stream(misses, stop=over_budget):
+                self.cache.put(self.teacher.backend, self.teacher.identity,
+                               [(q.key, a) for q, a in answers])
+                for q, a in answers:
+                    self.prompt_tokens += a.prompt_tokens
+                    self.completion_tokens += a.completion_tokens
+                    if a.error is None:
+                        replies[q.key] = a
+
+        if misses:
+            with running(self.teacher):
+                run_coroutine(send())
+            self.sent += usage.requests
+        texts = [replies[r.key].text if r.key in replies else "" for r in requests]
+        self.unanswered += sum(r.key not in replies for r in requests)
+        return texts, sum(replies[r.key].completion_tokens for r in requests if r.key in replies)
+
+    def close(self):
+        self.cache.close()
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
 
 
 def nll_from_logits(logits: np.ndarray, targets: np.ndarray) -> float:

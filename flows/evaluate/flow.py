@@ -69,7 +69,7 @@ def evaluate_model(model, rows: list[dict], template, *, max_new_tokens: int,
         if engine is not model:
             engine.close()
     return ModelEval(
-        format="gguf" if engine.name == "llama.cpp" else "hf", model=where, template=template.name,
+        format={"llama.cpp": "gguf", "torch": "hf"}.get(engine.name, engine.name), model=where, template=template.name,
         template_hash=getattr(template, "content_hash", None), few_shot=few_shot, n=scored.n,
         correct=scored.correct, accuracy=scored.accuracy, generated_tokens=scored.generated_tokens,
         seconds=scored.seconds, tokens_per_s=scored.tokens_per_s,

@@ -95,6 +95,29 @@ def perplexity(engine, rows: list[dict], tokenizer) -> float:
     return float(np.exp(total_nll / total_tokens)) if total_tokens else float("nan")
 
 
+def fidelity(reference, engine, rows: list[dict], tokenizer) -> dict:
+    """How closely `engine` (a quantized file) reproduces `reference` (the float file): the mean
+    KL(reference || engine) of the next-token distributions and the share of positions where both
+    rank the same token first, over the eval rows' text (llama.cpp's `perplexity
+    --kl-divergence` idea; same token ids for both). Accuracy on 60 rows moves in steps of 1.7
+    points; this sees every position of every row."""
+    from flows.evaluate.engines import log_softmax
+
+    kl_sum, same, n = 0.0, 0, 0
+    for r in rows:
+        ids = tokenizer(perplexity_text(r))["input_ids"]
+        log_p = log_softmax(reference.logits(ids))
+        log_q = log_softmax(engine.logits(ids))
+        if log_p.shape != log_q.shape:
+            raise ValueError(f"fidelity: vocabularies differ ({log_p.shape[-1]} vs "
+                             f"{log_q.shape[-1]} logits): not the same model")
+        kl_sum += float((np.exp(log_p) * (log_p - log_q)).sum())
+        same += int((log_p.argmax(-1) == log_q.argmax(-1)).sum())
+        n += len(ids) - 1
+    return {"kl_divergence": kl_sum / n if n else float("nan"),
+            "same_top_token": same / n if n else float("nan"), "kl_tokens": n}
+
+
 def target_loss(model, tokenizer, rows: list[dict], template, *, max_length: int = 512,
                 batch_size: int = 8) -> dict | None:
     """Mean token loss of "rationale\\nAnswer: answer" after the rendered prompt, over the rows

@@ -43,6 +43,7 @@ class BatchJob:
     student: Any = None  # the template's student template (disentangle), if any
     student_context: str = "passage"
     template_of: dict = field(default_factory=dict)  # request key -> (template, student): `also`
+    spent: tuple = (0, 0)  # (requests, tokens) the budget paid before generate (teacher scoring)
     # Only when the batch runs in the flow's own process: never shipped to a worker.
     ws: Any = None
     progress: Any = None
@@ -128,7 +129,7 @@ def run_batch(job: BatchJob) -> BatchResult:
             tally = dispatch(requests=job.requests, teacher=teacher, cache=cache,
                              writer=writer, build_rows=rows_of,
                              progress=job.progress or _Quiet(), budget_spec=job.budget,
-                             start_teacher=False, cancelled=cancelled)
+                             start_teacher=False, cancelled=cancelled, spent=job.spent)
         else:
             want = teacher.concurrency
             with endpoint_slots(endpoint, slots=job.slots or want, occupy=want) as held:
@@ -138,7 +139,7 @@ def run_batch(job: BatchJob) -> BatchResult:
                 tally = dispatch(requests=job.requests, teacher=teacher, cache=cache,
                                  writer=writer, build_rows=rows_of,
                                  progress=job.progress or _Quiet(), budget_spec=job.budget,
-                                 start_teacher=False, cancelled=cancelled)
+                                 start_teacher=False, cancelled=cancelled, spent=job.spent)
     finally:
         # Runs on success, errors and Ctrl-C alike: whatever was answered becomes a shard.
         writer.flush()

@@ -31,25 +31,32 @@ class Tally:
 
 
 class Budget:
-    def __init__(self, max_requests: int | None, max_tokens: int | None, tally: Tally, usage):
+    """teacher.max_requests / max_total_tokens, less what the run already spent on this teacher
+    before the stage (`spent`: requests, tokens; the staircase's teacher scoring)."""
+
+    def __init__(self, max_requests: int | None, max_tokens: int | None, tally: Tally, usage,
+                 spent: tuple[int, int] = (0, 0)):
         self.max_requests, self.max_tokens = max_requests, max_tokens
-        self.tally, self.usage = tally, usage
+        self.tally, self.usage, self.spent = tally, usage, spent
 
     def reached(self) -> bool:
-        over = ((self.max_requests is not None and self.usage.requests >= self.max_requests)
-                or (self.max_tokens is not None and
-                    self.tally.prompt_tokens + self.tally.completion_tokens >= self.max_tokens))
+        requests = self.spent[0] + self.usage.requests
+        tokens = self.spent[1] + self.tally.prompt_tokens + self.tally.completion_tokens
+        over = ((self.max_requests is not None and requests >= self.max_requests)
+                or (self.max_tokens is not None and tokens >= self.max_tokens))
         if over:
             self.tally.budget_exhausted = True
         return over
 
 
 def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_spec,
-             start_teacher: bool = True, cancelled=None, check_rows=check_rows) -> Tally:
+             start_teacher: bool = True, cancelled=None, check_rows=check_rows,
+             spent: tuple[int, int] = (0, 0)) -> Tally:
     """start_teacher=False: the caller started the teacher (a generate batch: the flow starts
     it once for all its batches). `cancelled()` True: send nothing new (the flow was stopped);
     what is in flight is still recorded. `check_rows` raises when rows do not fit the writer's
-    schema (generated rows by default; the review passes write their own kinds)."""
+    schema (generated rows by default; the review passes write their own kinds). `spent`:
+    (requests, tokens) the budget already paid for before this call (scoring the teacher)."""
     tally = Tally()
     answers = cache.lookup([r.key for r in requests])
 
@@ -104,7 +111,7 @@ def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_s
     record(hits, cached=True)
     if misses:
         budget = Budget(budget_spec.max_requests, budget_spec.max_total_tokens, tally,
-                        teacher.usage)
+                        teacher.usage, spent)
         stop = budget.reached if cancelled is None else (
             lambda: cancelled() or budget.reached())
         body = lambda: _send(teacher, misses, rows_for, record, stop, cache)  # noqa: E731

@@ -196,6 +196,18 @@ def review(st, ws, passes, attempts, spec, progress_bar):
     return dict(st.summary)
 
 
+def spent_scoring(ws: Workspace, run_id: str, round_index: int, teacher_name: str
+                  ) -> tuple[int, int]:
+    """Requests and tokens this run already sent this teacher to score it (flows/staircase.py):
+    the budget covers them too."""
+    spent = {"teacher_score_requests": 0, "teacher_score_tokens": 0}
+    for m in ws.catalog.metrics(run_id=run_id):
+        if (m.name in spent and m.round_index == round_index
+                and json.loads(m.meta_json).get("teacher") == teacher_name):
+            spent[m.name] += int(m.value)
+    return spent["teacher_score_requests"], spent["teacher_score_tokens"]
+
+
 def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, progress_bar,
           student=None, template_of=None):
     """Answer `todo` in batches of `generate.batch_requests`, each a task on the flow's task
@@ -222,6 +234,9 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
     # more, record what is in flight and end. A batch on a cluster worker finishes its batch.
     cancel = threading.Event()
 
+    # A budget is one count: what scoring this teacher cost this run is part of it.
+    spent = spent_scoring(ws, st.stage.run_id, round_index, teacher.name) if budgeted else (0, 0)
+
     def job(i, requests):
         return BatchJob(index=i, requests=requests,
                         teacher=teacher.for_batch() if shipped else teacher,
@@ -231,6 +246,7 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
                         flush_seconds=spec.generate.flush_seconds, budget=tspec,
                         slots=int(slots_env) if slots_env else tspec.concurrency,
                         student=student, student_context=spec.generate.student_context,
+                        spent=spent,
                         template_of={r.key: template_of[r.key] for r in requests
                                      if r.key in template_of} if template_of else {},
                         ws=ws if in_flow_process else None,

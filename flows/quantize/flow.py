@@ -21,7 +21,7 @@ from prefect import flow
 
 from flows.evaluate import eval_template, held_out_rows
 from flows.evaluate.engines import GGUFEngine, TorchEngine
-from flows.evaluate.score import measure
+from flows.evaluate.score import fidelity, measure
 from flows.models import folder_bytes, load_folder, model_path, register_embedded_base
 from flows.orchestration import in_flow_run, step, task_runner
 from flows.params import RoundParams
@@ -36,7 +36,8 @@ from storage.tables import Model
 # llama.cpp types whose quantizer takes no importance matrix (the rest are shaped by it).
 IMATRIX_IGNORED = ("Q8_0",)
 TABLE_COLUMNS = ("artifact", "format", "quant", "engine", "size_mb", "bits_per_weight",
-                 "accuracy", "perplexity", "tokens_per_s", "model_id")
+                 "accuracy", "perplexity", "kl_divergence", "same_top_token", "tokens_per_s",
+                 "model_id")
 
 
 def find_student(ws: Workspace, run_id: str, round_index: int) -> Model | None:
@@ -112,7 +113,10 @@ def absmax_step(student_dir: Path, out: Path, scheme: absmax.Scheme,
 
 
 @step(name="measure")
-def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, template) -> dict:
+def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, template,
+                 reference: Path | None = None) -> dict:
+    """Accuracy, perplexity, speed and size of one artifact; with `reference` (the float GGUF),
+    also its fidelity to it (KL divergence, same top token)."""
     from transformers import AutoTokenizer
 
     from flows.settings import cpu_threads
@@ -139,6 +143,12 @@ def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, templat
         result = measure(engine, rows, template, tokenizer=tok,
                          max_new_tokens=q.max_new_tokens, speed_tokens=q.speed_tokens,
                          description=f"measure {path.name}")
+        if reference is not None:
+            ref = GGUFEngine(reference, threads=threads)
+            try:
+                result.update(fidelity(ref, engine, rows, tok))
+            finally:
+                ref.close()
     finally:
         engine.close()
     return {**result, "bits_per_weight": bits, "bytes": folder_bytes(path),
@@ -228,7 +238,8 @@ def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
             else:
                 report = absmax_step(student_dir, art["path"], art["scheme"], q.quantize_embeddings)
                 art["worst_layer_rel_error"] = max(r["rel_error"] for r in report)
-            result = measure_step(art, rows, student_dir, q, template)
+            result = measure_step(art, rows, student_dir, q, template,
+                                  None if art is artifacts[0] else float_gguf)
             model = ws.catalog.add_model(Model(
                 run_id=run_id, stage_id=st.id, round_index=round_index, name=art["name"],
                 kind="quantized", format=art["format"], quant=art["quant"], path=str(art["path"]),
@@ -241,8 +252,12 @@ def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
                    "engine": result["engine"], "size_mb": round(result["bytes"] / 2**20, 2),
                    "bits_per_weight": round(result["bits_per_weight"], 3),
                    "accuracy": result["accuracy"], "perplexity": round(result["perplexity"], 4),
+                   "kl_divergence": _rounded(result.get("kl_divergence"), 6),
+                   "same_top_token": _rounded(result.get("same_top_token"), 4),
                    "tokens_per_s": round(result["tokens_per_s"], 1), "model_id": model.id}
-            for name in ("accuracy", "perplexity", "tokens_per_s", "bits_per_weight"):
+            measured = ("accuracy", "perplexity", "tokens_per_s", "bits_per_weight",
+                        *(("kl_divergence", "same_top_token") if "kl_divergence" in result else ()))
+            for name in measured:
                 ws.catalog.log_metric(name, result[name], run_id=run_id, stage_id=st.id,
                                       model_id=model.id, round_index=round_index, split="eval",
                                       meta={"table": "quantization", "artifact": art["name"],
@@ -258,6 +273,10 @@ def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
         if in_flow_run():
             _table_artifact(run_id, round_index, student, stand_in, table)
     return QuantizeResult.of(run_id, st.summary)
+
+
+def _rounded(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
 
 
 def _imatrix_for(art: dict, imatrix: Imatrix | None) -> Imatrix | None:

@@ -65,7 +65,7 @@ class Reply:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    logprobs: list | None = None  # [{"token", "logprob", "top": [[token, logprob], ...]}]
+    logprobs: list | None = None  # token_logprob() entries, one per generated token
     error: str | None = None  # None, or "request_failed: why"
     # A failure that outlived its retries (429s, 5xx, timeouts): not written as a row and not
     # cached, so the next run of the stage sends it again. Permanent failures (a 400) are rows.
@@ -81,6 +81,22 @@ class Reply:
     @classmethod
     def from_json(cls, blob: str) -> "Reply":
         return cls(**json.loads(blob), cached=True)
+
+
+def token_logprob(token: str, logprob: float, top, k: int) -> dict:
+    """The one logprob layout every backend stores (the generated `logprobs` column, the
+    response cache) and the trainer reads: {"token": text, "logprob": its logprob, "top":
+    [[text, logprob], ...]} with at most k alternatives, best first, each text once.
+
+    Backends differ in what they return: the OpenAI API exactly k alternatives, llama.cpp's
+    server k plus the sampled token (and fewer when two tokens decode to the same text), vLLM k
+    plus the sampled token; normalising here means the trainer sees one shape."""
+    seen, best = set(), []
+    for text, lp in sorted(((t, float(v)) for t, v in top), key=lambda a: -a[1]):
+        if text not in seen:
+            seen.add(text)
+            best.append([text, lp])
+    return {"token": token, "logprob": float(logprob), "top": best[:k]}
 
 
 @dataclass

@@ -123,7 +123,7 @@ class OpenAIBatchTeacher(OpenAITeacher):
         body = response.get("body")
         try:
             choice = body["choices"][0]
-            logprobs = logprobs_of(choice)
-        except (TypeError, KeyError, IndexError, AttributeError):
+            logprobs = logprobs_of(choice, self.spec.top_logprobs)
+        except (TypeError, KeyError, IndexError, AttributeError, ValueError):
             return bad("no choices in the batch line's body")
         return from_choice(choice, body.get("usage"), logprobs)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import AsyncIterator, Iterable
 
 from flows.models import file_identity, resolve_model
-from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage
+from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage, token_logprob
 
 
 class TransformersTeacher:
@@ -77,10 +77,10 @@ class TransformersTeacher:
         for step, token_id in enumerate(new):
             logp = torch.log_softmax(logits[step][0].float(), dim=-1)
             top = torch.topk(logp, k)
-            rows.append({"token": self.tokenizer.decode([token_id]),
-                         "logprob": float(logp[token_id]),
-                         "top": [[self.tokenizer.decode([int(i)]), float(v)]
-                                 for v, i in zip(top.values, top.indices)]})
+            rows.append(token_logprob(
+                self.tokenizer.decode([token_id]), float(logp[token_id]),
+                [(self.tokenizer.decode([int(i)]), float(v))
+                 for v, i in zip(top.values, top.indices)], k))
         return rows
 
     async def stream(self, requests: Iterable[Request], *, stop=None

@@ -14,7 +14,7 @@ import copy
 import os
 from typing import AsyncIterator, Iterable
 
-from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage
+from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage, token_logprob
 from flows.teachers.health import Health
 from flows.teachers.limits import AdaptiveLimit, PerMinute, backoff_delay
 from flows.teachers.replicas import REPLICA_DOWN, ReplicaPool
@@ -42,12 +42,16 @@ def _estimate_tokens(req: Request) -> int:
     return chars // 4 + req.sampling.max_tokens
 
 
-def logprobs_of(choice: dict) -> list | None:
+def logprobs_of(choice: dict, k: int) -> list | None:
+    """A chat completion's `logprobs.content` ([{token, logprob, top_logprobs: [{token,
+    logprob}]}], the OpenAI layout that vLLM and llama.cpp's servers return too) in the layout
+    stairs stores (base.token_logprob)."""
     content = (choice.get("logprobs") or {}).get("content")
     if not content:
         return None
-    return [{"token": t.get("token"), "logprob": t.get("logprob"),
-             "top": [[c.get("token"), c.get("logprob")] for c in t.get("top_logprobs") or []]}
+    return [token_logprob(t.get("token"), t.get("logprob"),
+                          [(c.get("token"), c.get("logprob")) for c in t.get("top_logprobs") or []],
+                          k)
             for t in content]
 
 
@@ -122,8 +126,8 @@ class OpenAITeacher:
         except (TypeError, KeyError, IndexError):
             raise Retryable("malformed response: no choices") from None
         try:
-            logprobs = logprobs_of(choice)
-        except (AttributeError, TypeError):
+            logprobs = logprobs_of(choice, req.sampling.top_logprobs)
+        except (AttributeError, TypeError, ValueError):  # ValueError: a logprob that is no number
             return bad("logprobs in an unknown shape")
         # Checked and normalised here, before the dispatcher caches it (flows/teachers/replies.py).
         return from_choice(choice, body.get("usage"), logprobs)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import AsyncIterator, Iterable
 
 from flows.models import file_identity, resolve_model
-from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage
+from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage, token_logprob
 
 # Submit in slices this big: answers reach the cache (and survive a crash) slice by slice,
 # while each slice is still large enough to keep a GPU busy.
@@ -57,16 +57,16 @@ class VLLMTeacher:
         return SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                               seed=s.seed, logprobs=s.top_logprobs or None, **extra)
 
-    def _reply(self, output) -> Reply:
+    def _reply(self, output, k: int = 0) -> Reply:
         done = output.outputs[0]
         reply = Reply(text=done.text, finish_reason=done.finish_reason,
                       prompt_tokens=len(output.prompt_token_ids or []),
                       completion_tokens=len(done.token_ids))
         if done.logprobs:
+            # vLLM gives the top k plus the sampled token per step; token_logprob keeps k.
             reply.logprobs = [
-                {"token": step[tid].decoded_token, "logprob": step[tid].logprob,
-                 "top": sorted(([lp.decoded_token, lp.logprob] for lp in step.values()),
-                               key=lambda t: -t[1])}
+                token_logprob(step[tid].decoded_token, step[tid].logprob,
+                              [(lp.decoded_token, lp.logprob) for lp in step.values()], k)
                 for tid, step in zip(done.token_ids, done.logprobs)]
         return reply
 
@@ -86,4 +86,5 @@ class VLLMTeacher:
             outputs = await asyncio.to_thread(
                 self.llm.chat, [r.messages for r in batch],
                 [self._sampling_params(r) for r in batch], use_tqdm=False)
-            yield [(req, self._reply(output)) for req, output in zip(batch, outputs)]
+            yield [(req, self._reply(output, req.sampling.top_logprobs))
+                   for req, output in zip(batch, outputs)]

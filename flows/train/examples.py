@@ -16,6 +16,8 @@ Objectives and their examples per row:
   weighs.
 - kd:           prompt -> "R\nAnswer: A" plus teacher logits (local teacher) or, for rows with a
   `logprobs` column, prompt -> the teacher's own response tokens with its top-k logprobs.
+- on_policy:    the cot example; its prompt is what the student samples from during training
+  (flows/train/onpolicy.py), its target the cross-entropy of the optional cot mix.
 
 The prompt is the row's `prompt` column when it has one (a disentangle row: the student template
 over its passage and its own question, never the request that asked for questions), else the
@@ -32,7 +34,7 @@ from flows.prompting.template import zero_shot
 from flows.train.losses import IGNORE, TASK_LABEL, TASK_RATIONALE, TASK_TEXT
 
 LABEL_PREFIX = "[label] "
-OBJECTIVES = ("step_by_step", "cot", "label", "kd")
+OBJECTIVES = ("step_by_step", "cot", "label", "kd", "on_policy")
 
 
 class RowError(ValueError):
@@ -56,6 +58,7 @@ class Example:
 @dataclass
 class Built:
     groups: list[list[Example]] = field(default_factory=list)  # one group per row
+    stages: list[int] = field(default_factory=list)  # each group's curriculum stage
     skipped: dict[str, int] = field(default_factory=dict)
 
 
@@ -143,7 +146,7 @@ def row_examples(row: dict, tokenizer, objective: str, max_length: int,
     if objective == "label":
         return [encode(tokenizer, messages, answer_target(answer), max_length,
                        task=TASK_LABEL, row_id=rid)]
-    if objective == "cot":
+    if objective in ("cot", "on_policy"):  # on_policy: the prompt, and the rationale for its cot mix
         return [encode(tokenizer, messages, cot_target(_rationale(row), answer), max_length,
                        row_id=rid)]
     if objective == "step_by_step":
@@ -160,12 +163,12 @@ def row_examples(row: dict, tokenizer, objective: str, max_length: int,
 
 
 def parse_logprobs(raw) -> list[dict]:
-    """OpenAI-style logprobs: a list (or {"content": list}) of {token, logprob, top_logprobs}."""
+    """The `logprobs` column: JSON of [{"token", "logprob", "top": [[token, logprob], ...]}], the
+    one layout every teacher backend stores (flows/teachers/base.py: token_logprob)."""
     data = json.loads(raw) if isinstance(raw, str) else raw
-    if isinstance(data, dict):
-        data = data.get("content")
-    if not isinstance(data, list):
-        raise ValueError("expected a list of {token, logprob, top_logprobs}")
+    if not isinstance(data, list) or not all(
+            isinstance(e, dict) and "token" in e and isinstance(e.get("top"), list) for e in data):
+        raise ValueError('expected a list of {"token", "logprob", "top": [[token, logprob]]}')
     return data
 
 
@@ -174,7 +177,8 @@ def logprob_example(row: dict, messages: list[dict], tokenizer, max_length: int,
     """Target = the teacher's own generated tokens, each carrying its top-k alternatives.
 
     Token texts are mapped to student ids by encoding each; a generated token that is not exactly
-    one student token means the tokenizers differ, and the row cannot be aligned."""
+    one student token means the tokenizers differ, and the row cannot be aligned. An alternative
+    that is not one student token is left out (its slot stays empty, id -1)."""
     rid = str(row.get("id", ""))
     try:
         entries = parse_logprobs(row["logprobs"])
@@ -187,19 +191,24 @@ def logprob_example(row: dict, messages: list[dict], tokenizer, max_length: int,
 
     target, top_ids, top_lps = [], [], []
     for i, entry in enumerate(entries):
-        tid = one_id(entry.get("token", ""))
+        tid = one_id(entry["token"] or "")
         if tid is None:
-            raise RowError(f"row {rid}: logprobs token {i} {entry.get('token')!r} is not one "
+            raise RowError(f"row {rid}: logprobs token {i} {entry['token']!r} is not one "
                            "student token (teacher and student tokenizers differ)")
-        alts = [(one_id(a.get("token", "")), float(a.get("logprob", -1e9)))
-                for a in (entry.get("top_logprobs") or [])][:top_k]
+        alts = [(one_id(text or ""), float(lp)) for text, lp in entry["top"][:top_k]]
         alts = [(a, lp) for a, lp in alts if a is not None]
         if not alts:
-            alts = [(tid, float(entry.get("logprob", 0.0)))]
+            alts = [(tid, float(entry.get("logprob") or 0.0))]
         alts += [(-1, 0.0)] * (top_k - len(alts))
         target.append(tid)
         top_ids.append([a for a, _ in alts])
         top_lps.append([lp for _, lp in alts])
+    if row.get("finish_reason") == "stop" and tokenizer.eos_token_id is not None:
+        # Servers leave the end-of-turn token out of the logprobs; without it the student would
+        # never learn to stop. It is a cross-entropy target only (no teacher alternatives).
+        target.append(tokenizer.eos_token_id)
+        top_ids.append([-1] * top_k)
+        top_lps.append([0.0] * top_k)
     prompt = prompt_ids(tokenizer, messages)
     room = max_length - len(prompt)
     if room < 2 or not target:
@@ -220,4 +229,5 @@ def build(rows: list[dict], tokenizer, objective: str, max_length: int, top_k: i
             built.skipped["prompt_too_long"] = built.skipped.get("prompt_too_long", 0) + 1
             continue
         built.groups.append(examples)
+        built.stages.append(int(row.get("curriculum_stage") or 0))
     return built

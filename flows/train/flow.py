@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow
@@ -25,7 +26,7 @@ from flows.orchestration import in_flow_run, task_runner
 from flows.params import RoundParams
 from flows.results import TrainResult
 from flows.settings import models_root
-from flows.spec import Curriculum
+from flows.spec import Curriculum, TeacherSpec
 from flows.train import examples as ex_mod
 from flows.train.layers import keep_layers
 from flows.train.trainer import (
@@ -53,9 +54,12 @@ def train_inputs(ws: Workspace, run_id: str, round_index: int) -> tuple[list[Sha
     return train, ws.stage_shards(run_id, "ingest", "eval")
 
 
-def _fingerprint(spec: Curriculum, train: list[Shard], evals: list[Shard]) -> str:
+def _fingerprint(spec: Curriculum, train: list[Shard], evals: list[Shard],
+                 teacher: TeacherSpec) -> str:
     h = hashlib.sha256(spec.fingerprint("student").encode())
     h.update(spec.generate.template.encode())
+    if spec.student.objective == "on_policy":  # the teacher is asked during training
+        h.update(teacher.model_dump_json().encode())
     for s in train + evals:
         h.update(s.checksum.encode())
     return h.hexdigest()[:16]
@@ -90,11 +94,14 @@ def _save(model, tokenizer, folder: Path, meta: dict) -> None:
     tmp.rename(folder)
 
 
-def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0) -> TrainResult:
-    """Run (or reuse) the train stage of one round."""
+def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
+          teacher: TeacherSpec | None = None) -> TrainResult:
+    """Run (or reuse) the train stage of one round. `teacher`: the round's teacher (default: the
+    curriculum's), which objective on_policy asks during training."""
     s = spec.student
+    tspec = teacher or spec.teacher
     train_shards, eval_shards = train_inputs(ws, run_id, round_index)
-    fingerprint = _fingerprint(spec, train_shards, eval_shards)
+    fingerprint = _fingerprint(spec, train_shards, eval_shards, tspec)
     done = ws.reuse(run_id, "train", fingerprint, round_index=round_index)
     if done is not None:
         return TrainResult.of(run_id, ws.summary(done))
@@ -119,7 +126,14 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
         rows = ws.store.table(train_shards).to_pylist()
         if rows and "order" in rows[0]:
             rows.sort(key=lambda r: (r["order"] is None, r["order"]))
-        built = ex_mod.build(rows, tokenizer, s.objective, s.max_length, top_k=s.kd_top_k)
+        # No more candidate slots than the teacher returned (teacher.top_logprobs), if it did.
+        top_k = min(s.kd_top_k, spec.teacher.top_logprobs or s.kd_top_k)
+        built = ex_mod.build(rows, tokenizer, s.objective, s.max_length, top_k=top_k)
+        sparse = sum(1 for g in built.groups if g[0].topk_ids)
+        if s.objective == "kd" and not s.kd_teacher and not sparse:
+            raise TrainError("objective 'kd' without student.kd_teacher needs rows with teacher "
+                             "logprobs, and none of the curated rows has any (was "
+                             "teacher.top_logprobs > 0 when they were generated?)")
         teacher = None
         if s.objective == "kd" and s.kd_teacher:
             teacher, t_tok, _ = load(curriculum_ref(spec, s.kd_teacher), catalog=ws.catalog,
@@ -129,15 +143,25 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
                                  "student's tokenizer; white-box kd needs identical vocabularies")
         model = prepare(model, cfg)
         log = _loss_logger(ws, run_id, st.id, round_index)
-        log.total = total_steps(batch_plan([sum(map(len, g)) for g in built.groups], cfg), cfg)
-        result = fit(model, built.groups, cfg, pad_id=tokenizer.pad_token_id,
-                     checkpoint_dir=out_dir / "checkpoints", teacher=teacher, device=device,
-                     on_log=log, description=f"train r{round_index} {s.objective}")
+        log.total = total_steps(batch_plan([sum(map(len, g)) for g in built.groups], cfg,
+                                           built.stages), cfg)
+        with served_teacher(spec, tspec, tokenizer, built, rows, s.objective) as sampler:
+            result = fit(model, built.groups, cfg, pad_id=tokenizer.pad_token_id,
+                         stages=built.stages, checkpoint_dir=out_dir / "checkpoints",
+                         teacher=teacher, sampler=sampler, device=device,
+                         on_log=log, description=f"train r{round_index} {s.objective}")
+        if sampler is not None:
+            st.summary.update({"teacher_requests": sampler.scorer.requests,
+                               "teacher_tokens": sampler.scorer.prompt_tokens,
+                               "on_policy_samples": sampler.samples,
+                               "misaligned_samples": sampler.misaligned})
         model = final_model(model)
         meta = {"parent": s.base, "parent_model_id": base_row.id, "objective": s.objective,
                 "method": s.method, "keep_layers": s.keep_layers, "steps": result.steps,
                 "train_shards": [sh.id for sh in train_shards], "run_id": run_id,
-                "round": round_index, "config": cfg.model_dump(mode="json")}
+                "round": round_index, "config": cfg.model_dump(mode="json"),
+                # The order it trained in: which curriculum stage each run of steps came from.
+                "order": s.order, "replay": s.replay, "stage_runs": result.stage_runs}
         final = out_dir / "model"
         _save(model, tokenizer, final, meta)
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the model supersedes them
@@ -152,8 +176,10 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0)
             "round": round_index, "objective": s.objective, "rows": len(rows), "examples":
             sum(len(g) for g in built.groups), "skipped": built.skipped, "steps": result.steps,
             "examples_by_target": examples_by_target(built.groups),
-            "resumed_from": result.resumed_from, "first_loss": result.losses[0]["loss"],
-            "final_loss": result.losses[-1]["loss"], "train_tokens_per_s": result.tokens_per_s,
+            "resumed_from": result.resumed_from, "order": s.order, "kd_rows": sparse,
+            "stage_runs": result.stage_runs, "first_loss": result.losses[0]["loss"],
+            "final_loss": result.losses[-1]["loss"], "loss_terms": loss_terms(result.losses),
+            "train_tokens_per_s": result.tokens_per_s,
             "student_model_id": student.id, "base_model_id": base_row.id})
         if evals:
             res = evaluate_and_record(ws, TorchEngine(model, tokenizer), student.id, evals, spec,
@@ -173,6 +199,56 @@ def examples_by_target(groups) -> dict[str, int]:
         for e in group:
             counts[names[e.task]] = counts.get(names[e.task], 0) + 1
     return counts
+
+
+@contextmanager
+def served_teacher(spec: Curriculum, tspec: TeacherSpec, tokenizer, built, rows: list[dict],
+                   objective: str):
+    """For objective on_policy: the round's teacher served (llama.cpp's server started here, or
+    the remote endpoint) and an OnPolicy sampler scoring through it; None otherwise."""
+    if objective != "on_policy":
+        yield None
+        return
+    from flows.models import resolve_model
+    from flows.teachers import make_teacher, running
+    from flows.teachers.openai_compat import api_key
+    from flows.train.onpolicy import CompletionsScorer, GGUFScorer, OnPolicy
+
+    s = spec.student
+    # Each row's prompt: its example's tokens up to the first target token; the teacher's: the
+    # messages it was sent when it taught (flows/train/onpolicy.py says why).
+    prompts = [g[0].input_ids[:next(i for i, t in enumerate(g[0].labels) if t >= 0)]
+               for g in built.groups]
+    sent = {str(r.get("id", "")): json.loads(r["messages"]) for r in rows}
+    teacher_prompts = [tokenizer.apply_chat_template(sent[g[0].row_id], tokenize=False,
+                                                     add_generation_prompt=True)
+                       for g in built.groups]
+    def sampler(scorer):
+        return OnPolicy(tokenizer, scorer, prompts, teacher_prompts,
+                        max_new_tokens=s.on_policy_max_tokens,
+                        temperature=s.on_policy_temperature, k=s.kd_top_k)
+
+    if s.on_policy_scorer == "in_process":
+        scorer = GGUFScorer(resolve_model(tspec.model, base_dir=spec.base_dir), s.kd_top_k)
+        try:
+            yield sampler(scorer)
+        finally:
+            scorer.close()
+        return
+    with running(make_teacher(tspec, base_dir=spec.base_dir)) as teacher:
+        scorer = CompletionsScorer(teacher.base_url or "https://api.openai.com/v1", tspec.model,
+                                   api_key(tspec.api_key_env), s.kd_top_k, tspec.timeout)
+        try:
+            yield sampler(scorer)
+        finally:
+            scorer.close()
+
+
+def loss_terms(history: list[dict]) -> dict[str, list[float]]:
+    """Each term of the objective's loss (ce, kd, label_loss, ...) at the first and the last
+    step: what the objective optimised, and whether it went down."""
+    skip = ("step", "lr", "stage", "loss")
+    return {k: [history[0][k], history[-1][k]] for k in history[0] if k not in skip}
 
 
 def _artifacts(summary: dict, history: list[dict]) -> None:

@@ -12,6 +12,9 @@ padding positions never contribute.
 - `topk_kd_loss`: forward KL from a teacher's top-k logprobs (renormalized over the k tokens it
   returned) to the student's full-vocabulary distribution at those tokens (DistillKit-style
   sparse distillation, for teachers behind an API that only return top-k).
+- `topk_reverse_kl`: reverse KL(student || teacher) when the teacher gave only its top-k: both
+  distributions coarsened to the k tokens plus one "everything else" bucket, which is the exact
+  KL of those coarsened distributions and a lower bound of the full one (on-policy distillation).
 """
 
 from __future__ import annotations
@@ -102,3 +105,25 @@ def topk_kd_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logp
     div = torch.where(valid, log_p.exp() * (log_p - log_q), torch.zeros_like(log_q)).sum(-1)
     mask = ((labels_s != IGNORE) & valid.any(-1)).float()
     return masked_mean(div, mask) * temperature ** 2
+
+
+def topk_reverse_kl(student_logits: torch.Tensor, topk_ids: torch.Tensor,
+                    topk_logprobs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Reverse KL(q || p), q the student and p the teacher, over each position's teacher support
+    S (ids >= 0, aligned with labels like topk_kd_loss) plus the bucket "not in S": mode-seeking,
+    so the student is pushed off tokens the teacher finds unlikely, and mass the student puts
+    outside the teacher's top-k is charged against the teacher's leftover mass, never free."""
+    s, labels_s = shift(student_logits, labels)
+    ids, lps = topk_ids[:, 1:, :], topk_logprobs[:, 1:, :].float()
+    valid = ids >= 0
+    log_q_all = F.log_softmax(s.float(), dim=-1)
+    log_q = log_q_all.gather(-1, ids.clamp(min=0))
+    q = torch.where(valid, log_q.exp(), torch.zeros_like(log_q))
+    p = torch.where(valid, lps.exp(), torch.zeros_like(lps))
+    tiny = 1e-6
+    in_support = (q * (log_q - lps)).where(valid, torch.zeros_like(q)).sum(-1)
+    q_rest = (1 - q.sum(-1)).clamp(min=tiny)
+    p_rest = (1 - p.sum(-1)).clamp(min=tiny)
+    div = in_support + q_rest * (q_rest.log() - p_rest.log())
+    mask = ((labels_s != IGNORE) & valid.any(-1)).float()
+    return masked_mean(div, mask)

@@ -13,14 +13,15 @@ folder and renamed, so a crash never leaves a half checkpoint; `fit` resumes fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -51,6 +52,7 @@ class FitResult:
     losses: list[dict]
     tokens: int
     seconds: float
+    stage_runs: list[dict] = field(default_factory=list)  # the order it trained in
     output: Path | None = None
 
     @property
@@ -70,36 +72,84 @@ def seed_everything(seed: int) -> None:
 
 
 # -- batches --------------------------------------------------------------------------------
-def batch_plan(sizes: list[int], cfg: TrainConfig) -> list[list[int]]:
-    """Micro-batches of group indices for all epochs: shuffled per epoch by (seed, epoch), then
-    grouped by length inside windows of 32 batches so padding stays small, then the batches of
-    the epoch shuffled again (so long and short batches interleave)."""
+class Batch(NamedTuple):
+    rows: list[int]  # group (row) indices of one micro-batch
+    stage: int       # the curriculum stage it trains (curated difficulty, 0 = easiest)
+
+
+def _batches(pool: list[int], sizes: list[int], batch_size: int, rng: random.Random
+             ) -> list[list[int]]:
+    """Shuffle a pool of rows, group by length inside windows of 32 batches so padding stays
+    small, then shuffle the batches (so long and short batches interleave)."""
+    order = list(pool)
+    rng.shuffle(order)
+    window = batch_size * 32
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w:w + window], key=lambda i: sizes[i])
+        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def epoch_plan(sizes: list[int], stages: list[int], cfg: TrainConfig, epoch: int) -> list[Batch]:
+    """One epoch. order "curriculum": the curated stages easiest first, rows shuffled only inside
+    their stage, and (replay) a seeded share of earlier stages' rows mixed into each later stage
+    so the easy skills are not forgotten. order "shuffled": every row in one pool."""
+    rng = random.Random(cfg.seed * 1000 + epoch)
     n = len(sizes)
-    if n == 0:
-        raise ValueError("no training examples")
-    per_epoch = math.ceil(n / cfg.batch_size)
-    if cfg.max_steps is not None:
-        epochs = math.ceil(cfg.max_steps * cfg.grad_accum / per_epoch)
-    else:
-        epochs = math.ceil(cfg.epochs)
-    plan: list[list[int]] = []
-    for epoch in range(epochs):
-        rng = random.Random(cfg.seed * 1000 + epoch)
-        order = list(range(n))
-        rng.shuffle(order)
-        window = cfg.batch_size * 32
-        batches = []
-        for w in range(0, n, window):
-            chunk = sorted(order[w:w + window], key=lambda i: sizes[i])
-            batches += [chunk[b:b + cfg.batch_size] for b in range(0, len(chunk), cfg.batch_size)]
-        rng.shuffle(batches)
-        plan += batches
-    if cfg.max_steps is None:
-        plan = plan[:math.ceil(cfg.epochs * per_epoch)]
+    if cfg.order == "shuffled":
+        return [Batch(b, max(stages[i] for i in b))
+                for b in _batches(list(range(n)), sizes, cfg.batch_size, rng)]
+    plan, earlier = [], []
+    for stage in sorted(set(stages)):
+        pool = [i for i in range(n) if stages[i] == stage]
+        extra = min(len(earlier), round(cfg.replay * len(pool)))
+        plan += [Batch(b, stage) for b in _batches(pool + rng.sample(earlier, extra), sizes,
+                                                    cfg.batch_size, rng)]
+        earlier += pool
     return plan
 
 
-def total_steps(plan: list[list[int]], cfg: TrainConfig) -> int:
+def batch_plan(sizes: list[int], cfg: TrainConfig, stages: list[int] | None = None
+               ) -> list[Batch]:
+    """Micro-batches for the whole run: epochs one after the other, each a pure function of
+    (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+    `stages`: each row's curriculum stage (none: one stage)."""
+    n = len(sizes)
+    if n == 0:
+        raise ValueError("no training examples")
+    stages = stages or [0] * n
+    plan: list[Batch] = []
+    epoch = 0
+    if cfg.max_steps is not None:
+        while len(plan) < cfg.max_steps * cfg.grad_accum:
+            plan += epoch_plan(sizes, stages, cfg, epoch)
+            epoch += 1
+        return plan
+    while epoch < math.ceil(cfg.epochs):
+        this = epoch_plan(sizes, stages, cfg, epoch)
+        if epoch + 1 > cfg.epochs:  # a fractional last epoch: its first share of batches
+            this = this[:math.ceil((cfg.epochs - epoch) * len(this))]
+        plan += this
+        epoch += 1
+    return plan
+
+
+def stage_runs(plan: list[Batch], steps: int, grad_accum: int) -> list[dict]:
+    """The order a run trained in, compactly: consecutive optimizer steps by curriculum stage
+    (an optimizer step's stage is that of its last micro-batch)."""
+    runs: list[dict] = []
+    for step in range(steps):
+        stage = plan[(step + 1) * grad_accum - 1].stage
+        if runs and runs[-1]["stage"] == stage:
+            runs[-1]["steps"][1] = step + 1
+        else:
+            runs.append({"stage": stage, "steps": [step + 1, step + 1]})
+    return runs
+
+
+def total_steps(plan: list[Batch], cfg: TrainConfig) -> int:
     steps = len(plan) // cfg.grad_accum or 1
     return min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
 
@@ -200,6 +250,36 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, teacher=None) -> tuple[to
     return loss, parts
 
 
+def on_policy_loss(model, micro: Batch, groups: list[list[Example]], sampler, cfg: TrainConfig,
+                   pad_id: int, device: str) -> tuple[torch.Tensor, dict]:
+    """(1 - w) * reverse KL to the teacher on the student's own samples of these rows' prompts
+    (flows/train/onpolicy.py) + w * cross-entropy on their curated rationales (w =
+    on_policy_cot_weight)."""
+    w = cfg.on_policy_cot_weight
+    parts: dict[str, float] = {}
+    loss = torch.zeros((), device=device)
+    samples = sampler.examples(model, micro.rows)
+    if samples and w < 1:
+        batch = {k: v.to(device) for k, v in collate(samples, pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits
+        rkl = losses.topk_reverse_kl(logits, batch["topk_ids"], batch["topk_logprobs"],
+                                     batch["labels"])
+        loss = loss + (1 - w) * rkl
+        parts["reverse_kl"] = rkl.item()
+    if w > 0:
+        cot = [ex for i in micro.rows for ex in groups[i]]
+        batch = {k: v.to(device) for k, v in collate(cot, pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits
+        ce = losses.masked_mean(losses.token_losses(logits, batch["labels"]),
+                                losses.target_mask(batch["labels"]))
+        loss = loss + w * ce
+        parts["ce"] = ce.item()
+    parts["loss"] = loss.item()
+    return loss, parts
+
+
 # -- model preparation ------------------------------------------------------------------------
 def prepare(model, cfg: TrainConfig):
     """Full fine-tune, or wrap with LoRA adapters (merged back in `final_model`)."""
@@ -289,17 +369,20 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list[dict]]:
 
 # -- the loop -------------------------------------------------------------------------------
 def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
-        checkpoint_dir: Path | None = None, teacher=None, device: str = "auto",
+        stages: list[int] | None = None, checkpoint_dir: Path | None = None, teacher=None,
+        sampler=None, device: str = "auto",
         on_log: Callable[[int, dict], None] | None = None, log_every: int = 5,
         progress: bool = True, description: str = "training") -> FitResult:
-    """Train `model` in place (it must already be `prepare`d). Resumes from the newest
+    """Train `model` in place (it must already be `prepare`d) on `groups` (one list of examples
+    per row; `stages` = each row's curriculum stage). `teacher`: a local model for logit KD;
+    `sampler`: an onpolicy.OnPolicy for on-policy distillation. Resumes from the newest
     checkpoint in checkpoint_dir, if any."""
     device = pick_device(device)
     seed_everything(cfg.seed)
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
-    plan = batch_plan([sum(map(len, g)) for g in groups], cfg)
+    plan = batch_plan([sum(map(len, g)) for g in groups], cfg, stages)
     steps = total_steps(plan, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     # Fused AdamW: one kernel per step instead of several passes over every parameter (CPU and
@@ -320,24 +403,28 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             acc: dict[str, float] = {}
-            for micro in plan[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]:
-                examples = [ex for i in micro for ex in groups[i]]
+            micros = plan[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]
+            for micro in micros:
+                examples = [ex for i in micro.rows for ex in groups[i]]
                 batch = {k: v.to(device) for k, v in collate(
                     examples, pad_id, packing=cfg.packing, max_length=cfg.max_length).items()}
                 tokens += sum(len(ex) for ex in examples)
-                if autocast is not None:
-                    with autocast:
+                with autocast or contextlib.nullcontext():
+                    if sampler is not None:
+                        loss, parts = on_policy_loss(model, micro, groups, sampler, cfg, pad_id,
+                                                     device)
+                    else:
                         loss, parts = compute_loss(model, batch, cfg, teacher)
-                else:
-                    loss, parts = compute_loss(model, batch, cfg, teacher)
-                (loss / cfg.grad_accum).backward()
+                if loss.requires_grad:  # an on-policy batch whose samples were all empty
+                    (loss / cfg.grad_accum).backward()
                 for k, v in parts.items():
                     acc[k] = acc.get(k, 0.0) + v / cfg.grad_accum
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            record = {"step": step + 1, "lr": lr, **{k: round(v, 6) for k, v in acc.items()}}
+            record = {"step": step + 1, "lr": lr, "stage": micros[-1].stage,
+                      **{k: round(v, 6) for k, v in acc.items()}}
             history.append(record)
             if bar is not None:
                 bar[0].update(bar[1], advance=1, loss=acc.get("loss", 0.0))
@@ -351,7 +438,8 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
         if bar is not None:
             bar[0].stop()
     return FitResult(steps=steps, resumed_from=resumed, losses=history, tokens=tokens,
-                     seconds=time.perf_counter() - t0)
+                     seconds=time.perf_counter() - t0, stage_runs=stage_runs(plan, steps,
+                                                                             cfg.grad_accum))
 
 
 def _progress(enabled: bool, description: str, total: int, start: int):

@@ -78,6 +78,10 @@ class FakeOpenAI:
     statuses: Counter = field(default_factory=Counter)
     auth_headers: list = field(default_factory=list)
     formats: list = field(default_factory=list)  # response_format of each chat request
+    # With a tokenizer, logprobs come per token of that tokenizer (a teacher that shares the
+    # student's vocabulary); without one, per whitespace-separated word.
+    tokenizer: object = None
+    scored: list = field(default_factory=list)  # /v1/completions prompts, as token ids
     hold_batches: bool = False  # batches stay "in_progress" (a job that takes hours)
     reject_auth: bool = False  # answer chat requests with `reject_status` (a revoked key...)
     reject_status: int = 401  # 401 bad key, 403 forbidden, 404 no such model
@@ -121,6 +125,8 @@ class FakeOpenAI:
                     self.reject_status]}})
         if "/files" in path or "/batches" in path:
             return await self._batch_api(send, scope["method"], path, headers, body)
+        if path.endswith("/v1/completions") and self.tokenizer is not None:
+            return await self._json(send, 200, self.echo_scores(json.loads(body)))
         if not path.endswith("/chat/completions"):
             return await self._json(send, 404, {"error": {"message": "not found"}})
         self.auth_headers.append(headers.get(b"authorization", b"").decode())
@@ -181,13 +187,73 @@ class FakeOpenAI:
             if needle in user:
                 SHAPES[shape](choice["message"], usage)
         if request.get("logprobs"):
-            k = request.get("top_logprobs") or 1
-            choice["logprobs"] = {"content": [
-                {"token": w, "logprob": -0.1, "bytes": None,
-                 "top_logprobs": [{"token": w, "logprob": -0.1, "bytes": None}] * k}
-                for w in text.split()[:8]]}
+            choice["logprobs"] = {"content": self.logprobs(text, request.get("top_logprobs") or 0)}
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                 "model": request.get("model", "fake"), "choices": [choice], "usage": usage}
+
+    def logprobs(self, text: str, k: int) -> list[dict]:
+        """The OpenAI layout: per token {token, logprob, bytes, top_logprobs: k of {token,
+        logprob, bytes}}, the chosen token the most likely, k distinct alternatives."""
+        if self.tokenizer is None:
+            tokens = text.split()
+            others = [[f"{t}~{j}" for j in range(1, k)] for t in tokens]
+        else:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            tokens = [self.tokenizer.decode([i]) for i in ids]
+            clean = self._clean_ids()
+            others = []
+            for i in ids:  # the next k-1 tokens of the vocabulary that are not this one
+                at = next((n for n, c in enumerate(clean) if c > i), 0)
+                picked = [clean[(at + j) % len(clean)] for j in range(k)]
+                others.append([self.tokenizer.decode([c]) for c in picked if c != i][:k - 1])
+        lps = [-0.05 - 0.6 * j for j in range(k)]
+        return [{"token": t, "logprob": lps[0], "bytes": None,
+                 "top_logprobs": [{"token": a, "logprob": lp, "bytes": None}
+                                  for a, lp in zip([t, *alts], lps)]}
+                for t, alts in zip(tokens, others)]
+
+    def echo_scores(self, request: dict) -> dict:
+        """/v1/completions with echo and logprobs, laid out as llama.cpp's server answers: per
+        prompt token (the first has none) its text, logprob and a dict of alternatives (the top
+        k plus the token itself), then the one generated token. The fake teacher's taste: after
+        token i it prefers the next clean vocabulary id after i."""
+        tok, k = self.tokenizer, request.get("logprobs") or 1
+        ids = tok(request["prompt"], add_special_tokens=False)["input_ids"]
+        self.scored.append(ids)
+        clean = self._clean_ids()
+
+        def preferred(prev: int) -> int:
+            return next((c for c in clean if c > prev), clean[0])
+
+        generated = preferred(ids[-1])
+        tokens, token_lps, tops = [tok.decode([ids[0]])], [None], [None]
+        for prev, actual in zip(ids, ids[1:] + [generated]):
+            best = preferred(prev)
+            alts = {tok.decode([best]): -0.1}
+            for j, c in enumerate(c for c in clean if c > best):
+                if len(alts) >= k:
+                    break
+                alts.setdefault(tok.decode([c]), -3.0 - j)
+            lp = alts.get(tok.decode([actual]), -8.0)
+            alts[tok.decode([actual])] = lp
+            tokens.append(tok.decode([actual]))
+            token_lps.append(lp)
+            tops.append(alts)
+        return {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                "model": request.get("model", "fake"), "choices": [{
+                    "index": 0, "text": "".join(tokens), "finish_reason": "length",
+                    "logprobs": {"tokens": tokens, "token_logprobs": token_lps,
+                                 "top_logprobs": tops, "text_offset": [0] * len(tokens)}}],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": 1,
+                          "total_tokens": len(ids) + 1}}
+
+    def _clean_ids(self) -> list[int]:
+        """Ids whose text encodes back to exactly themselves (no partial UTF-8, no specials)."""
+        if not hasattr(self, "_clean"):
+            tok = self.tokenizer
+            self._clean = [i for i in range(len(tok)) if i not in tok.all_special_ids
+                           and tok(tok.decode([i]), add_special_tokens=False)["input_ids"] == [i]]
+        return self._clean
 
     # -- Batch API: files in, a batch that completes when first polled, files out --------------
     async def _batch_api(self, send, method: str, path: str, headers: dict, body: bytes):

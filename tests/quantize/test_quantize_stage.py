@@ -19,6 +19,7 @@ def _spec(**quantization) -> Curriculum:
         "corpus": {"format": "demo", "demo": {"rows": 40, "seed": 1}, "eval_fraction": 0.25},
         "quantization": {"eval_rows": 3, "max_new_tokens": 6, "speed_tokens": 4,
                          **quantization},
+        "staircase": {"promote": "F16"},  # always made, whatever the types under test
     })
 
 
@@ -55,12 +56,18 @@ def test_quantize_makes_registers_and_measures_every_artifact(workspace, run_wit
     assert 8.0 <= by_quant["Q8_0"].bits_per_weight < 9.0
     # Same student, same tokens: F16 and Q8_0 perplexities are close, int4 further off.
     assert by_quant["Q8_0"].perplexity == pytest.approx(by_quant["F16"].perplexity, rel=0.02)
+    # Fidelity to the F16 file's next-token distributions: Q8_0 all but identical, int4 further.
+    assert by_quant["F16"].kl_divergence is None
+    assert 0.0 <= by_quant["Q8_0"].kl_divergence < 0.01
+    assert by_quant["int4-g16-sym"].kl_divergence > 3 * by_quant["Q8_0"].kl_divergence
+    assert by_quant["Q8_0"].same_top_token > 0.9
 
     metrics = workspace.catalog.metrics(run_id=run_id)
     names = {(m.model_id, m.name) for m in metrics}
     for model_id in models:
         for name in ("accuracy", "perplexity", "tokens_per_s", "bits_per_weight", "size_bytes"):
             assert (model_id, name) in names
+        assert ((model_id, "kl_divergence") in names) == (models[model_id].quant != "F16")
     assert all(json.loads(m.meta_json)["table"] == "quantization" for m in metrics)
     stage = workspace.latest_stage("quantize", run_id=run_id, round_index=0)
     [shard] = workspace.shards(stage, "quantization-table")
@@ -143,3 +150,15 @@ def test_without_curated_rows_the_corpus_calibrates_and_zero_tokens_turns_it_off
         assert summary.imatrix_tokens == want
         if want:
             assert summary.imatrix_dataset == f"{run_id} corpus"
+
+
+def test_the_spec_names_the_artifacts_the_stage_plans(tmp_path):
+    """staircase.promote is validated against QuantizationSpec.artifact_quants(): it must be the
+    list plan_artifacts makes."""
+    from flows.quantize.flow import plan_artifacts
+
+    spec = _spec(gguf_types=["Q8_0", "Q4_K_M"], int8_absmax="tensor", int4_group_size=64,
+                 int4_symmetric=False)
+    student = Model(name="s", kind="student", format="hf", path="x")
+    planned = [a["quant"] for a in plan_artifacts(spec, student, tmp_path)]
+    assert planned == spec.quantization.artifact_quants()

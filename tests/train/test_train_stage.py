@@ -126,3 +126,77 @@ def test_validate_names_a_missing_student_base(tmp_path):
     cur.write_text("name: c\ncorpus: {format: demo}\nstudent: {base: ./no-such-model}\n")
     with pytest.raises(SpecError, match="student.base: .*no-such-model"):
         load_checked(cur)
+
+
+def _tiny_base(tok, folder, seed=0, layers=2):
+    tiny_llama(tok, seed=seed, layers=layers).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def _staged_rows(n_per_stage: int = 4, stages: int = 3) -> list[dict]:
+    """Curated rows as curate writes them: sorted by `order`, stage 0 (easiest) first."""
+    rows = train_rows(n_per_stage * stages)
+    for i, r in enumerate(rows):
+        r["curriculum_stage"], r["order"] = i // n_per_stage, i
+    return rows
+
+
+def test_train_stage_keeps_the_curriculum_order_and_records_it(workspace, tok, tmp_path):
+    """Curated stages 0, 1, 2 are trained in that order (shuffled only inside a stage); the
+    order is in the summary, in stairs.json and on every logged step; `shuffled` mixes them."""
+    from flows.models import model_path, read_meta
+    from flows.spec import Curriculum
+    from flows.train import train
+    from storage.tables import Model
+
+    base = _tiny_base(tok, tmp_path / "base")
+    rows = _staged_rows()
+    # Shard order must not matter: the stage reads rows by `order`.
+    run_id = _seed_run(workspace, Curriculum.model_validate(
+        {"name": "tiny", "corpus": {"format": "demo"}}), rows[::-1], _eval_rows())
+    student = {"base": base, "objective": "cot", "max_steps": 12, "batch_size": 2,
+               "learning_rate": 1e-3, "eval_rows": 1, "eval_max_new_tokens": 2,
+               "evaluate_base": False}
+    spec = Curriculum.model_validate({"name": "tiny", "corpus": {"format": "demo"},
+                                      "student": student})
+    result = train(spec, workspace, run_id)
+    # 12 rows / batch 2 = 6 steps per epoch: epoch 1 is stages 0, 1, 2; epoch 2 starts over.
+    assert result.order == "curriculum"
+    assert result.stage_runs == [
+        {"stage": 0, "steps": [1, 2]}, {"stage": 1, "steps": [3, 4]}, {"stage": 2, "steps": [5, 6]},
+        {"stage": 0, "steps": [7, 8]}, {"stage": 1, "steps": [9, 10]},
+        {"stage": 2, "steps": [11, 12]}]
+    logged = [json.loads(m.meta_json) for m in workspace.catalog.metrics(run_id=run_id)
+              if m.name == "train_loss"]
+    assert [(m["step"], m["stage"]) for m in logged] == [(5, 2), (10, 1), (12, 2)]
+    meta = read_meta(model_path(workspace.catalog.get(Model, result.student_model_id).path))
+    assert meta["order"] == "curriculum" and meta["stage_runs"] == result.stage_runs
+
+    shuffled = spec.model_copy(update={"student": spec.student.model_copy(
+        update={"order": "shuffled", "max_steps": 6})})
+    mixed = train(shuffled, workspace, run_id)
+    stages = [r["stage"] for r in mixed.stage_runs]
+    assert stages != sorted(stages)  # a pool of all stages: a harder batch comes before an easier
+
+
+def test_batch_plan_shuffles_inside_stages_and_replays_earlier_ones():
+    from flows.train.trainer import TrainConfig, batch_plan
+
+    stages = [0] * 8 + [1] * 8 + [2] * 8
+    sizes = [10] * 24
+    cfg = TrainConfig(max_steps=None, epochs=1, batch_size=4, seed=3)
+    plan = batch_plan(sizes, cfg, stages)
+    assert [b.stage for b in plan] == [0, 0, 1, 1, 2, 2]
+    assert all(stages[i] == b.stage for b in plan for i in b.rows)
+    assert [i for b in plan[:2] for i in b.rows] != list(range(8))  # shuffled inside stage 0
+    again = batch_plan(sizes, cfg, stages)
+    assert again == plan  # a pure function of the seed (resume depends on it)
+
+    replay = batch_plan(sizes, cfg.model_copy(update={"replay": 0.5}), stages)
+    by_stage = {s: [i for b in replay if b.stage == s for i in b.rows] for s in (0, 1, 2)}
+    assert sorted(by_stage[0]) == list(range(8))
+    # Stage 1 = its 8 rows + 4 of stage 0; stage 2 = its 8 rows + 4 of stages 0-1.
+    assert sorted(i for i in by_stage[1] if stages[i] == 1) == list(range(8, 16))
+    assert sum(stages[i] == 0 for i in by_stage[1]) == 4
+    assert sum(stages[i] < 2 for i in by_stage[2]) == 4 and len(by_stage[2]) == 12

@@ -179,20 +179,39 @@ def test_kd_losses_vanish_for_identical_teacher():
 
 
 def test_logprob_rows_become_sparse_targets(tok):
+    """The OpenAI layout as an endpoint returns it -> the stored layout (logprobs_of) -> targets."""
+    from flows.teachers.openai_compat import logprobs_of
+
     row = train_rows(1)[0]
     pieces = [tok.decode([i]) for i in tok("So 12.\nAnswer: 12", add_special_tokens=False)["input_ids"]]
-    row["logprobs"] = json.dumps({"content": [
-        {"token": p, "logprob": -0.1, "top_logprobs": [{"token": p, "logprob": -0.1},
-                                                       {"token": "Answer", "logprob": -2.5}]}
-        for p in pieces]})
+    choice = {"logprobs": {"content": [
+        {"token": p, "logprob": -0.1, "bytes": None,
+         "top_logprobs": [{"token": p, "logprob": -0.1, "bytes": None},
+                          {"token": alt, "logprob": -2.5, "bytes": None}]}
+        for p, alt in zip(pieces, pieces[1:] + pieces[:1])]}}
+    row["logprobs"] = json.dumps(logprobs_of(choice, 3))
     ex = ex_mod.build([row], tok, "kd", 512, top_k=3).groups[0][0]
     target = [t for t in ex.labels if t >= 0]
     assert tok.decode(target) == "So 12.\nAnswer: 12"
     first = ex.labels.index(target[0])
-    assert ex.topk_ids[first][0] == target[0] and ex.topk_ids[first][2] == -1
+    assert ex.topk_ids[first][:2] == [target[0], target[1]]
+    assert ex.topk_ids[first][2] == -1  # the endpoint gave two alternatives of the three asked
     batch = collate([ex], tok.pad_token_id)
     loss, parts = compute_loss(tiny_llama(tok), batch, TrainConfig(objective="kd"))
     assert parts["kd"] > 0 and torch.isfinite(loss)
+    # A row stored in any other layout is named, not read as top-1.
+    row["logprobs"] = json.dumps({"content": choice["logprobs"]["content"]})
+    with pytest.raises(ex_mod.RowError, match="logprobs"):
+        ex_mod.build([row], tok, "kd", 512, top_k=3)
+
+
+def test_every_backend_stores_one_layout():
+    """llama.cpp's server returns k + 1 alternatives (it adds the sampled token) and may repeat a
+    text; vLLM adds the sampled token too: stored, each is at most k, best first, no repeats."""
+    from flows.teachers.base import token_logprob
+
+    entry = token_logprob("a", -2.0, [("b", -0.5), ("c", -1.0), ("a", -2.0), ("b", -0.5)], 2)
+    assert entry == {"token": "a", "logprob": -2.0, "top": [["b", -0.5], ["c", -1.0]]}
 
 
 def test_keep_layers_cuts_a_smaller_student(tok):
