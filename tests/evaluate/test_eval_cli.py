@@ -9,16 +9,13 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.helpers.tiny_student import tiny_llama, tiny_tokenizer
+from tests.helpers.tiny_student import save_tiny_base
 
 runner = CliRunner()
 
 
 def test_eval_as_student_and_as_teacher(tmp_path):
-    base = tmp_path / "tiny"
-    tok = tiny_tokenizer()
-    tiny_llama(tok).save_pretrained(base)
-    tok.save_pretrained(base)
+    base = save_tiny_base(tmp_path / "tiny")
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({
         "name": "eval-cli", "corpus": {"format": "demo", "demo": {"rows": 40},

@@ -44,6 +44,15 @@ def tiny_llama(tokenizer, seed: int = 0, layers: int = 2):
     return LlamaForCausalLM(cfg)
 
 
+def save_tiny_base(folder, tokenizer=None, *, seed: int = 0, layers: int = 2):
+    """A tiny Llama and its tokenizer saved as a Hugging Face folder: the student base of the
+    stage-flow tests."""
+    tokenizer = tokenizer or tiny_tokenizer()
+    tiny_llama(tokenizer, seed=seed, layers=layers).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def train_rows(n: int = 8, seed: int = 3) -> list[dict]:
     """Rows with the curated 'train' columns the student reads (docs/contracts.md)."""
     rows = []

@@ -79,14 +79,11 @@ def test_a_drop_curriculum_runs_through_the_stages(cache, tmp_path, workspace):
     from flows.curate import curate
     from flows.generate import generate
     from flows.train import train
-    from tests.helpers.tiny_student import tiny_llama, tiny_tokenizer
+    from tests.helpers.tiny_student import save_tiny_base
 
     docs = drop_docs(24, seed=5)
     write_wheel(cache, drop=docs, gsm8k=gsm8k_docs(1))
-    base = tmp_path / "tiny-base"
-    tok = tiny_tokenizer()
-    tiny_llama(tok).save_pretrained(base)
-    tok.save_pretrained(base)
+    base = save_tiny_base(tmp_path / "tiny-base")
     with FakeOpenAI() as srv:
         # Wrong on two training questions: curation must drop exactly those.
         srv.script = {docs[i]["passage"]: ("Let me guess.\nAnswer: 999", "stop") for i in (1, 2)}

@@ -19,7 +19,7 @@ from flows.train import examples as ex_mod
 from flows.train import train
 from tests.helpers.openai_server import FakeOpenAI
 from tests.helpers.rewriting_teacher import responder
-from tests.helpers.tiny_student import tiny_llama, tiny_tokenizer
+from tests.helpers.tiny_student import save_tiny_base, tiny_tokenizer
 
 SYSTEM = "You write study material"
 
@@ -31,10 +31,7 @@ def tok():
 
 @pytest.fixture
 def tiny_base(tmp_path, tok):
-    base = tmp_path / "tiny-base"
-    tiny_llama(tok, seed=0).save_pretrained(base)
-    tok.save_pretrained(base)
-    return base
+    return save_tiny_base(tmp_path / "tiny-base", tok)
 
 
 def curriculum(tmp_path, base_url: str, base, **generate_extra):

@@ -13,7 +13,7 @@ from flows.curate import curate
 from flows.generate import generate
 from flows.train import train
 from tests.helpers.openai_server import FakeOpenAI
-from tests.helpers.tiny_student import tiny_llama, tiny_tokenizer
+from tests.helpers.tiny_student import save_tiny_base, tiny_tokenizer
 
 
 def low(user: str) -> bool:
@@ -32,10 +32,7 @@ def judge(messages):
 @pytest.fixture
 def tiny_base(tmp_path):
     tok = tiny_tokenizer()
-    base = tmp_path / "tiny-base"
-    tiny_llama(tok, seed=0).save_pretrained(base)
-    tok.save_pretrained(base)
-    return base
+    return save_tiny_base(tmp_path / "tiny-base", tok)
 
 
 def curriculum(tmp_path, writer_url, judge_url, base):

@@ -17,7 +17,7 @@ from flows.spec import Curriculum
 from flows.train import examples as ex_mod
 from flows.train import train
 from tests.helpers.openai_server import FakeOpenAI
-from tests.helpers.tiny_student import tiny_llama, tiny_tokenizer
+from tests.helpers.tiny_student import save_tiny_base, tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,7 @@ def tok():
 
 @pytest.fixture
 def base(tok, tmp_path):
-    folder = tmp_path / "tiny-base"
-    tiny_llama(tok, seed=0, layers=2).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    folder = save_tiny_base(tmp_path / "tiny-base", tok)
     return str(folder)
 
 
