@@ -266,8 +266,10 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
     try:
         with running(teacher) if needs_teacher else nullcontext():
             jobs = [job(i, b) for i, b in enumerate(split(todo, size))]
-            results = map_step(run_batch, jobs, name="generate-batch", parallel=shipped,
-                               each=finished)
+            # In this process the one batch runs in the flow's own thread, where Ctrl-C lands:
+            # it stops sending at once (tests/test_signals.py) instead of waiting out a pool.
+            results = map_step(run_batch, jobs, name="generate-batch",
+                               parallel=shipped and not in_flow_process, each=finished)
     except BaseException:
         cancel.set()
         # A batch failed (or Ctrl-C): what the batches wrote is registered and counted.
