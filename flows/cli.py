@@ -399,6 +399,38 @@ def show(run_id: str = typer.Argument(..., help="A run id from `stairs runs`."),
 
 
 @app.command()
+def lineage(model: str = typer.Argument(..., help="catalog:<id> (ids in `stairs show RUN`)."),
+            as_json: bool = JsonOpt) -> None:
+    """Where a model came from: its parents back to the base, the shards each was trained on,
+    and every shard those came from back to the corpus, with stage, round, template, teacher."""
+    from flows.lineage import model_lineage
+
+    raw = model.removeprefix("catalog:")
+    if not raw.isdigit():
+        _fail("bad model", f"{model!r}: expected catalog:<model id>, e.g. catalog:3", 2)
+    try:
+        doc = model_lineage(_workspace(), int(raw))
+    except KeyError:
+        _fail("unknown model", f"no model {raw} in the catalog (see `stairs show RUN`)", 1)
+    if as_json:
+        _emit_json(doc)
+        return
+    models = Table("model", "name", "kind", "format", "run", "round", "trained on shards")
+    for m in doc["models"]:
+        models.add_row(str(m["id"]), m["name"], m["kind"], m["quant"] or m["format"],
+                       m["run_id"] or "", "" if m["round"] is None else str(m["round"]),
+                       ", ".join(map(str, m["trained_on"])))
+    out.print(models)
+    shards = Table("shard", "kind", "rows", "stage", "round", "template", "teacher",
+                   "from shards")
+    for s in doc["shards"]:
+        shards.add_row(str(s["id"]), s["kind"], str(s["rows"]), s["stage"] or "",
+                       "" if s["round"] is None else str(s["round"]), s["template"] or "",
+                       s["teacher"] or "", ", ".join(map(str, s["parents"])))
+    out.print(shards)
+
+
+@app.command()
 def export(run_id: str = typer.Argument(..., help="A run id from `stairs runs`."),
            to: Path = typer.Option(..., "--to", help="New (or empty) folder to write."),
            stage: str = typer.Option("curate", help="curate (kept rows), generate (all rows) "

@@ -53,6 +53,40 @@ def model_path(path: str) -> Path:
     return p if p.is_absolute() else models_root() / p
 
 
+def local_model(path: str) -> Path:
+    """A catalog Model.path as files on this machine: a model under the models root that this
+    home lacks is downloaded from the shared model store (storage/model_store.py) first."""
+    local = model_path(path)
+    if local.exists() or Path(path).expanduser().is_absolute():
+        return local
+    from storage.model_store import remote_models
+
+    remote = remote_models()
+    if remote is None:
+        return local
+    return remote.fetch(path, local)
+
+
+def publish_model(local: Path) -> None:
+    """Put a model this machine wrote under the models root onto the shared model store, if one
+    is configured, so workers elsewhere can fetch it (local_model)."""
+    from flows.settings import models_root
+    from storage.model_store import remote_models
+
+    remote = remote_models()
+    if remote is not None:
+        remote.publish(local, Path(local).relative_to(models_root()).as_posix())
+
+
+def unpublish_model(local: Path) -> None:
+    from flows.settings import models_root
+    from storage.model_store import remote_models
+
+    remote = remote_models()
+    if remote is not None:
+        remote.remove(Path(local).relative_to(models_root()).as_posix())
+
+
 def resolve_model(ref: str, catalog=None, *, base_dir: Path | None = None,
                   fetch: bool = True) -> Path:
     """A reference as a path on disk. A relative path is taken against base_dir (a curriculum's
@@ -72,7 +106,7 @@ def resolve_model(ref: str, catalog=None, *, base_dir: Path | None = None,
         model = catalog.get(Model, int(raw))
         if model is None:
             raise ModelRefError(f"{ref!r}: no model {raw} in the catalog (see `stairs show RUN`)")
-        path = model_path(model.path)
+        path = local_model(model.path)
         if not path.exists():
             raise ModelRefError(f"{ref!r}: the catalog says {path}, which does not exist")
         return path

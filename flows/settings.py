@@ -36,7 +36,23 @@ def shards_location() -> str | Path:
 
 
 def models_root() -> Path:
+    """This machine's model files: what it wrote, and its copies of models on shared storage."""
     return stairs_home() / "models"
+
+
+def models_location() -> str | None:
+    """Shared storage for model files (storage/model_store.py): STAIRS_MODELS_URL, else, when
+    shards are on a remote store, a `models` folder beside theirs (STAIRS_SHARDS_URL
+    s3://bucket/stairs/shards -> s3://bucket/stairs/models); None keeps models local."""
+    url = os.environ.get("STAIRS_MODELS_URL")
+    if url:
+        return url
+    shards = os.environ.get("STAIRS_SHARDS_URL")
+    if not shards or "://" not in shards or shards.startswith(("file://", "local://")):
+        return None
+    scheme, path = shards.split("://", 1)
+    parent = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else path
+    return f"{scheme}://{parent.rstrip('/')}/models"
 
 
 def cpu_threads() -> int:

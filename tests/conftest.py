@@ -31,6 +31,7 @@ def stairs_home(tmp_path, monkeypatch, conversion_cache):
     monkeypatch.setenv("STAIRS_CACHE", str(conversion_cache))
     monkeypatch.delenv("STAIRS_CATALOG_URL", raising=False)
     monkeypatch.delenv("STAIRS_SHARDS_URL", raising=False)
+    monkeypatch.delenv("STAIRS_MODELS_URL", raising=False)
     return home
 
 

@@ -22,7 +22,13 @@ from prefect import flow
 from flows.evaluate import eval_template, held_out_rows
 from flows.evaluate.engines import GGUFEngine, TorchEngine
 from flows.evaluate.score import fidelity, measure
-from flows.models import folder_bytes, load_folder, model_path, register_embedded_base
+from flows.models import (
+    folder_bytes,
+    load_folder,
+    local_model,
+    publish_model,
+    register_embedded_base,
+)
 from flows.orchestration import in_flow_run, step, task_runner
 from flows.params import RoundParams
 from flows.quantize import absmax
@@ -79,7 +85,7 @@ def student_imatrix(ws: Workspace, run_id: str, student: Model, spec: Curriculum
     """The importance matrix of `student` over its own training text, as the stage makes it."""
     from transformers import AutoTokenizer
 
-    student_dir = model_path(student.path)
+    student_dir = local_model(student.path)
     ids, dataset = calibration_ids(ws, run_id, student,
                                    AutoTokenizer.from_pretrained(student_dir), spec)
     return imatrix_step(student_dir, ids, spec.quantization.imatrix_tokens, dataset)
@@ -202,7 +208,7 @@ def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     if student.format != "hf":
         raise ValueError(f"student model {student.id} has format {student.format!r}; the quantize "
                          "stage starts from a transformers (hf) folder")
-    student_dir = model_path(student.path)
+    student_dir = local_model(student.path)
     rows, _ = held_out_rows(ws, run_id, q.eval_rows)
     if not rows:
         raise RuntimeError(f"run {run_id}: the eval split is empty (corpus.eval_fraction is 0?)")
@@ -240,9 +246,11 @@ def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
                 art["worst_layer_rel_error"] = max(r["rel_error"] for r in report)
             result = measure_step(art, rows, student_dir, q, template,
                                   None if art is artifacts[0] else float_gguf)
+            publish_model(art["path"])  # onto the shared model store, when there is one
             model = ws.catalog.add_model(Model(
                 run_id=run_id, stage_id=st.id, round_index=round_index, name=art["name"],
-                kind="quantized", format=art["format"], quant=art["quant"], path=str(art["path"]),
+                kind="quantized", format=art["format"], quant=art["quant"],
+                path=Path(art["path"]).relative_to(models_root()).as_posix(),
                 bytes=result["bytes"], parent_id=student.id,
                 params_json=json.dumps({"bits_per_weight": result["bits_per_weight"],
                                         "engine": result["engine"],

@@ -21,13 +21,14 @@ from prefect import flow
 
 from flows.evaluate import already_scored, eval_template, evaluate_and_record, held_out_rows
 from flows.evaluate.engines import TorchEngine
-from flows.models import STAIRS_META, curriculum_ref, load, register_base
+from flows.models import STAIRS_META, curriculum_ref, load, publish_model, register_base
 from flows.orchestration import in_flow_run, task_runner
 from flows.params import RoundParams
 from flows.results import TrainResult
 from flows.settings import models_root
 from flows.spec import Curriculum, TeacherSpec
 from flows.train import examples as ex_mod
+from flows.train.checkpoint_mirror import CheckpointMirror
 from flows.train.layers import keep_layers
 from flows.train.trainer import (
     TrainConfig,
@@ -145,11 +146,15 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
         log = _loss_logger(ws, run_id, st.id, round_index)
         log.total = total_steps(batch_plan([sum(map(len, g)) for g in built.groups], cfg,
                                            built.stages), cfg)
+        mirror = CheckpointMirror.of(out_dir / "checkpoints")  # None: no shared model store
+        if mirror is not None:
+            mirror.restore()
         with served_teacher(spec, tspec, tokenizer, built, rows, s.objective) as sampler:
             result = fit(model, built.groups, cfg, pad_id=tokenizer.pad_token_id,
                          stages=built.stages, checkpoint_dir=out_dir / "checkpoints",
                          teacher=teacher, sampler=sampler, device=device,
-                         on_log=log, description=f"train r{round_index} {s.objective}")
+                         on_log=log, description=f"train r{round_index} {s.objective}",
+                         on_checkpoint=mirror.sync if mirror is not None else None)
         if sampler is not None:
             st.summary.update({"teacher_requests": sampler.scorer.requests,
                                "teacher_tokens": sampler.scorer.prompt_tokens,
@@ -164,7 +169,10 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
                 "order": s.order, "replay": s.replay, "stage_runs": result.stage_runs}
         final = out_dir / "model"
         _save(model, tokenizer, final, meta)
+        publish_model(final)  # onto the shared model store, when there is one
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the model supersedes them
+        if mirror is not None:
+            mirror.clear()
         student = ws.catalog.add_model(Model(
             run_id=run_id, stage_id=st.id, round_index=round_index,
             name=f"{spec.name}-r{round_index}-{s.objective}", kind="student", format="hf",

@@ -372,11 +372,12 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
         stages: list[int] | None = None, checkpoint_dir: Path | None = None, teacher=None,
         sampler=None, device: str = "auto",
         on_log: Callable[[int, dict], None] | None = None, log_every: int = 5,
-        progress: bool = True, description: str = "training") -> FitResult:
+        progress: bool = True, description: str = "training",
+        on_checkpoint: Callable[[Path], None] | None = None) -> FitResult:
     """Train `model` in place (it must already be `prepare`d) on `groups` (one list of examples
     per row; `stages` = each row's curriculum stage). `teacher`: a local model for logit KD;
     `sampler`: an onpolicy.OnPolicy for on-policy distillation. Resumes from the newest
-    checkpoint in checkpoint_dir, if any."""
+    checkpoint in checkpoint_dir, if any; `on_checkpoint(checkpoint_dir)` runs after each save."""
     device = pick_device(device)
     seed_everything(cfg.seed)
     model.to(device).train()
@@ -434,6 +435,8 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
                     (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps):
                 save_checkpoint(checkpoint_dir, step + 1, model, optimizer, history,
                                 cfg.keep_checkpoints)
+                if on_checkpoint is not None:
+                    on_checkpoint(checkpoint_dir)
     finally:
         if bar is not None:
             bar[0].stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from flows.evaluate import score
+from flows.models import model_path
 from flows.spec import Curriculum, TeacherSpec
 from storage.tables import Model
 from tests.helpers.tiny_llama import save_tiny
@@ -49,12 +50,13 @@ def test_teacher_and_quantized_student_are_scored_by_one_function(workspace, tmp
     q8 = workspace.catalog.get(Model, result.artifact("Q8_0").model_id)
 
     # The Q8_0 file as a local teacher, asked without worked examples (as a promoted student is).
-    teacher = TeacherSpec(backend="llamacpp", model=q8.path, few_shot=False)
+    teacher = TeacherSpec(backend="llamacpp", model=f"catalog:{q8.id}", few_shot=False)
     teacher_acc = score_teacher(spec, workspace, run_id, teacher, 1)
 
-    student_call = next(c for c in calls if c["path"] == q8.path)
+    q8_file = str(model_path(q8.path))
+    student_call = next(c for c in calls if c["path"] == q8_file)
     teacher_call = calls[-1]
-    assert teacher_call is not student_call and teacher_call["path"] == q8.path
+    assert teacher_call is not student_call and teacher_call["path"] == q8_file
     assert {k: v for k, v in teacher_call.items()} == student_call
     assert teacher_call["engine"] == "GGUFEngine" and len(teacher_call["rows"]) == 4
     # Same function, same file, same rows: the same number.

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from flows.models import model_path
 from flows.quantize import quantize
 from flows.spec import Curriculum
 from storage.tables import Model
@@ -129,9 +130,9 @@ def test_k_quants_get_an_importance_matrix_from_the_rounds_training_text(workspa
     models = {m.quant: m for m in workspace.catalog.models(run_id) if m.kind == "quantized"}
     used = {q: json.loads(m.params_json)["imatrix_tokens"] for q, m in models.items()}
     assert used == {"F16": None, "Q8_0": None, "Q4_0": 64}  # Q8_0's quantizer ignores it
-    fields = GGUFReader(models["Q4_0"].path).fields
+    fields = GGUFReader(model_path(models["Q4_0"].path)).fields
     assert fields["quantize.imatrix.chunks_count"].contents() >= 1
-    assert "quantize.imatrix.dataset" not in GGUFReader(models["Q8_0"].path).fields
+    assert "quantize.imatrix.dataset" not in GGUFReader(model_path(models["Q8_0"].path)).fields
 
 
 def test_without_curated_rows_the_corpus_calibrates_and_zero_tokens_turns_it_off(
