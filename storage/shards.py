@@ -63,7 +63,7 @@ def to_arrow(data: pa.Table | pl.DataFrame | list[dict]) -> pa.Table:
     return pa.Table.from_pylist(list(data))
 
 
-def _remote_fs(root: str | Path):
+def remote_fs(root: str | Path):
     """(fsspec filesystem, path) for a URL that is not a local folder; None for local roots."""
     if "://" not in str(root):
         return None
@@ -81,7 +81,7 @@ class ShardStore:
 
         self.catalog = catalog
         location = root if root else shards_location()
-        remote = _remote_fs(location)
+        remote = remote_fs(location)
         self.fs = remote[0] if remote else None
         if remote:
             self.root = remote[1]
