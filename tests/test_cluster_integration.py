@@ -24,6 +24,7 @@ import yaml
 
 from tests.helpers.gen_helpers import generated, write_curriculum
 from tests.helpers.openai_server import FakeOpenAI, free_port
+from tests.helpers.postgres import postgres_server
 from tests.test_deploy_integration import stop, wait_until
 
 pytestmark = pytest.mark.integration
@@ -280,3 +281,157 @@ def test_two_runs_at_once_share_the_endpoint_limit(prefect_api, tmp_path):
     assert a0 < b1 and b0 < a1, spans  # the two runs did overlap
     limit = httpx.get(f"{prefect_api}/v2/concurrency_limits/{name}").json()
     assert limit["limit"] == slots and limit["active_slots"] == 0
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server on loopback (moto's, from the `moto[server]` package) with
+    one bucket; yields the environment that points s3fs/botocore at it."""
+    pytest.importorskip("s3fs", reason="the s3 extra: pip install 'stairs[s3]'")
+    pytest.importorskip("moto.server", reason="moto[server] (a test dependency)")
+    tmp = tmp_path_factory.mktemp("s3")
+    procs = Processes(tmp)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "stairs-test",
+           "AWS_SECRET_ACCESS_KEY": "stairs-test", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        server = procs.start("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                      "-p", str(port)], clean_env())
+
+        def up():
+            assert server.poll() is None, procs.log("moto")
+            return httpx.get(endpoint, timeout=2).status_code < 500
+
+        wait_until(up, 60, "moto S3 server")
+        import s3fs
+
+        s3fs.S3FileSystem(endpoint_url=endpoint, key=env["AWS_ACCESS_KEY_ID"],
+                          secret=env["AWS_SECRET_ACCESS_KEY"]).mkdir("stairs-test")
+        yield env
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    with postgres_server() as url:
+        yield url
+
+
+STAIRCASE = {
+    "name": "cluster-staircase",
+    "corpus": {"format": "demo", "demo": {"rows": 24, "seed": 3}, "eval_fraction": 0.25},
+    "teacher": {"backend": "openai", "model": "fake", "temperature": 0.0, "concurrency": 2},
+    "generate": {"batch_requests": 6, "batch_rows": 6},
+    "curation": {"partition_rows": 8},
+    "student": {"max_steps": 4, "batch_size": 2, "checkpoint_every": 2, "eval_rows": 2,
+                "eval_max_new_tokens": 4, "evaluate_base": False},
+    "quantization": {"gguf_types": ["Q8_0"], "int8_absmax": None, "int4_group_size": None,
+                     "eval_rows": 3, "max_new_tokens": 4, "speed_tokens": 2,
+                     "imatrix_tokens": 0},
+    "staircase": {"rounds": 1, "gate": "threshold", "min_accuracy": 0.0, "score_teacher": False},
+}
+
+
+def test_a_staircase_on_postgres_s3_and_dask_completes_with_its_lineage(
+        in_server, postgres_url, s3_server, tmp_path, monkeypatch):
+    """The catalog on PostgreSQL, shards and models on an S3-compatible server, generate's
+    batches and curate's partitions on a Dask cluster whose workers have homes of their own:
+    the staircase completes, every shard and model is on S3 (checked byte for byte), a second
+    home with nothing local scores the promoted file (fetched from S3), and `stairs lineage`
+    walks it back to the corpus."""
+    pytest.importorskip("prefect_dask", reason="the dask extra: pip install 'stairs[dask]'")
+    from tests.helpers.tiny_student import save_tiny_base
+
+    shared = {"STAIRS_CATALOG_URL": postgres_url,
+              "STAIRS_SHARDS_URL": "s3://stairs-test/stairs/shards", **s3_server}
+    for key, value in shared.items():
+        monkeypatch.setenv(key, value)
+    base = save_tiny_base(tmp_path / "tiny-base")
+    address, procs = start_dask(tmp_path, clean_env(
+        PREFECT_API_URL=in_server, STAIRS_HOME=str(tmp_path / "worker-home"), **shared))
+    monkeypatch.setenv("STAIRS_TASK_RUNNER_ADDRESS", address)
+    monkeypatch.setenv("STAIRS_TASK_RUNNER", "dask")
+    monkeypatch.setenv("STAIRS_HOME", str(tmp_path / "home"))
+    from flows.orchestration import task_runner
+    from flows.params import StaircaseParams
+    from flows.staircase import staircase_flow
+    from flows.workspace import Workspace
+    from storage.model_store import remote_models
+
+    try:
+        with FakeOpenAI(latency=0.02) as srv:
+            doc = json.loads(json.dumps(STAIRCASE))
+            doc["teacher"]["base_url"] = srv.base_url
+            doc["student"]["base"] = str(base)
+            curriculum = tmp_path / "cluster-staircase.yaml"
+            curriculum.write_text(yaml.safe_dump(doc))
+            out = staircase_flow.with_options(task_runner=task_runner())(
+                StaircaseParams(curriculum=str(curriculum), new=True))
+            asked = sum(srv.received.values())
+    finally:
+        procs.stop_all()
+
+    ws = Workspace.open()
+    assert ws.catalog.engine.dialect.name == "postgresql" and ws.store.remote
+    run = ws.catalog.get_run(out["run_id"])
+    assert run.status == "completed", run.error
+    rnd = ws.catalog.rounds(run.id)[0]
+    assert rnd.gate_passed and rnd.promoted_model_id is not None
+    # generate's batches and curate's partitions ran in the Dask workers, each request once.
+    gen = ws.summary(ws.latest_stage("generate", run_id=run.id))
+    cur = ws.summary(ws.latest_stage("curate", run_id=run.id))
+    train_rows = ws.summary(ws.latest_stage("ingest", run_id=run.id))["train_rows"]
+    assert asked == train_rows > 12 and set(srv.received.values()) == {1}  # each row once
+    assert len(gen["batches"]) == 3 and os.getpid() not in {b["pid"] for b in gen["batches"]}
+    assert {b["worker"] for b in gen["batches"]} <= {"stairs-w0", "stairs-w1"}
+    assert os.getpid() not in {p["pid"] for p in cur["partitions"]}
+    # Every shard of the run is on S3 and matches its catalog checksum.
+    shards = ws.catalog.run_shards(run.id)
+    assert shards and all(str(ws.store.path(s)).startswith("s3://stairs-test/stairs/shards/")
+                          for s in shards)
+    assert all(ws.store.verify(s) for s in shards)
+    # Every model the run made is on S3 (manifest last), byte for byte as written here.
+    remote = remote_models()
+    assert remote.url == "s3://stairs-test/stairs/models"
+    made = [m for m in ws.catalog.models(run.id) if m.kind in ("student", "quantized")]
+    assert {m.kind for m in made} == {"student", "quantized"}
+    home_models = tmp_path / "home" / "models"
+    for m in made:
+        manifest = remote.manifest(m.path)
+        local = home_models / m.path
+        files = [local / f["name"] if f["name"] else local for f in manifest["files"]]
+        assert [f["sha256"] for f in manifest["files"]] == [sha256(f) for f in files], m.name
+    ws.catalog.engine.dispose()
+
+    # A second machine: a fresh home, the same catalog and bucket. It scores the promoted file
+    # (fetched from S3 into its own models folder) and reads the lineage.
+    second = clean_env(STAIRS_HOME=str(tmp_path / "second-home"), **shared)
+    promoted = rnd.promoted_model_id
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "eval", f"catalog:{promoted}", "--curriculum",
+         str(curriculum), "--rows", "2", "--json"], cwd=ROOT, env=second, capture_output=True,
+        text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stdout[-2000:] + evaluated.stderr[-3000:]
+    q8 = next(m for m in made if m.id == promoted)
+    fetched = tmp_path / "second-home" / "models" / q8.path
+    assert sha256(fetched) == remote.manifest(q8.path)["files"][0]["sha256"]
+    shown = subprocess.run([sys.executable, "-m", "flows.cli", "lineage", f"catalog:{promoted}",
+                            "--json"], cwd=ROOT, env=second, capture_output=True, text=True,
+                           timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    lineage = json.loads(shown.stdout)
+    assert [m["kind"] for m in lineage["models"]] == ["quantized", "student", "base"]
+    by_id = {s["id"]: s for s in lineage["shards"]}
+    assert {by_id[i]["kind"] for i in lineage["models"][1]["trained_on"]} == {"train"}
+    assert {s["stage"] for s in lineage["shards"]} >= {"ingest", "generate", "curate"}
+    generated = [s for s in lineage["shards"] if s["kind"] == "generated"]
+    assert len(generated) == 3 and all(by_id[p]["stage"] == "ingest"
+                                       for s in generated for p in s["parents"])
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -213,3 +213,14 @@ def test_a_staircase_puts_its_models_on_the_shared_store_and_another_home_uses_t
     generated = [s for s in doc["shards"] if s["kind"] == "generated"]
     assert generated and {s["template"] for s in generated} == {"rationale"}
     assert all(shards[p]["stage"] == "ingest" for s in generated for p in s["parents"])
+
+
+def test_lineage_of_a_model_that_is_not_there_is_one_line(stairs_home):
+    from flows.cli import app
+
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["lineage", "catalog:99"])
+    assert unknown.exit_code == 1 and "unknown model: no model 99 in the catalog" in \
+        unknown.output and "Traceback" not in unknown.output
+    bad = runner.invoke(app, ["lineage", "student.gguf"])
+    assert bad.exit_code == 2 and "expected catalog:<model id>" in bad.output
