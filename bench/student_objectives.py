@@ -36,6 +36,7 @@ VARIANTS: dict[str, dict] = {
     "cot-shuffled": {"objective": "cot", "order": "shuffled"},
     "label-shuffled": {"objective": "label", "order": "shuffled"},
     "step_by_step": {"objective": "step_by_step"},
+    "step_by_step-shuffled": {"objective": "step_by_step", "order": "shuffled"},
     "kd-topk": {"objective": "kd", "kd_top_k": 5},
     "kd-logits": {"objective": "kd", "kd_teacher": "smollm2-135m",
                   "keep_layers": EVERY_OTHER_LAYER},
@@ -43,8 +44,8 @@ VARIANTS: dict[str, dict] = {
     "on_policy": {"objective": "on_policy", "kd_top_k": 5},
     "on_policy+cot": {"objective": "on_policy", "kd_top_k": 5, "on_policy_cot_weight": 0.5},
 }
-FROM_ROWS = ("label", "cot", "cot-shuffled", "label-shuffled", "step_by_step", "kd-topk",
-             "kd-logits", "cot-cut")
+FROM_ROWS = ("label", "cot", "cot-shuffled", "label-shuffled", "step_by_step",
+             "step_by_step-shuffled", "kd-topk", "kd-logits", "cot-cut")
 
 
 class LabelTask:
@@ -164,12 +165,12 @@ def main() -> None:
                 # echoed token (flows/train/onpolicy.py: GGUFScorer); same numbers, same tokens.
                 variant["on_policy_scorer"] = "in_process"
         result = run(name, variant, run_id, i == 0, gen_tokens)
-        if name == "step_by_step":
+        if name.startswith("step_by_step"):
             rows, _ = held_out_rows(ws, run_id, n_eval)
             label = evaluate_model(f"catalog:{result['student_model_id']}", rows,
                                    LabelTask(eval_template(spec)), catalog=ws.catalog,
                                    max_new_tokens=spec.student.eval_max_new_tokens)
-            results.append({"model": "step_by_step, asked its label task",
+            results.append({"model": f"{name}, asked its label task",
                             "accuracy": label.accuracy})
             print(results[-1], flush=True)
         if name == "on_policy" and args.equal_tokens:
