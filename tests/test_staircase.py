@@ -1,7 +1,6 @@
 """The staircase: the promotion gate's rules (fast) and a reduced two-round staircase with the
 real embedded teacher and student (slow): lineage, gate decisions, report, resume."""
 
-from pathlib import Path
 
 import pytest
 import yaml
@@ -46,6 +45,7 @@ def test_gate_threshold_and_unscored_teacher():
 
 @pytest.mark.slow
 def test_reduced_staircase_with_the_real_embedded_models(workspace, tmp_path, capsys):
+    from flows.models import model_path
     from flows.report import round_report, write_report
     from flows.staircase import staircase
 
@@ -67,7 +67,7 @@ def test_reduced_staircase_with_the_real_embedded_models(workspace, tmp_path, ca
     assert first.gate_passed is True and "min_accuracy" in first.gate_reason  # threshold 0
     promoted = workspace.catalog.get(__import__("storage.tables").tables.Model,
                                      first.promoted_model_id)
-    assert promoted.quant == "Q8_0" and Path(promoted.path).exists()
+    assert promoted.quant == "Q8_0" and model_path(promoted.path).exists()
     # Lineage in one walk: quantized file -> student -> base, and the student's training shards.
     chain = workspace.catalog.model_lineage(promoted.id)
     assert [m.kind for m in chain] == ["quantized", "student", "base"]
