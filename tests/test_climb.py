@@ -1,0 +1,260 @@
+"""A climbing staircase (staircase.schedule), three rounds through the real stage flows: ingest
+of three demo levels with their held-out rows, generate (per-round levels, replay share, samples,
+temperature, rationalization with a hint) against the loopback fake OpenAI teacher, curation,
+training of the tiny test student, quantization to a GGUF served by llama.cpp for scoring, the
+per-level scores and the level gate, and the report.
+
+The fake teacher solves 'sum' problems and answers 'unknown' to every other question, so the
+'hard' level (lookups) is unsolved by every sample and goes to rationalization, where the fake,
+shown the gold answer, reasons to it (and, for some problems, quotes the hint: those rows must
+be dropped). Every round is taught by the curriculum's teacher (schedule `teacher:
+curriculum`): the tiny student promoted each round answers garbage, and a round taught by it
+would keep no rows. The level gate compares on the fixed 'hard' level, where the fake teacher
+scores 0 like the untrained tiny student: `gate_margin: -0.5` lets a student within half a
+point of it through, so the three promotions are the gate's own decisions, recorded with it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from flows.climb import ids_digest, level_of
+from flows.spec import Curriculum, SpecError, load
+from tests.helpers.openai_server import FakeOpenAI
+from tests.helpers.tiny_student import save_tiny_base
+
+HINT = re.compile(r"\(Correct answer: (\w+)\)")
+FACT = re.compile(r"(\b[A-Z][a-z]+) has ([^.]*)\.")
+
+
+def rationalizing(messages: list[dict]) -> str | None:
+    """The fake teacher shown a hint: it reasons to the hinted answer from the passage; for an
+    even answer it cites the hint instead (a rationale curation must drop)."""
+    text = messages[-1]["content"]
+    hint = HINT.search(text)
+    if hint is None:
+        return None  # the default: solve sums, 'unknown' otherwise
+    answer = hint.group(1)
+    if int(answer) % 2 == 0:
+        return f"I was shown the correct answer, so it is {answer}.\nAnswer: {answer}"
+    name, rest = FACT.search(text).groups()
+    return f"The question is about {name}.\nThe text says: {name} has {rest}.\nAnswer: {answer}"
+
+
+def climb_doc(base_url: str, base: str, **staircase) -> dict:
+    return {
+        "name": "tiny-climb",
+        "corpus": {"format": "demo", "eval_fraction": 0.25, "eval_max_rows": 3, "demo": {
+            "seed": 3, "levels": {
+                "easy": {"rows": 24, "people": 1, "colors": 2, "tasks": ["sum"]},
+                "mid": {"rows": 24, "people": 2, "colors": 3, "tasks": ["sum"]},
+                "hard": {"rows": 24, "people": 2, "colors": 2, "max_count": 19,
+                         "tasks": ["lookup"]}}}},
+        "teacher": {"backend": "openai", "model": "fake", "base_url": base_url,
+                    "temperature": 0.0, "max_tokens": 64},
+        "student": {"base": base, "max_steps": 2, "batch_size": 2, "eval_rows": 2,
+                    "eval_max_new_tokens": 4, "evaluate_base": False},
+        "quantization": {"gguf_types": ["Q8_0"], "int8_absmax": None, "int4_group_size": None,
+                         "eval_rows": 3, "max_new_tokens": 4, "speed_tokens": 2,
+                         "imatrix_tokens": 0},
+        "staircase": {"rounds": 3, "gate": "beat_teacher_on_level", "gate_level": "hard",
+                      "gate_margin": -0.5, "level_eval_rows": 3, "schedule": [
+                          {"levels": ["easy"], "rows": 6, "samples": 2, "temperature": 0.7},
+                          {"levels": ["mid"], "rows": 6, "replay": 0.34, "samples": 2,
+                           "teacher": "curriculum"},
+                          {"levels": ["hard"], "rows": 6, "replay": 0.5, "samples": 3,
+                           "rationalize": True, "teacher": "curriculum"}],
+                      **staircase},
+    }
+
+
+def write(tmp_path, doc) -> Curriculum:
+    import yaml
+
+    path = tmp_path / f"{doc['name']}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return load(path)
+
+
+def test_three_rounds_climb_the_schedule_through_the_real_flows(workspace, tmp_path):
+    from flows.report import flat_round, round_report, write_report
+    from flows.staircase import staircase
+    from flows.train.examples import row_examples
+
+    base = save_tiny_base(tmp_path / "tiny-base")
+    with FakeOpenAI(responder=rationalizing) as teacher:
+        spec = write(tmp_path, climb_doc(teacher.base_url, str(base)))
+        run_id = workspace.start_run(spec, "run").id
+        staircase(spec, workspace, run_id)
+        # Resumed: every stage and every score is reused, nothing is measured twice.
+        before = ([(s.id, s.status) for s in workspace.catalog.stages(run_id)],
+                  len(workspace.catalog.metrics(run_id=run_id)))
+        staircase(spec, workspace, run_id)
+        assert ([(s.id, s.status) for s in workspace.catalog.stages(run_id)],
+                len(workspace.catalog.metrics(run_id=run_id))) == before
+
+    ws = workspace
+    ingest = ws.latest_stage("ingest", run_id=run_id)
+    corpus = ws.store.table(ws.shards(ingest, "corpus")).to_pylist()
+    evals = ws.store.table(ws.shards(ingest, "eval")).to_pylist()
+    level = {r["id"]: level_of(r) for r in corpus + evals}
+    # Held out per level at ingest, before any teacher saw them: 3 per level.
+    held = {n: sorted((r for r in evals if level_of(r) == n), key=lambda r: r["id"])
+            for n in ("easy", "mid", "hard")}
+    assert {n: len(rows) for n, rows in held.items()} == {"easy": 3, "mid": 3, "hard": 3}
+
+    def generated(index):
+        stage = ws.latest_stage("generate", run_id=run_id, round_index=index)
+        return ws.summary(stage), ws.store.table(ws.shards(stage, "generated")).to_pylist()
+
+    asked = {}
+    for index, (levels, new, replay) in enumerate(
+            [({"easy"}, 6, 0), ({"mid"}, 4, 2), ({"hard"}, 3, 3)]):
+        summary, rows = generated(index)
+        sources = {r["source_id"] for r in rows if r["template"] == "rationale"}
+        asked[index] = sources
+        assert not sources & {r["id"] for r in evals}  # no held-out problem is ever asked
+        assert len(sources) == new + replay
+        fresh = {s for s in sources if level[s] in levels}
+        assert len(fresh) == new
+        # Replayed problems are earlier rounds' problems of easier levels.
+        earlier = set().union(*(asked[k] for k in range(index)))
+        assert sources - fresh <= earlier and len(sources - fresh) == replay
+        assert {level[s] for s in sources - fresh} <= {"easy", "mid"} - levels
+        assert summary["samples"] == [2, 2, 3][index]
+        assert sum(n["new"] for n in summary["source_rows_by_level"].values()) == new
+    assert not asked[0] & asked[1] - {s for s in asked[1] if level[s] == "easy"}
+
+    # Round 2: no sample solved a lookup, so each hard problem was asked once with its answer.
+    summary, rows = generated(2)
+    hinted = [r for r in rows if r["template"] == "rationalize"]
+    assert summary["rationalize_requests"] == 3 and len(hinted) == 3
+    assert all("(Correct answer:" in json.loads(r["messages"])[-1]["content"] for r in hinted)
+    curate = ws.latest_stage("curate", run_id=run_id, round_index=2)
+    cs = ws.summary(curate)
+    quoted = sum(1 for r in hinted if "I was shown" in r["rationale"])
+    assert 0 < quoted < 3, "the seed should give both kinds of hinted answer"
+    assert cs["rationalized"] == 3 and cs["rationalized_kept"] == 3 - quoted
+    assert cs["drops_by_reason"]["quotes_hint"] == quoted
+    assert cs["kept_by_level"]["hard"] == 3 - quoted
+    train = ws.store.table(ws.shards(curate, "train")).to_pylist()
+    trained_hinted = [r for r in train if r["template"] == "rationalize"]
+    assert len(trained_hinted) == 3 - quoted
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    for row in trained_hinted:
+        (example,) = row_examples(row, tok, "cot", 512)
+        text = tok.decode(example.input_ids)
+        assert "Correct answer" not in text and row["question"] in text
+        assert row["rationale"].strip() in text  # trained on the rationale, without the hint
+
+    # Every round scored teacher and student on the same held-out rows of every level.
+    scores = [m for m in ws.catalog.metrics(run_id=run_id) if m.name == "level_accuracy"]
+    for name, rows in held.items():
+        digests = {json.loads(m.meta_json)["eval_ids"] for m in scores
+                   if json.loads(m.meta_json)["level"] == name}
+        assert digests == {ids_digest(rows)}
+    seen = {(m.round_index, json.loads(m.meta_json)["role"], json.loads(m.meta_json)["level"])
+            for m in scores}
+    assert seen == {(k, role, n) for k in range(3) for role in ("teacher", "student")
+                    for n in held}
+    teacher_levels = {json.loads(m.meta_json)["level"]: m.value for m in scores
+                      if json.loads(m.meta_json)["role"] == "teacher" and m.round_index == 0}
+    assert teacher_levels == {"easy": 1.0, "mid": 1.0, "hard": 0.0}  # the fake solves sums only
+
+    rounds = ws.catalog.rounds(run_id)
+    assert [r.index for r in rounds] == [0, 1, 2]
+    for r in rounds:
+        assert r.gate_passed and r.promoted_model_id
+        assert re.fullmatch(r"level hard: Q8_0 student \d\.\d{3} > teacher 0\.000 -0\.500",
+                            r.gate_reason), r.gate_reason
+        assert r.teacher == "openai:fake"
+
+    report = round_report(ws, run_id)
+    assert [r["rationalized"] for r in report] == [0, 0, 3]
+    assert report[2]["level_accuracy"]["hard"]["teacher"] == 0.0
+    assert set(report[1]["level_accuracy"]) == {"easy", "mid", "hard"}
+    assert report[1]["rows_by_level"] == {"mid": {"new": 4, "replay": 0},
+                                          "easy": {"new": 0, "replay": 2}}
+    flat = flat_round(report[2])
+    assert flat["hard teacher"] == 0.0 and flat["hard new/replay/kept"].startswith("3/0/")
+    paths = write_report(ws, run_id, report)
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert "per level" in paths["html"].read_text()
+
+
+def test_a_failed_level_gate_retries_the_round_once_with_more_samples(workspace, tmp_path):
+    """On its own level ('easy') the fake teacher scores 100%: the tiny student cannot beat it,
+    so the round is run again with retry_samples before the staircase stops."""
+    from flows.staircase import staircase
+
+    base = save_tiny_base(tmp_path / "tiny-base")
+    doc = climb_doc("http://127.0.0.1:9/v1", str(base), rounds=1, gate_level=None,
+                    gate_margin=0.0, retry_samples=3)
+    doc["staircase"]["schedule"] = doc["staircase"]["schedule"][:1]
+    with FakeOpenAI() as teacher:
+        doc["teacher"]["base_url"] = teacher.base_url
+        spec = write(tmp_path, doc)
+        run_id = workspace.start_run(spec, "run").id
+        staircase(spec, workspace, run_id)
+    gens = [s for s in workspace.catalog.stages(run_id) if s.name == "generate"]
+    assert [workspace.summary(s)["samples"] for s in gens] == [2, 3]
+    students = {json.loads(m.meta_json)["model"] for m in workspace.catalog.metrics(run_id=run_id)
+                if m.name == "level_accuracy" and json.loads(m.meta_json)["role"] == "student"}
+    assert len(students) == 2  # each try's candidate scored on the levels
+    (rnd,) = workspace.catalog.rounds(run_id)
+    assert rnd.gate_passed is False
+    assert re.fullmatch(r"retried with 3 samples: level easy: Q8_0 student 0\.\d+ <= teacher "
+                        r"1\.000; first try: level easy: Q8_0 student 0\.\d+ <= teacher 1\.000",
+                        rnd.gate_reason), rnd.gate_reason
+
+
+def test_a_schedule_is_checked_strictly(tmp_path):
+    """Each mistake is one line naming the key (load() on a file, as `stairs validate` does)."""
+    ok = Curriculum.model_validate(climb_doc("http://127.0.0.1:9/v1", "x"))
+    assert ok.staircase.plan(5).levels == ["hard"]  # past the end: the last entry
+
+    def refused(doc, why):
+        with pytest.raises(SpecError, match=re.escape(why)):
+            write(tmp_path, doc)
+
+    for entry, why in [
+            ({"levels": ["easy"], "rows": 4, "sample": 2},
+             "staircase.schedule.0.sample: unknown key"),
+            ({"levels": ["expert"], "rows": 4}, "unknown level(s) ['expert']"),
+            ({"levels": ["easy"], "rows": 4, "replay": 0.5}, "round 0 has no earlier rounds")]:
+        d = climb_doc("http://127.0.0.1:9/v1", "x")
+        d["staircase"]["schedule"] = [entry]
+        refused(d, why)
+    refused(climb_doc("http://127.0.0.1:9/v1", "x", rounds=2),
+            "schedule has 3 entries for 2 round(s)")
+    d = climb_doc("http://127.0.0.1:9/v1", "x")
+    d["corpus"]["demo"] = {"rows": 10}
+    refused(d, "needs corpus format 'demo' with demo.levels")
+    d = climb_doc("http://127.0.0.1:9/v1", "x")
+    d["generate"] = {"max_rows": 4}
+    refused(d, "generate.max_rows and staircase.schedule both choose the rows")
+    refused(climb_doc("http://127.0.0.1:9/v1", "x", gate_level="expert"),
+            "staircase.gate_level: unknown level 'expert'")
+
+
+def test_round_sources_refuse_a_level_that_runs_out(workspace):
+    from flows.climb import ScheduleError, round_sources
+    from flows.ingest import ingest
+
+    doc = climb_doc("http://127.0.0.1:9/v1", "x")
+    doc["staircase"]["schedule"][2]["rows"] = 60
+    spec = Curriculum.model_validate(doc)
+    run_id = workspace.start_run(spec, "run").id
+    ingest(spec, workspace, run_id)
+    stage = workspace.latest_stage("ingest", run_id=run_id)
+    rows = workspace.store.table(workspace.shards(stage, "corpus")).to_pylist()
+    first, _ = round_sources(spec, rows, 0)
+    again, _ = round_sources(spec, rows, 0)
+    assert [r["id"] for r in first] == [r["id"] for r in again]  # a retry asks the same
+    with pytest.raises(ScheduleError, match="round 2 asks for 30 new problems of level 'hard'"):
+        round_sources(spec, rows, 2)
