@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -34,6 +35,23 @@ class SpecError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Additive(Strict):
+    """A section that gained keys after curricula were written: keys in ADDED left at their
+    default are not dumped, so every older curriculum keeps its fingerprints (stages reused,
+    runs resumed, nothing asked again) and its stored spec."""
+
+    ADDED: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_added_defaults(self, handler):
+        data = handler(self)
+        for key in self.ADDED:
+            if key in data and getattr(self, key) == type(self).model_fields[key].get_default(
+                    call_default_factory=True):
+                del data[key]
+        return data
 
 
 # -- corpus ---------------------------------------------------------------------------------
@@ -61,8 +79,10 @@ class DemoLevel(Strict):
         Field(default_factory=lambda: ["sum"], min_length=1))
 
 
-class DemoSpec(Strict):
+class DemoSpec(Additive):
     """The built-in open-book reasoning corpus about fictional people (flows/ingest/demo.py)."""
+
+    ADDED: ClassVar[tuple[str, ...]] = ("levels",)
 
     rows: int = Field(600, ge=1, le=1_000_000)
     seed: int = 0
@@ -539,7 +559,10 @@ class RoundSpec(Strict):
         "the curriculum's teacher), or the curriculum's teacher section again.")
 
 
-class StaircaseSpec(Strict):
+class StaircaseSpec(Additive):
+    ADDED: ClassVar[tuple[str, ...]] = ("schedule", "gate_level", "gate_margin",
+                                        "level_eval_rows", "retry_samples")
+
     rounds: int = Field(1, ge=1, le=20)
     promote: str = Field("Q8_0", description="Which quantized artifact of a round's student "
                          "becomes the next teacher: one of the `quant` labels the quantization "

@@ -258,3 +258,20 @@ def test_round_sources_refuse_a_level_that_runs_out(workspace):
     assert [r["id"] for r in first] == [r["id"] for r in again]  # a retry asks the same
     with pytest.raises(ScheduleError, match="round 2 asks for 30 new problems of level 'hard'"):
         round_sources(spec, rows, 2)
+
+
+def test_a_rationalizing_schedule_needs_its_template_before_the_run(tmp_path):
+    import shutil
+
+    from flows.prompting import default_prompts_dir
+    from flows.prompting.check import check_generate_template
+
+    own = tmp_path / "my_prompts"
+    own.mkdir()
+    shutil.copy(default_prompts_dir() / "rationale.yaml", own)
+    doc = climb_doc("http://127.0.0.1:9/v1", "x")
+    doc["generate"] = {"prompts_dir": str(own)}
+    (problem,) = check_generate_template(write(tmp_path, doc))
+    assert problem.startswith("staircase.schedule: rationalize asks with template 'rationalize'")
+    shutil.copy(default_prompts_dir() / "rationalize.yaml", own)
+    assert check_generate_template(write(tmp_path, doc)) == []
