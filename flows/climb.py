@@ -60,7 +60,7 @@ def round_sources(spec: Curriculum, corpus_rows: list[dict], index: int
     earlier: list[dict] = []  # the new problems of earlier rounds
     chosen: list[dict] = []
     for k in range(index + 1):
-        entry = sc.plan(k)
+        entry = sc.round_entry(k)
         new_rows = []
         for name, n in _new_counts(entry).items():
             pool = groups.get(name, [])

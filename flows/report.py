@@ -40,7 +40,11 @@ def round_report(ws: Workspace, run_id: str) -> list[dict]:
         quantized = _result(ws, run_id, "quantize", r.index)
         promoted = quantized.artifact(promote)
         # A promoted student's score is measured once, as a student; it is the next teacher's.
-        teacher_acc = teacher_scores.get(r.index, previous_student)
+        # A round taught by the curriculum's teacher again (schedule `teacher: curriculum`)
+        # has no teacher model: its score is the one measured before round 0.
+        teacher_acc = (teacher_scores[r.index] if r.index in teacher_scores
+                       else teacher_scores.get(0) if r.teacher_model_id is None
+                       else previous_student)
         rows.append({
             "round": r.index, "teacher": r.teacher, "teacher_accuracy": teacher_acc,
             "student_accuracy": promoted.accuracy if promoted else None,

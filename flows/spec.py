@@ -617,7 +617,7 @@ class StaircaseSpec(Additive):
             raise ValueError("gate_level and gate_margin apply to gate 'beat_teacher_on_level'")
         return self
 
-    def plan(self, index: int) -> RoundSpec | None:
+    def round_entry(self, index: int) -> RoundSpec | None:
         """Round `index`'s schedule entry (the last one past the end), None without a schedule."""
         if not self.schedule:
             return None

@@ -160,7 +160,7 @@ def round_teacher(spec: Curriculum, index: int, promoted: TeacherSpec,
                   samples: int | None = None) -> TeacherSpec:
     """Who teaches round `index` and how it samples: the schedule's teacher choice, samples
     and temperature, then `samples` (a retry's) over them."""
-    entry = spec.staircase.plan(index)
+    entry = spec.staircase.round_entry(index)
     teacher = promoted
     changes = {}
     if entry is not None:
@@ -243,7 +243,7 @@ def run_round(spec: Curriculum, ws: Workspace, run_id: str, index: int, teacher:
     """One step of the staircase; returns what the next round needs. `teacher_levels`: the
     teacher's accuracy per demo level (with a schedule)."""
     rnd = _round_row(ws, run_id, index, teacher, teacher_model_id)
-    entry = spec.staircase.plan(index)
+    entry = spec.staircase.round_entry(index)
     generated = generate(spec, ws, run_id, round_index=index, teacher=teacher)
     print(f"round {index} generate: {generated.rows_written} rows, "
           f"{generated.sent} requests sent, {generated.cache_hits} answered from the cache")

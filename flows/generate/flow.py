@@ -9,6 +9,10 @@ by content, shared by all runs), a rerun of unchanged work reuses the finished s
 killed at any moment resumes by adopting the shards it wrote and re-asking only what was in
 flight. Bad teacher output becomes a row with a named error; failures that outlive their retries
 are left for the next run. The stage summary counts cache hits/misses, tokens, cost and errors.
+
+In a round of a curriculum across rounds (staircase.schedule) the stage asks about the round's
+problems (flows/climb.py) and, with `rationalize`, asks once more about each problem none of its
+samples solved, with the gold answer as a hint (STaR's rationalization, counted as rationalize_*).
 """
 
 from __future__ import annotations
@@ -154,7 +158,7 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     ingest_stage, shards = corpus_shards(spec, ws, run_id)
     passes = review_passes(spec, teacher, tspec)
     sources = ws.store.table(shards).to_pylist() if shards else []
-    entry = spec.staircase.plan(round_index)
+    entry = spec.staircase.round_entry(round_index)
     scheduled, rationalizer, by_level = None, None, {}
     if entry is None:
         sources = sources[:spec.generate.max_rows]
