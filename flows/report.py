@@ -170,7 +170,9 @@ def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Pa
     cells = "".join(
         f"<tr><td>{r['round']}</td><td>{html.escape(r['teacher'])}</td>"
         f"<td>{_fmt(r['teacher_accuracy'])}</td><td>{r['rows_generated'] or 0}</td>"
-        f"<td>{html.escape(_kept_cell(r))}</td><td>{_fmt(r['student_accuracy'])}</td>"
+        f"<td>{html.escape(_kept_cell(r))}</td>"
+        f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in r['drops_by_reason'].items()))}</td>"
+        f"<td>{_fmt(r['student_accuracy'])}</td>"
         f"<td>{html.escape(_levels_cell(r))}</td>"
         f"<td>{html.escape(str(r['promoted'] or '-'))}</td>"
         f"<td>{html.escape(r['gate_reason'] or '')}</td></tr>" for r in rounds)
@@ -179,7 +181,7 @@ def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Pa
             f"<img alt='accuracy per round' src='data:image/png;base64,"
             f"{base64.b64encode(buf.getvalue()).decode()}'>"
             "<table border=1 cellpadding=4><tr><th>round</th><th>teacher</th><th>teacher acc"
-            "</th><th>generated</th><th>kept</th><th>student acc</th>"
+            "</th><th>generated</th><th>kept</th><th>dropped (why)</th><th>student acc</th>"
             "<th>per level (teacher&gt;student)</th><th>promoted</th>"
             f"<th>gate</th></tr>{cells}</table>")
     page_path = out / "report.html"

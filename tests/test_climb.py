@@ -186,7 +186,8 @@ def test_three_rounds_climb_the_schedule_through_the_real_flows(workspace, tmp_p
     assert flat["hard teacher"] == 0.0 and flat["hard new/replay/kept"].startswith("3/0/")
     paths = write_report(ws, run_id, report)
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
-    assert "per level" in paths["html"].read_text()
+    page = paths["html"].read_text()
+    assert "per level" in page and "quotes_hint=" in page and f"({3 - quoted}/3 rationalized)" in page
 
 
 def test_a_failed_level_gate_retries_the_round_once_with_more_samples(workspace, tmp_path):
