@@ -561,7 +561,7 @@ class RoundSpec(Strict):
 
 class StaircaseSpec(Additive):
     ADDED: ClassVar[tuple[str, ...]] = ("schedule", "gate_level", "gate_margin",
-                                        "level_eval_rows", "retry_samples")
+                                        "level_eval_rows", "retry_samples", "retry_temperature")
 
     rounds: int = Field(1, ge=1, le=20)
     promote: str = Field("Q8_0", description="Which quantized artifact of a round's student "
@@ -599,6 +599,9 @@ class StaircaseSpec(Additive):
     retry_samples: int | None = Field(
         None, ge=2, le=64, description="A round whose gate fails is run once more with this "
         "many samples per problem before the staircase stops.")
+    retry_temperature: float | None = Field(
+        None, ge=0.0, le=2.0, description="The retry's temperature (default: the round's); "
+        "more samples of a greedy round are the same answer again.")
 
     @model_validator(mode="after")
     def _bar(self):
@@ -612,6 +615,8 @@ class StaircaseSpec(Additive):
                              "round(s)")
         if self.gate == "beat_teacher_on_level" and not self.schedule:
             raise ValueError("gate 'beat_teacher_on_level' needs a schedule (levels per round)")
+        if self.retry_temperature is not None and self.retry_samples is None:
+            raise ValueError("retry_temperature needs retry_samples")
         if (self.gate_level is not None or self.gate_margin) and (
                 self.gate != "beat_teacher_on_level"):
             raise ValueError("gate_level and gate_margin apply to gate 'beat_teacher_on_level'")

@@ -157,9 +157,9 @@ def score_levels(spec: Curriculum, ws: Workspace, run_id: str, round_index: int,
 
 
 def round_teacher(spec: Curriculum, index: int, promoted: TeacherSpec,
-                  samples: int | None = None) -> TeacherSpec:
+                  samples: int | None = None, temperature: float | None = None) -> TeacherSpec:
     """Who teaches round `index` and how it samples: the schedule's teacher choice, samples
-    and temperature, then `samples` (a retry's) over them."""
+    and temperature, then a retry's `samples` and `temperature` over them."""
     entry = spec.staircase.round_entry(index)
     teacher = promoted
     changes = {}
@@ -172,6 +172,8 @@ def round_teacher(spec: Curriculum, index: int, promoted: TeacherSpec,
             changes["temperature"] = entry.temperature
     if samples is not None:
         changes["samples"] = samples
+    if temperature is not None:
+        changes["temperature"] = temperature
     return teacher.model_copy(update=changes) if changes else teacher
 
 
@@ -324,7 +326,8 @@ def staircase(spec: Curriculum, ws: Workspace, run_id: str) -> None:
                            levels)
         if not result["passed"] and sc.retry_samples:
             first = result["reason"]
-            retried = round_teacher(spec, index, promoted, samples=sc.retry_samples)
+            retried = round_teacher(spec, index, promoted, samples=sc.retry_samples,
+                                    temperature=sc.retry_temperature)
             print(f"round {index}: gate failed ({first}); retrying once with "
                   f"{sc.retry_samples} samples per problem")
             result = run_round(spec, ws, run_id, index, retried, teacher_model_id, teacher_acc,

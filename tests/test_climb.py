@@ -197,7 +197,7 @@ def test_a_failed_level_gate_retries_the_round_once_with_more_samples(workspace,
 
     base = save_tiny_base(tmp_path / "tiny-base")
     doc = climb_doc("http://127.0.0.1:9/v1", str(base), rounds=1, gate_level=None,
-                    gate_margin=0.0, retry_samples=3)
+                    gate_margin=0.0, retry_samples=3, retry_temperature=0.9)
     doc["staircase"]["schedule"] = doc["staircase"]["schedule"][:1]
     with FakeOpenAI() as teacher:
         doc["teacher"]["base_url"] = teacher.base_url
@@ -206,6 +206,8 @@ def test_a_failed_level_gate_retries_the_round_once_with_more_samples(workspace,
         staircase(spec, workspace, run_id)
     gens = [s for s in workspace.catalog.stages(run_id) if s.name == "generate"]
     assert [workspace.summary(s)["samples"] for s in gens] == [2, 3]
+    rows = workspace.store.table(workspace.shards(gens[1], "generated")).to_pylist()
+    assert {json.loads(r["sampling"])["temperature"] for r in rows} == {0.9}
     students = {json.loads(m.meta_json)["model"] for m in workspace.catalog.metrics(run_id=run_id)
                 if m.name == "level_accuracy" and json.loads(m.meta_json)["role"] == "student"}
     assert len(students) == 2  # each try's candidate scored on the levels
