@@ -87,6 +87,14 @@ def flat_round(r: dict) -> dict:
     return flat
 
 
+def flat_rounds(rounds: list[dict]) -> list[dict]:
+    """flat_round of every round, all with the same columns (a level a round did not ask about
+    is an empty cell)."""
+    flat = [flat_round(r) for r in rounds]
+    columns = list(dict.fromkeys(k for row in flat for k in row))
+    return [{k: row.get(k) for k in columns} for row in flat]
+
+
 def level_names(rounds: list[dict]) -> list[str]:
     names: list[str] = []
     for r in rounds:

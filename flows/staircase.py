@@ -24,7 +24,7 @@ from flows.ingest import ingest
 from flows.orchestration import step, task_runner
 from flows.params import StaircaseParams
 from flows.quantize import quantize
-from flows.report import flat_round, write_report
+from flows.report import flat_rounds, write_report
 from flows.runinfo import run_details
 from flows.spec import Curriculum, TeacherSpec
 from flows.train import train
@@ -370,7 +370,7 @@ def _publish(ws: Workspace, run_id: str) -> None:
     artifacts.publish_run_report(details)
     if rounds:
         artifacts.table(artifacts.artifact_key("stairs", spec_name(details), "rounds"),
-                        [flat_round(r) for r in rounds], description=f"Rounds of run {run_id}")
+                        flat_rounds(rounds), description=f"Rounds of run {run_id}")
 
 
 def spec_name(details: dict) -> str:
