@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from flows.spec import Curriculum, RoundSpec
+from flows.spec import Curriculum, RoundSpec, TeacherSpec
 
 
 class ScheduleError(ValueError):
@@ -43,6 +43,13 @@ def by_level(rows: list[dict]) -> dict[str, list[dict]]:
 def ids_digest(rows: list[dict]) -> str:
     """A short hash of the rows' ids: the same held-out rows have the same digest."""
     return hashlib.sha256("\n".join(sorted(r["id"] for r in rows)).encode()).hexdigest()[:16]
+
+
+def with_sampling(teacher: TeacherSpec, entry: RoundSpec | None) -> TeacherSpec:
+    """The teacher with a scheduled round's samples and temperature (where the entry sets them)."""
+    changes = {} if entry is None else {k: v for k, v in (
+        ("samples", entry.samples), ("temperature", entry.temperature)) if v is not None}
+    return teacher.model_copy(update=changes) if changes else teacher
 
 
 def _new_counts(entry: RoundSpec) -> dict[str, int]:

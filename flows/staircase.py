@@ -17,7 +17,7 @@ import json
 from prefect import flow
 
 from flows import artifacts
-from flows.climb import by_level, ids_digest
+from flows.climb import by_level, ids_digest, with_sampling
 from flows.curate import curate
 from flows.generate import generate
 from flows.ingest import ingest
@@ -161,15 +161,9 @@ def round_teacher(spec: Curriculum, index: int, promoted: TeacherSpec,
     """Who teaches round `index` and how it samples: the schedule's teacher choice, samples
     and temperature, then a retry's `samples` and `temperature` over them."""
     entry = spec.staircase.round_entry(index)
-    teacher = promoted
+    teacher = spec.teacher if entry is not None and entry.teacher == "curriculum" else promoted
+    teacher = with_sampling(teacher, entry)
     changes = {}
-    if entry is not None:
-        if entry.teacher == "curriculum":
-            teacher = spec.teacher
-        if entry.samples is not None:
-            changes["samples"] = entry.samples
-        if entry.temperature is not None:
-            changes["temperature"] = entry.temperature
     if samples is not None:
         changes["samples"] = samples
     if temperature is not None:

@@ -282,3 +282,18 @@ def test_a_rationalizing_schedule_needs_its_template_before_the_run(tmp_path):
     assert problem.startswith("staircase.schedule: rationalize asks with template 'rationalize'")
     shutil.copy(default_prompts_dir() / "rationalize.yaml", own)
     assert check_generate_template(write(tmp_path, doc)) == []
+
+
+def test_generate_run_alone_asks_a_scheduled_rounds_problems_as_scheduled(workspace, tmp_path):
+    """`stairs generate --round 1` of a scheduled curriculum: round 1's problems (mid, plus a
+    replayed share of round 0's easy ones) with round 1's samples, nothing of round 0 missed."""
+    from flows.generate import generate
+
+    with FakeOpenAI() as teacher:
+        spec = write(tmp_path, climb_doc(teacher.base_url, "x"))
+        run_id = workspace.start_run(spec, "run").id
+        result = generate(spec, workspace, run_id, round_index=1, progress_bar=False)
+        assert result.samples == 2 and result.requests == 6 * 2
+        assert result.source_rows_by_level == {"mid": {"new": 4, "replay": 0},
+                                               "easy": {"new": 0, "replay": 2}}
+        assert result.rationalize_requests == 0  # round 1 does not rationalize

@@ -29,7 +29,7 @@ from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.answers import answers_match
-from flows.climb import ids_digest, round_sources
+from flows.climb import ids_digest, round_sources, with_sampling
 from flows.generate.batches import BatchJob, run_batch, split, total
 from flows.generate.progress import Progress
 from flows.generate.resume import adopt, earlier_attempts
@@ -149,6 +149,8 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     also = [load_template(name, prompts_dir_of(spec)) for name in spec.generate.also]
     tspec = teacher if isinstance(teacher, TeacherSpec) else getattr(teacher, "spec",
                                                                       spec.teacher)
+    if teacher is None:  # a stage run on its own: a scheduled round's sampling still holds
+        tspec = with_sampling(tspec, spec.staircase.round_entry(round_index))
     if teacher is None or isinstance(teacher, TeacherSpec):
         teacher = make_teacher(tspec, base_dir=spec.base_dir)
     # Rows carry only the template's hash; its text goes to the catalog so that version can be
