@@ -145,14 +145,14 @@ def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Pa
         climb = axes[2]
         for i, name in enumerate(names):
             color = f"C{i}"
-            for role, style in (("student", "-"), ("teacher", "--")):
+            for role, style, marker in (("student", "-", "o"), ("teacher", "--", "x")):
                 pts = [(r["round"], r["level_accuracy"].get(name, {}).get(role)) for r in rounds]
                 pts = [(x, 100 * y) for x, y in pts if y is not None]
                 if pts:
-                    climb.plot(*zip(*pts), style, marker="o", color=color,
+                    climb.plot(*zip(*pts), style, marker=marker, color=color,
                                label=f"{name} {role}")
         climb.set(xlabel="round", ylabel="held-out accuracy (%)",
-                  title="per level (teacher dashed)")
+                  title="per level (teacher: dashed, x)")
         climb.legend(fontsize=7)
         climb.set_xticks(xs or [0])
     for key, label in (("teacher_accuracy", "teacher"), ("student_accuracy", "student (quantized)")):

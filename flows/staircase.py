@@ -90,13 +90,16 @@ def score_teacher(spec: Curriculum, ws: Workspace, run_id: str, teacher: Teacher
     return result.accuracy
 
 
-def _level_rows(ws: Workspace, run_id: str, n: int) -> dict[str, list[dict]]:
-    """The first `n` held-out rows (by id) of each demo level: fixed at ingest, so every round's
-    teacher and student are scored on the same rows per level."""
+def _level_rows(spec: Curriculum, ws: Workspace, run_id: str) -> dict[str, list[dict]]:
+    """The first staircase.level_eval_rows held-out rows (by id) of each demo level, easiest
+    level first: fixed at ingest, so every round's teacher and student are scored on the same
+    rows per level."""
     from flows.evaluate import held_out_rows
 
     rows, _ = held_out_rows(ws, run_id, None)
-    return {name: group[:n] for name, group in by_level(rows).items() if name}
+    groups = by_level(rows)
+    n = spec.staircase.level_eval_rows
+    return {name: groups[name][:n] for name in spec.corpus.demo.levels if name in groups}
 
 
 def logged_levels(ws: Workspace, run_id: str, round_index: int, role: str,
@@ -130,7 +133,7 @@ def score_levels(spec: Curriculum, ws: Workspace, run_id: str, round_index: int,
     (meta: level, role, the rows' id digest). A resumed run reads them back."""
     name = describe(model) if isinstance(model, TeacherSpec) else str(model)
     done = logged_levels(ws, run_id, round_index, role, name)
-    level_rows = _level_rows(ws, run_id, spec.staircase.level_eval_rows)
+    level_rows = _level_rows(spec, ws, run_id)
     if done and set(done) == set(level_rows):
         return done
     from flows.evaluate import eval_template, evaluate_model
@@ -314,7 +317,7 @@ def staircase(spec: Curriculum, ws: Workspace, run_id: str) -> None:
                 levels = promoted_levels
                 if not logged_levels(ws, run_id, index, "teacher", describe(teacher)):
                     log_levels(ws, run_id, index, "teacher", levels,
-                               _level_rows(ws, run_id, sc.level_eval_rows),
+                               _level_rows(spec, ws, run_id),
                                model=describe(teacher), measured_in_round=index - 1)
         result = run_round(spec, ws, run_id, index, teacher, teacher_model_id, teacher_acc,
                            levels)
