@@ -271,3 +271,36 @@ def test_generate_run_alone_asks_a_scheduled_rounds_problems_as_scheduled(worksp
         assert result.source_rows_by_level == {"mid": {"new": 4, "replay": 0},
                                                "easy": {"new": 0, "replay": 2}}
         assert result.rationalize_requests == 0  # round 1 does not rationalize
+
+
+def test_a_round_taught_by_the_promoted_student_gets_its_scores_as_its_teachers(workspace,
+                                                                               tmp_path):
+    """Round 1 of a schedule whose teacher is the promoted one: the tiny student's Q8_0 file,
+    served by llama.cpp. Its per-level scores as round 0's student are round 1's teacher scores
+    (logged once, not measured again). The tiny model answers garbage, so whatever round 1
+    keeps, its outcome is recorded on the round."""
+    from flows.staircase import staircase
+
+    base = save_tiny_base(tmp_path / "tiny-base")
+    doc = climb_doc("http://127.0.0.1:9/v1", str(base), rounds=2, gate="threshold",
+                    min_accuracy=0.0, gate_level=None, gate_margin=0.0)
+    doc["staircase"]["schedule"] = doc["staircase"]["schedule"][:2]
+    del doc["staircase"]["schedule"][1]["teacher"]  # the default: the promoted student
+    doc["teacher"]["max_tokens"] = 16
+    with FakeOpenAI() as teacher:
+        doc["teacher"]["base_url"] = teacher.base_url
+        spec = write(tmp_path, doc)
+        run_id = workspace.start_run(spec, "run").id
+        staircase(spec, workspace, run_id)
+    first, second = workspace.catalog.rounds(run_id)
+    assert first.gate_passed and second.teacher == f"llamacpp:catalog:{first.promoted_model_id}"
+    assert second.teacher_model_id == first.promoted_model_id and second.gate_reason
+    gen = workspace.latest_stage("generate", run_id=run_id, round_index=1)
+    assert workspace.summary(gen)["teacher"].startswith("llamacpp")
+    scores = [(m.round_index, json.loads(m.meta_json), m.value)
+              for m in workspace.catalog.metrics(run_id=run_id) if m.name == "level_accuracy"]
+    as_student = {meta["level"]: v for r, meta, v in scores if r == 0 and meta["role"] == "student"}
+    as_teacher = {meta["level"]: v for r, meta, v in scores if r == 1 and meta["role"] == "teacher"}
+    assert as_teacher == as_student and len(as_teacher) == 3
+    assert {meta["measured_in_round"] for r, meta, _ in scores
+            if r == 1 and meta["role"] == "teacher"} == {0}
