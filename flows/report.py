@@ -23,8 +23,14 @@ def _result(ws: Workspace, run_id: str, name: str, index: int):
 
 
 def round_report(ws: Workspace, run_id: str) -> list[dict]:
-    teacher_scores = {m.round_index: m.value for m in ws.catalog.metrics(run_id=run_id)
-                      if m.name == "teacher_accuracy"}
+    metrics = ws.catalog.metrics(run_id=run_id)
+    teacher_scores = {m.round_index: m.value for m in metrics if m.name == "teacher_accuracy"}
+    levels: dict[int, dict[str, dict[str, float]]] = {}
+    for m in metrics:
+        if m.name == "level_accuracy":
+            meta = json.loads(m.meta_json)
+            levels.setdefault(m.round_index, {}).setdefault(meta["level"], {})[meta["role"]] = \
+                m.value
     promote = json.loads(ws.catalog.get_run(run_id).spec_json)["staircase"]["promote"]
     rows, previous_student = [], None
     for r in ws.catalog.rounds(run_id):
@@ -34,7 +40,11 @@ def round_report(ws: Workspace, run_id: str) -> list[dict]:
         quantized = _result(ws, run_id, "quantize", r.index)
         promoted = quantized.artifact(promote)
         # A promoted student's score is measured once, as a student; it is the next teacher's.
-        teacher_acc = teacher_scores.get(r.index, previous_student)
+        # A round taught by the curriculum's teacher again (schedule `teacher: curriculum`)
+        # has no teacher model: its score is the one measured before round 0.
+        teacher_acc = (teacher_scores[r.index] if r.index in teacher_scores
+                       else teacher_scores.get(0) if r.teacher_model_id is None
+                       else previous_student)
         rows.append({
             "round": r.index, "teacher": r.teacher, "teacher_accuracy": teacher_acc,
             "student_accuracy": promoted.accuracy if promoted else None,
@@ -42,6 +52,14 @@ def round_report(ws: Workspace, run_id: str) -> list[dict]:
             "base_accuracy": trained.base_accuracy,
             "rows_generated": generated.rows_written or generated.requests,
             "rows_kept": curated.kept, "drops_by_reason": curated.drops_by_reason,
+            "samples": generated.samples,
+            # With staircase.schedule: what the round asked about and kept, per demo level, how
+            # many kept rows came from rationalization, and accuracy per level.
+            "rows_by_level": generated.source_rows_by_level,
+            "kept_by_level": curated.kept_by_level,
+            "rationalized": curated.rationalized,
+            "rationalized_kept": curated.rationalized_kept,
+            "level_accuracy": levels.get(r.index, {}),
             "quantized": [{"type": t.quant or t.artifact, "format": t.format,
                            "bytes": round(t.size_mb * 2**20), "accuracy": t.accuracy,
                            "tokens_per_s": t.tokens_per_s, "model_id": t.model_id}
@@ -52,6 +70,52 @@ def round_report(ws: Workspace, run_id: str) -> list[dict]:
         })
         previous_student = promoted.accuracy if (promoted and r.gate_passed) else teacher_acc
     return rows
+
+
+def flat_round(r: dict) -> dict:
+    """One round as flat columns (a Prefect table artifact shows no nested values): the
+    per-level numbers become '<level> teacher', '<level> student', '<level> new/replay/kept'."""
+    flat = {k: v for k, v in r.items() if k not in (
+        "quantized", "drops_by_reason", "rows_by_level", "kept_by_level", "level_accuracy")}
+    flat["drops"] = ", ".join(f"{k}={v}" for k, v in r["drops_by_reason"].items())
+    for name, acc in r.get("level_accuracy", {}).items():
+        flat[f"{name} teacher"] = acc.get("teacher")
+        flat[f"{name} student"] = acc.get("student")
+    for name, n in r.get("rows_by_level", {}).items():
+        flat[f"{name} new/replay/kept"] = (f"{n.get('new', 0)}/{n.get('replay', 0)}/"
+                                           f"{r.get('kept_by_level', {}).get(name, 0)}")
+    return flat
+
+
+def flat_rounds(rounds: list[dict]) -> list[dict]:
+    """flat_round of every round, all with the same columns (a level a round did not ask about
+    is an empty cell)."""
+    flat = [flat_round(r) for r in rounds]
+    columns = list(dict.fromkeys(k for row in flat for k in row))
+    return [{k: row.get(k) for k in columns} for row in flat]
+
+
+def level_names(rounds: list[dict]) -> list[str]:
+    names: list[str] = []
+    for r in rounds:
+        names += [n for n in r.get("level_accuracy", {}) if n not in names]
+    return names
+
+
+def _levels_cell(r: dict) -> str:
+    """'easy 40%>55%, hard 0%>10%' (teacher > student per level)."""
+    return ", ".join(f"{n} {_fmt(a.get('teacher'))}>{_fmt(a.get('student'))}"
+                     for n, a in r.get("level_accuracy", {}).items())
+
+
+def _kept_cell(r: dict) -> str:
+    kept = str(r["rows_kept"] or 0)
+    if r.get("rationalized"):
+        kept += f" ({r['rationalized_kept']}/{r['rationalized']} rationalized)"
+    by_level = r.get("kept_by_level") or {}
+    if by_level:
+        kept += " " + " ".join(f"{k}:{v}" for k, v in by_level.items())
+    return kept
 
 
 def report_dir(run_id: str) -> Path:
@@ -73,8 +137,24 @@ def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Pa
     import matplotlib.pyplot as plt
 
     out = report_dir(run_id)
-    fig, (acc, size) = plt.subplots(1, 2, figsize=(9, 3.4))
+    names = level_names(rounds)
+    fig, axes = plt.subplots(1, 3 if names else 2, figsize=(13.5 if names else 9, 3.4))
+    acc, size = axes[0], axes[1]
     xs = [r["round"] for r in rounds]
+    if names:  # the climb: each level's held-out accuracy per round, teacher dashed
+        climb = axes[2]
+        for i, name in enumerate(names):
+            color = f"C{i}"
+            for role, style, marker in (("student", "-", "o"), ("teacher", "--", "x")):
+                pts = [(r["round"], r["level_accuracy"].get(name, {}).get(role)) for r in rounds]
+                pts = [(x, 100 * y) for x, y in pts if y is not None]
+                if pts:
+                    climb.plot(*zip(*pts), style, marker=marker, color=color,
+                               label=f"{name} {role}")
+        climb.set(xlabel="round", ylabel="held-out accuracy (%)",
+                  title="per level (teacher: dashed, x)")
+        climb.legend(fontsize=7)
+        climb.set_xticks(xs or [0])
     for key, label in (("teacher_accuracy", "teacher"), ("student_accuracy", "student (quantized)")):
         ys = [r[key] for r in rounds]
         acc.plot([x for x, y in zip(xs, ys) if y is not None],
@@ -98,7 +178,10 @@ def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Pa
     cells = "".join(
         f"<tr><td>{r['round']}</td><td>{html.escape(r['teacher'])}</td>"
         f"<td>{_fmt(r['teacher_accuracy'])}</td><td>{r['rows_generated'] or 0}</td>"
-        f"<td>{r['rows_kept'] or 0}</td><td>{_fmt(r['student_accuracy'])}</td>"
+        f"<td>{html.escape(_kept_cell(r))}</td>"
+        f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in r['drops_by_reason'].items()))}</td>"
+        f"<td>{_fmt(r['student_accuracy'])}</td>"
+        f"<td>{html.escape(_levels_cell(r))}</td>"
         f"<td>{html.escape(str(r['promoted'] or '-'))}</td>"
         f"<td>{html.escape(r['gate_reason'] or '')}</td></tr>" for r in rounds)
     page = (f"<!doctype html><meta charset=utf-8><title>stairs run {run_id}</title>"
@@ -106,7 +189,8 @@ def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Pa
             f"<img alt='accuracy per round' src='data:image/png;base64,"
             f"{base64.b64encode(buf.getvalue()).decode()}'>"
             "<table border=1 cellpadding=4><tr><th>round</th><th>teacher</th><th>teacher acc"
-            "</th><th>generated</th><th>kept</th><th>student acc</th><th>promoted</th>"
+            "</th><th>generated</th><th>kept</th><th>dropped (why)</th><th>student acc</th>"
+            "<th>per level (teacher&gt;student)</th><th>promoted</th>"
             f"<th>gate</th></tr>{cells}</table>")
     page_path = out / "report.html"
     page_path.write_text(page, encoding="utf-8")
@@ -116,15 +200,18 @@ def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Pa
 def rich_table(rounds: list[dict]):
     from rich.table import Table
 
+    climbing = bool(level_names(rounds))
     table = Table("round", "teacher", "teacher acc", "generated", "kept", "top drops",
-                  "student acc", "files (MB, acc)", "gate", title="staircase")
+                  "student acc", *(["per level (teacher>student)"] if climbing else []),
+                  "files (MB, acc)", "gate", title="staircase")
     for r in rounds:
         drops = ", ".join(f"{k}={v}" for k, v in list(r["drops_by_reason"].items())[:3])
         files = " ".join(f"{q['type']}:{q['bytes'] / 2**20:.0f}MB/{_fmt(q['accuracy'])}"
                          for q in r["quantized"])
         table.add_row(str(r["round"]), r["teacher"], _fmt(r["teacher_accuracy"]),
-                      str(r["rows_generated"] or 0), str(r["rows_kept"] or 0), drops,
-                      _fmt(r["student_accuracy"]), files,
+                      str(r["rows_generated"] or 0), _kept_cell(r), drops,
+                      _fmt(r["student_accuracy"]), *([_levels_cell(r)] if climbing else []),
+                      files,
                       ("promoted " + r["promoted"]) if r["gate_passed"] else
                       f"stop: {r['gate_reason'] or r['status']}")
     return table

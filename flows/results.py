@@ -36,6 +36,8 @@ class IngestResult(StageResult):
     eval_rows: int = 0
     rejected: int = 0
     rejects_by_reason: dict[str, int] = {}
+    rows_by_level: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Demo levels: {level: {train, eval}} rows.")
 
 
 class GenerateResult(StageResult):
@@ -72,6 +74,20 @@ class GenerateResult(StageResult):
     complete: bool = False
     batches: list[dict] = Field([], description="Per batch: its index, requests, rows, and "
                                 "where it ran (host, pid, Dask/Ray worker, endpoint limit held).")
+    # A curriculum across rounds (staircase.schedule): the round's problems per level.
+    source_rows_by_level: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="{level: {new, replay}} problems asked this round.")
+    # Rationalization (schedule entry `rationalize`): unsolved problems asked with the gold
+    # answer as a hint; counted apart from the round's samples above.
+    rationalize_requests: int = 0
+    rationalize_resumed_requests: int = 0
+    rationalize_rows_written: int = 0
+    rationalize_sent: int = 0
+    rationalize_cache_hits: int = 0
+    rationalize_answered: int = 0
+    rationalize_unanswered: int = 0
+    rationalize_prompt_tokens: int = 0
+    rationalize_completion_tokens: int = 0
     # Verification (generate.verify): teacher-written questions answered again.
     verify_rows: int = 0  # generated rows the pass asked about
     verify_requests: int = 0
@@ -114,6 +130,12 @@ class CurateResult(StageResult):
     mean_judge_score: float | None = None
     verified: int = Field(0, description="Teacher-written questions re-answered by the teacher.")
     unverified: int = Field(0, description="Rows dropped: the re-answers' majority disagrees.")
+    rationalized: int = Field(0, description="Generated rows written with the gold answer as a "
+                              "hint (rationalization).")
+    rationalized_kept: int = Field(0, description="Of those, rows kept (trained without the "
+                                   "hint).")
+    kept_by_level: dict[str, int] = Field(default_factory=dict, description="Demo levels: kept "
+                                          "rows by the level of their problem.")
 
 
 class TrainResult(StageResult):

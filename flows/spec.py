@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -34,6 +35,23 @@ class SpecError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Additive(Strict):
+    """A section that gained keys after curricula were written: keys in ADDED left at their
+    default are not dumped, so every older curriculum keeps its fingerprints (stages reused,
+    runs resumed, nothing asked again) and its stored spec."""
+
+    ADDED: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_added_defaults(self, handler):
+        data = handler(self)
+        for key in self.ADDED:
+            if key in data and getattr(self, key) == type(self).model_fields[key].get_default(
+                    call_default_factory=True):
+                del data[key]
+        return data
 
 
 # -- corpus ---------------------------------------------------------------------------------
@@ -49,8 +67,22 @@ class Columns(Strict):
         "'drop_spans': DROP's answer spans (a list, or {'spans': [...]}), joined by ', '.")
 
 
-class DemoSpec(Strict):
+class DemoLevel(Strict):
+    """One named difficulty level of the demo generator: `rows` problems made with these knobs
+    (the DemoSpec knobs of the same names), each row's meta naming its level."""
+
+    rows: int = Field(200, ge=1, le=1_000_000)
+    people: int = Field(2, ge=1, le=12)
+    colors: int = Field(2, ge=1, le=6)
+    max_count: int = Field(9, ge=1, le=1000)
+    tasks: list[Literal["lookup", "sum", "difference", "compare", "total", "count", "most"]] = (
+        Field(default_factory=lambda: ["sum"], min_length=1))
+
+
+class DemoSpec(Additive):
     """The built-in open-book reasoning corpus about fictional people (flows/ingest/demo.py)."""
+
+    ADDED: ClassVar[tuple[str, ...]] = ("levels",)
 
     rows: int = Field(600, ge=1, le=1_000_000)
     seed: int = 0
@@ -63,6 +95,22 @@ class DemoSpec(Strict):
                       "no answer), for templates that write their own questions (disentangle, "
                       "textbook); held-out rows keep the generator's gold questions, so students "
                       "are scored on questions no teacher wrote.")
+    levels: dict[str, DemoLevel] | None = Field(
+        None, description="Named difficulty levels, easiest first: each level's rows are made "
+        "with its own knobs (the knobs above and `rows` are then unused) and held out per level "
+        "(eval_fraction, eval_max_rows per level), before any teacher sees them. "
+        "staircase.schedule picks levels per round.")
+
+    @field_validator("levels")
+    @classmethod
+    def _level_names(cls, levels):
+        if levels is not None:
+            if not levels:
+                raise ValueError("an empty set of levels")
+            bad = [n for n in levels if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", n)]
+            if bad:
+                raise ValueError(f"level names are letters, digits, '_', '-': {bad}")
+        return levels
 
 
 class EvalSetSpec(Strict):
@@ -488,14 +536,42 @@ class QuantizationSpec(Strict):
 
 
 # -- staircase ----------------------------------------------------------------------------------
-class StaircaseSpec(Strict):
+class RoundSpec(Strict):
+    """What one round of a climbing staircase trains on (staircase.schedule, one per round)."""
+
+    levels: list[str] = Field(min_length=1, description="Demo levels (corpus.demo.levels) this "
+                              "round's new problems come from, split evenly; the last listed is "
+                              "the round's level for the level gate.")
+    rows: int = Field(ge=1, le=1_000_000, description="Train problems the teacher is asked about "
+                      "this round (new ones plus replayed ones).")
+    replay: float = Field(0.0, ge=0.0, lt=1.0, description="Share of `rows` replayed from the "
+                          "levels of earlier rounds (problems those rounds were asked about).")
+    samples: int | None = Field(None, ge=1, le=64, description="Samples per problem this round "
+                                "(default: teacher.samples).")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature "
+                                      "this round (default: teacher.temperature).")
+    rationalize: bool = Field(False, description="Ask the teacher again, with the gold answer as "
+                              "a hint (prompts/rationalize.yaml), about each problem none of its "
+                              "samples solved; rows that reach the answer are trained without "
+                              "the hint.")
+    teacher: Literal["promoted", "curriculum"] = Field(
+        "promoted", description="Who teaches this round: the last promoted student (round 0: "
+        "the curriculum's teacher), or the curriculum's teacher section again.")
+
+
+class StaircaseSpec(Additive):
+    ADDED: ClassVar[tuple[str, ...]] = ("schedule", "gate_level", "gate_margin",
+                                        "level_eval_rows", "retry_samples", "retry_temperature")
+
     rounds: int = Field(1, ge=1, le=20)
     promote: str = Field("Q8_0", description="Which quantized artifact of a round's student "
                          "becomes the next teacher: one of the `quant` labels the quantization "
                          "section makes (gguf_float, gguf_types, int8/int4/gptq labels).")
-    gate: Literal["beat_teacher", "threshold"] = Field(
+    gate: Literal["beat_teacher", "threshold", "beat_teacher_on_level"] = Field(
         "beat_teacher", description="beat_teacher: the promoted file's held-out accuracy must be "
-        "higher than the current teacher's; threshold: at least min_accuracy.")
+        "higher than the current teacher's; threshold: at least min_accuracy; "
+        "beat_teacher_on_level: higher than the teacher's on one level's held-out rows "
+        "(gate_level, default the round's level; needs a schedule).")
     min_accuracy: float | None = Field(
         None, ge=0.0, le=1.0, description="Accuracy floor of the promoted file: the threshold "
         "gate's bar, and required whenever the teacher is not scored (score_teacher: false).")
@@ -510,6 +586,22 @@ class StaircaseSpec(Strict):
     max_kl: float | None = Field(
         None, gt=0.0, description="Fidelity gate: the promoted file's mean KL divergence to the "
         "float GGUF's next-token distribution on the eval text must be at most this (nats).")
+    schedule: list[RoundSpec] | None = Field(
+        None, description="A curriculum across rounds: one entry per round (rounds past the "
+        "last entry repeat it). Needs corpus.demo.levels. Without it every round asks about the "
+        "same corpus rows.")
+    gate_level: str | None = Field(None, description="beat_teacher_on_level: a fixed level "
+                                   "(e.g. the hardest) instead of each round's own.")
+    gate_margin: float = Field(0.0, ge=-1.0, le=1.0, description="beat_teacher_on_level: the "
+                               "student must score above teacher + gate_margin on the level.")
+    level_eval_rows: int = Field(40, ge=1, description="Held-out rows per level each teacher "
+                                 "and promoted candidate is scored on (with a schedule).")
+    retry_samples: int | None = Field(
+        None, ge=2, le=64, description="A round whose gate fails is run once more with this "
+        "many samples per problem before the staircase stops.")
+    retry_temperature: float | None = Field(
+        None, ge=0.0, le=2.0, description="The retry's temperature (default: the round's); "
+        "more samples of a greedy round are the same answer again.")
 
     @model_validator(mode="after")
     def _bar(self):
@@ -518,7 +610,23 @@ class StaircaseSpec(Strict):
         if not self.score_teacher and self.min_accuracy is None:
             raise ValueError("score_teacher: false leaves the gate nothing to compare with; set "
                              "min_accuracy")
+        if self.schedule is not None and len(self.schedule) > self.rounds:
+            raise ValueError(f"schedule has {len(self.schedule)} entries for {self.rounds} "
+                             "round(s)")
+        if self.gate == "beat_teacher_on_level" and not self.schedule:
+            raise ValueError("gate 'beat_teacher_on_level' needs a schedule (levels per round)")
+        if self.retry_temperature is not None and self.retry_samples is None:
+            raise ValueError("retry_temperature needs retry_samples")
+        if (self.gate_level is not None or self.gate_margin) and (
+                self.gate != "beat_teacher_on_level"):
+            raise ValueError("gate_level and gate_margin apply to gate 'beat_teacher_on_level'")
         return self
+
+    def round_entry(self, index: int) -> RoundSpec | None:
+        """Round `index`'s schedule entry (the last one past the end), None without a schedule."""
+        if not self.schedule:
+            return None
+        return self.schedule[min(index, len(self.schedule) - 1)]
 
 
 class Curriculum(Strict):
@@ -559,11 +667,35 @@ class Curriculum(Strict):
                 f"staircase.promote: {self.staircase.promote!r} is not made by the quantization "
                 f"section (it makes {', '.join(made)}); add it to quantization.gguf_types or "
                 "promote one of those")
+        self._schedule_fits()
         ggufs = [self.quantization.gguf_float, *self.quantization.gguf_types]
         if self.staircase.max_kl is not None and self.staircase.promote not in ggufs:
             raise ValueError("staircase.max_kl: fidelity is measured for GGUF files "
                              f"({', '.join(ggufs)}); {self.staircase.promote!r} is not one")
         return self
+
+    def _schedule_fits(self) -> None:
+        sc = self.staircase
+        if not sc.schedule:
+            return
+        demo = self.corpus.demo
+        if self.corpus.format != "demo" or demo is None or not demo.levels:
+            raise ValueError("staircase.schedule picks demo levels: it needs corpus format "
+                             "'demo' with demo.levels")
+        for i, entry in enumerate(sc.schedule):
+            unknown = [n for n in entry.levels if n not in demo.levels]
+            if unknown:
+                raise ValueError(f"staircase.schedule[{i}].levels: unknown level(s) {unknown}; "
+                                 f"corpus.demo.levels has {', '.join(demo.levels)}")
+            if i == 0 and entry.replay:
+                raise ValueError("staircase.schedule[0].replay: round 0 has no earlier rounds "
+                                 "to replay")
+        if sc.gate_level is not None and sc.gate_level not in demo.levels:
+            raise ValueError(f"staircase.gate_level: unknown level {sc.gate_level!r}; "
+                             f"corpus.demo.levels has {', '.join(demo.levels)}")
+        if self.generate.max_rows is not None:
+            raise ValueError("generate.max_rows and staircase.schedule both choose the rows; "
+                             "the schedule's `rows` says how many per round")
 
     @property
     def source(self) -> Path | None:

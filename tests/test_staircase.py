@@ -67,6 +67,7 @@ def test_reduced_staircase_with_the_real_embedded_models(workspace, tmp_path, ca
     assert first.gate_passed is True and "min_accuracy" in first.gate_reason  # threshold 0
     promoted = workspace.catalog.get(__import__("storage.tables").tables.Model,
                                      first.promoted_model_id)
+    # Written models are registered relative to the models root (flows/models.py).
     assert promoted.quant == "Q8_0" and model_path(promoted.path).exists()
     # Lineage in one walk: quantized file -> student -> base, and the student's training shards.
     chain = workspace.catalog.model_lineage(promoted.id)
@@ -143,3 +144,20 @@ def test_a_remote_teacher_is_scored_through_its_endpoint_cached_and_within_budge
         # The first run's generate stage may send 8 - 5 = 3 requests.
         result = generate(spec, workspace, run_id, progress_bar=False)
         assert result.sent == 3 and result.budget_exhausted
+
+
+def test_gate_on_a_level_compares_that_levels_scores_with_the_margin():
+    from tests.helpers.climb import climb_doc
+
+    spec = Curriculum.model_validate(climb_doc("http://127.0.0.1:9/v1", "x", gate_level=None,
+                                               gate_margin=0.0))
+    ok, why = gate(spec, 0.1, 0.9, level=("hard", 0.4, 0.3))  # overall scores do not decide
+    assert ok and why == "level hard: Q8_0 student 0.400 > teacher 0.300"
+    ok, why = gate(spec, 0.9, 0.1, level=("hard", 0.3, 0.3))
+    assert not ok and why == "level hard: Q8_0 student 0.300 <= teacher 0.300"
+    ok, why = gate(spec, 0.9, 0.1, level=("hard", 0.3, None))
+    assert not ok and why == "level 'hard': teacher not scored on it"
+    lenient = spec.model_copy(update={"staircase": spec.staircase.model_copy(
+        update={"gate_margin": -0.1})})
+    assert gate(lenient, 0.9, 0.1, level=("hard", 0.25, 0.3)) == (
+        True, "level hard: Q8_0 student 0.250 > teacher 0.300 -0.100")

@@ -19,6 +19,7 @@ from flows.curate import answers as ans
 from flows.curate import arithmetic
 from flows.curate.ngrams import ngram_hashes
 from flows.curate.reviews import VERIFY_MAJORITY
+from flows.prompting.hints import QUOTES_HINT, RATIONALIZE_TEMPLATE
 
 # Same marker `flows.answers.extract_answer` looks for: a question carrying it gives the answer away.
 _ANSWER_MARKER = r"(?i)(?:final\s+)?answer\s*(?:is)?\s*[:=]"
@@ -108,6 +109,15 @@ def _answer_leaked(ctx: FilterContext) -> pl.Expr:
     return _question_row(ctx) & (marker | verbatim)
 
 
+def _quotes_hint(ctx: FilterContext) -> pl.Expr | None:
+    """A rationalized row (its teacher was shown the gold answer) whose rationale talks about
+    that hint: the student, asked without it, would learn to cite a hint it never gets."""
+    if "template" not in ctx.columns:
+        return None
+    return ((pl.col("template") == RATIONALIZE_TEMPLATE)
+            & pl.col("rationale").fill_null("").str.contains(QUOTES_HINT))
+
+
 def _wrong_answer(ctx: FilterContext) -> pl.Expr | None:
     if not ctx.cfg.require_gold_match or "gold_answer" not in ctx.columns:
         return None
@@ -162,6 +172,7 @@ FILTERS: list[Filter] = [
     Filter("garbage", _garbage),
     Filter("repetition", _repetition),
     Filter("answer_leaked", _answer_leaked),
+    Filter("quotes_hint", _quotes_hint),
     Filter("wrong_answer", _wrong_answer),
     Filter("rationale_unsupported", _rationale_unsupported),
     Filter("arithmetic_error", _arithmetic_error),

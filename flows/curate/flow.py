@@ -25,10 +25,12 @@ from prefect import flow
 from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.climb import level_of
 from flows.curate import decontam
 from flows.curate.pipeline import drops_by_reason, finish, prepare
 from flows.orchestration import in_flow_run, map_step, step, task_runner, worker_name
 from flows.params import RoundParams
+from flows.prompting.hints import RATIONALIZE_TEMPLATE
 from flows.results import CurateResult
 from flows.spec import Curriculum
 from flows.workspace import Workspace
@@ -174,6 +176,7 @@ def curate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0
             "mean_confidence": float(kept["confidence"].mean()) if len(kept) else None,
             "partitions": where,
             **review_counts(rows, kept),
+            **climb_counts(spec, ws, run_id, rows, kept),
         })
     return CurateResult.of(run_id, st.summary)
 
@@ -192,6 +195,29 @@ def review_counts(rows: pl.DataFrame, kept: pl.DataFrame) -> dict:
         out["mean_judge_score"] = float(scores.mean()) if len(scores) else None
     if "verify_total" in rows.columns:
         out["verified"] = int(rows["verify_total"].is_not_null().sum())
+    return out
+
+
+def climb_counts(spec: Curriculum, ws: Workspace, run_id: str, rows: pl.DataFrame,
+                 kept: pl.DataFrame) -> dict:
+    """Rationalized rows (written and kept) and, for demo levels, kept rows per level."""
+    hinted = (pl.col("template") == RATIONALIZE_TEMPLATE) if "template" in rows.columns \
+        else pl.lit(False)
+    out = {"rationalized": int(rows.select(hinted.sum()).item()),
+           "rationalized_kept": int(kept.select(hinted.sum()).item())}
+    if spec.corpus.demo is None or not spec.corpus.demo.levels or not len(kept):
+        return out
+    ingest = ws.latest_stage("ingest", run_id=run_id)
+    shards = ws.shards(ingest, "corpus") if ingest is not None else []
+    if shards:
+        corpus = ws.store.scan(shards).select("id", "meta").collect()
+        level = {r["id"]: level_of(r) for r in corpus.iter_rows(named=True)}
+        counts: dict[str, int] = {}
+        for source in kept["source_id"].to_list():
+            name = level.get(source)
+            if name is not None:
+                counts[name] = counts.get(name, 0) + 1
+        out["kept_by_level"] = dict(sorted(counts.items()))
     return out
 
 

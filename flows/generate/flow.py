@@ -9,6 +9,10 @@ by content, shared by all runs), a rerun of unchanged work reuses the finished s
 killed at any moment resumes by adopting the shards it wrote and re-asking only what was in
 flight. Bad teacher output becomes a row with a named error; failures that outlive their retries
 are left for the next run. The stage summary counts cache hits/misses, tokens, cost and errors.
+
+In a round of a curriculum across rounds (staircase.schedule) the stage asks about the round's
+problems (flows/climb.py) and, with `rationalize`, asks once more about each problem none of its
+samples solved, with the gold answer as a hint (STaR's rationalization, counted as rationalize_*).
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from prefect import flow
 from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.answers import answers_match
+from flows.climb import ids_digest, round_sources, with_sampling
 from flows.generate.batches import BatchJob, run_batch, split, total
 from flows.generate.progress import Progress
 from flows.generate.resume import adopt, earlier_attempts
 from flows.generate.review import Pass, run_pass
 from flows.orchestration import in_flow_run, map_step, step, task_runner
 from flows.params import StageParams
+from flows.prompting.hints import RATIONALIZE_TEMPLATE
 from flows.results import GenerateResult
 from flows.spec import Curriculum, TeacherSpec
 from flows.teachers import Request, Sampling, make_teacher, request_key, running
@@ -77,12 +84,14 @@ ROWS_VERSION = 2
 
 
 def fingerprint(ingest_stage, template, teacher, spec: Curriculum,
-                tspec: TeacherSpec | None = None, student=None, passes=(), also=()) -> str:
+                tspec: TeacherSpec | None = None, student=None, passes=(), also=(),
+                scheduled: dict | None = None) -> str:
     """What the stage's rows depend on: corpus, template text (and its student template),
-    teacher identity and sampling, row limit, the review passes. Not concurrency or rate
-    limits, which change speed, not answers."""
+    teacher identity and sampling, row limit, the review passes, and with a schedule the round's
+    problems and its rationalization template. Not concurrency or rate limits, which change
+    speed, not answers."""
     t = tspec or spec.teacher
-    blob = json.dumps({"corpus": ingest_stage.fingerprint, "template": template.content_hash,
+    blob = json.dumps({**({"scheduled": scheduled} if scheduled else {}),"corpus": ingest_stage.fingerprint, "template": template.content_hash,
                        "teacher": teacher.identity, "samples": t.samples,
                        "few_shot": t.few_shot,
                        "sampling": sampling_for(t, template).as_dict(),
@@ -140,6 +149,8 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     also = [load_template(name, prompts_dir_of(spec)) for name in spec.generate.also]
     tspec = teacher if isinstance(teacher, TeacherSpec) else getattr(teacher, "spec",
                                                                       spec.teacher)
+    if teacher is None:  # a stage run on its own: a scheduled round's sampling still holds
+        tspec = with_sampling(tspec, spec.staircase.round_entry(round_index))
     if teacher is None or isinstance(teacher, TeacherSpec):
         teacher = make_teacher(tspec, base_dir=spec.base_dir)
     # Rows carry only the template's hash; its text goes to the catalog so that version can be
@@ -148,15 +159,28 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
         ws.catalog.save_template_text(t.name, t.content_hash, t.source)
     ingest_stage, shards = corpus_shards(spec, ws, run_id)
     passes = review_passes(spec, teacher, tspec)
-    fp = fingerprint(ingest_stage, template, teacher, spec, tspec, student, passes, also)
+    sources = ws.store.table(shards).to_pylist() if shards else []
+    entry = spec.staircase.round_entry(round_index)
+    scheduled, rationalizer, by_level = None, None, {}
+    if entry is None:
+        sources = sources[:spec.generate.max_rows]
+    else:
+        # A curriculum across rounds: this round's levels, new and replayed (flows/climb.py).
+        sources, by_level = round_sources(spec, sources, round_index)
+        if entry.rationalize:
+            rationalizer = load_template(RATIONALIZE_TEMPLATE, prompts_dir_of(spec))
+            ws.catalog.save_template_text(rationalizer.name, rationalizer.content_hash,
+                                          rationalizer.source)
+        scheduled = {"sources": ids_digest(sources),
+                     "rationalize": rationalizer.content_hash if rationalizer else None}
+    fp = fingerprint(ingest_stage, template, teacher, spec, tspec, student, passes, also,
+                     scheduled)
     done = _reusable(ws, run_id, round_index, fp)
     if done is not None:
         # Identical finished work: nothing is sent, no rows are copied.
         return GenerateResult.of(run_id, ws.summary(done),
                                  reused_stage=done.reused_from_id or done.id)
 
-    sources = ws.store.table(shards).to_pylist() if shards else []
-    sources = sources[:spec.generate.max_rows]
     requests = plan(sources, template, teacher.identity, sampling_for(tspec, template),
                     tspec.samples, few_shot=tspec.few_shot)
     template_of = {}  # request key -> (template, its student template), for `generate.also`
@@ -175,12 +199,62 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
         todo = [r for r in requests if r.key not in answered]
         st.summary.update(params, source_rows=len(sources), requests=len(requests),
                           resumed_requests=len(requests) - len(todo),
-                          resumed_shards=len(adopted))
+                          resumed_shards=len(adopted), source_rows_by_level=by_level)
         teach(st, ws, todo, teacher, template, tspec, spec, round_index, shards, progress_bar,
               student, template_of)
+        if rationalizer is not None and st.summary["complete"]:
+            rationalize(st, ws, sources, answered, teacher, rationalizer, tspec, spec,
+                        round_index, shards, progress_bar)
         if passes:
             review(st, ws, passes, attempts, spec, progress_bar)
     return GenerateResult.of(run_id, st.summary)
+
+
+# What a rationalization pass's own teach() counts, kept under rationalize_<key> so the
+# stage's main counts stay those of the round's samples.
+RATIONALIZE_COUNTS = ("rows_written", "sent", "cache_hits", "answered", "unanswered",
+                      "prompt_tokens", "completion_tokens")
+
+
+def unsolved(rows: list[dict], sources: list[dict]) -> list[dict]:
+    """Source problems with a gold answer that none of their answered samples reached."""
+    solved = {r["source_id"] for r in rows
+              if r.get("error") is None and answers_match(r.get("answer"), r.get("gold_answer"))}
+    return [s for s in sources if s.get("answer") and s["id"] not in solved]
+
+
+@step(name="rationalize")
+def rationalize(st, ws, sources, answered, teacher, rationalizer, tspec, spec, round_index,
+                parents, progress_bar):
+    """STaR's second step: every problem no sample solved is asked once more with its gold
+    answer as a hint (prompts/rationalize.yaml). Its rows go to the same shards, trained on the
+    hint-free `student` template (their `prompt`), and are counted as rationalize_*."""
+    from flows.prompting.check import prompts_dir_of
+    from flows.prompting.template import load_template
+
+    shards = ws.catalog.shards(st.id, "generated")
+    rows = ws.store.table(shards).to_pylist() if shards else []
+    rows = [r for r in rows if r["template"] != rationalizer.name]
+    todo_sources = unsolved(rows, sources)
+    requests = plan(todo_sources, rationalizer, teacher.identity,
+                    sampling_for(tspec, rationalizer), 1, few_shot=tspec.few_shot)
+    todo = [r for r in requests if r.key not in answered]
+    main = dict(st.summary)
+    student = load_template(rationalizer.student, prompts_dir_of(spec))
+    try:
+        teach(st, ws, todo, teacher, rationalizer, tspec, spec, round_index, parents,
+              progress_bar, student)
+    finally:
+        done = dict(st.summary)
+        st.summary.clear()
+        st.summary.update(main)
+        st.summary.update({f"rationalize_{k}": done.get(k, 0) for k in RATIONALIZE_COUNTS})
+        st.summary.update(rationalize_requests=len(requests),
+                          rationalize_resumed_requests=len(requests) - len(todo),
+                          elapsed_s=round(main.get("elapsed_s", 0) + done.get("elapsed_s", 0),
+                                          3),
+                          complete=bool(main.get("complete")) and bool(done.get("complete")))
+    return dict(st.summary)
 
 
 @step(name="review")

@@ -7,6 +7,7 @@ is the knowledge-disentangled task the quickstart distils.
 
 Difficulty knobs: people per passage (the extra people are distractors), colors (facts per
 person), max_count (size of the numbers) and the task mix. Same settings and seed, same rows.
+Named levels (corpus.demo.levels) are several such settings, each row tagged with its level.
 """
 
 from __future__ import annotations
@@ -99,3 +100,14 @@ def generate(rows: int, *, seed: int = 0, people: int = 2, colors: int = 2, max_
     for i in range(rows):
         yield make_row(rng, people=people, colors=colors, max_count=max_count,
                        task=tasks[i % len(tasks)])
+
+
+def level_records(levels: dict, *, seed: int = 0) -> Iterator[tuple[str, int, dict, None, str]]:
+    """(source, line, record, error, raw) for every row of every named level: level k draws from
+    its own seed (seed * 1000 + k), so adding a level after it never changes its rows."""
+    line = 0
+    for k, (name, lv) in enumerate(levels.items()):
+        for row in generate(lv.rows, seed=seed * 1000 + k, people=lv.people, colors=lv.colors,
+                            max_count=lv.max_count, tasks=lv.tasks):
+            line += 1
+            yield f"demo:{name}", line, {**row, "level": name}, None, ""

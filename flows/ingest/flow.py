@@ -17,6 +17,7 @@ from prefect import flow
 
 from flows import artifacts
 from flows.artifacts import artifact_key
+from flows.climb import by_level, level_of
 from flows.ingest.readers import source_records
 from flows.ingest.rows import (
     CORPUS_SCHEMA,
@@ -97,12 +98,13 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
                 advance(1000)
         advance(n % 1000)
     if corpus.eval_max_rows is not None:
-        # Keep the cap's worth of eval rows with the smallest ids: still a stable choice.
-        evals = sorted((r for r in kept if r["split"] == "eval"), key=lambda r: r["id"])
-        for r in evals[corpus.eval_max_rows:]:
-            r["split"] = "train"
-            if passages_only:
-                r["question"] = r["answer"] = None
+        # Keep the cap's worth of eval rows with the smallest ids: still a stable choice. With
+        # demo levels the cap is per level, so each level keeps its own held-out rows.
+        for evals in by_level([r for r in kept if r["split"] == "eval"]).values():
+            for r in evals[corpus.eval_max_rows:]:
+                r["split"] = "train"
+                if passages_only:
+                    r["question"] = r["answer"] = None
     return kept, rejects
 
 
@@ -121,9 +123,13 @@ def ingest(spec: Curriculum, ws: Workspace, run_id: str) -> IngestResult:
         store.write(pa.Table.from_pylist(train, CORPUS_SCHEMA), stage=st.stage, kind="corpus")
         store.write(pa.Table.from_pylist(evals, CORPUS_SCHEMA), stage=st.stage, kind="eval")
         store.write(pa.Table.from_pylist(rejects, REJECTS_SCHEMA), stage=st.stage, kind="rejects")
+        levels = {name: {"train": 0, "eval": 0} for name in (spec.corpus.demo.levels or {})} \
+            if spec.corpus.format == "demo" else {}
+        for r in kept if levels else ():
+            levels[level_of(r)][r["split"]] += 1
         st.summary.update({
             "rows_read": len(kept) + len(rejects), "train_rows": len(train),
-            "eval_rows": len(evals), "rejected": len(rejects),
+            "eval_rows": len(evals), "rejected": len(rejects), "rows_by_level": levels,
             "rejects_by_reason": dict(Counter(r["reason"] for r in rejects).most_common()),
         })
     artifacts.table(artifact_key("ingest", spec.name, "summary"),

@@ -142,6 +142,9 @@ def source_records(spec):
     corpus = spec.corpus
     if corpus.format == "demo":
         d = corpus.demo
+        if d.levels:
+            yield from demo.level_records(d.levels, seed=d.seed)
+            return
         rows = demo.generate(d.rows, seed=d.seed, people=d.people, colors=d.colors,
                              max_count=d.max_count, tasks=d.tasks)
         for i, row in enumerate(rows, start=1):

@@ -1,0 +1,306 @@
+"""A climbing staircase (staircase.schedule), three rounds through the real stage flows: ingest
+of three demo levels with their held-out rows, generate (per-round levels, replay share, samples,
+temperature, rationalization with a hint) against the loopback fake OpenAI teacher, curation,
+training of the tiny test student, quantization to a GGUF served by llama.cpp for scoring, the
+per-level scores and the level gate, and the report.
+
+The fake teacher solves 'sum' problems and answers 'unknown' to every other question, so the
+'hard' level (lookups) is unsolved by every sample and goes to rationalization, where the fake,
+shown the gold answer, reasons to it (and, for some problems, quotes the hint: those rows must
+be dropped). Every round is taught by the curriculum's teacher (schedule `teacher:
+curriculum`): the tiny student promoted each round answers garbage, and a round taught by it
+would keep no rows. The level gate compares on the fixed 'hard' level, where the fake teacher
+scores 0 like the untrained tiny student: `gate_margin: -0.5` lets a student within half a
+point of it through, so the three promotions are the gate's own decisions, recorded with it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from flows.climb import ids_digest, level_of
+from flows.spec import Curriculum, SpecError, load
+from tests.helpers.climb import climb_doc
+from tests.helpers.openai_server import FakeOpenAI
+from tests.helpers.tiny_student import save_tiny_base
+
+HINT = re.compile(r"\(Correct answer: (\w+)\)")
+FACT = re.compile(r"(\b[A-Z][a-z]+) has ([^.]*)\.")
+
+
+def rationalizing(messages: list[dict]) -> str | None:
+    """The fake teacher shown a hint: it reasons to the hinted answer from the passage; for an
+    even answer it cites the hint instead (a rationale curation must drop)."""
+    text = messages[-1]["content"]
+    hint = HINT.search(text)
+    if hint is None:
+        return None  # the default: solve sums, 'unknown' otherwise
+    answer = hint.group(1)
+    if int(answer) % 2 == 0:
+        return f"I was shown the correct answer, so it is {answer}.\nAnswer: {answer}"
+    name, rest = FACT.search(text).groups()
+    return f"The question is about {name}.\nThe text says: {name} has {rest}.\nAnswer: {answer}"
+
+
+def write(tmp_path, doc) -> Curriculum:
+    import yaml
+
+    path = tmp_path / f"{doc['name']}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return load(path)
+
+
+def test_three_rounds_climb_the_schedule_through_the_real_flows(workspace, tmp_path):
+    from flows.report import flat_rounds, round_report, write_report
+    from flows.staircase import staircase
+    from flows.train.examples import row_examples
+
+    base = save_tiny_base(tmp_path / "tiny-base")
+    with FakeOpenAI(responder=rationalizing) as teacher:
+        spec = write(tmp_path, climb_doc(teacher.base_url, str(base)))
+        run_id = workspace.start_run(spec, "run").id
+        staircase(spec, workspace, run_id)
+        # Resumed: every stage and every score is reused, nothing is measured twice.
+        before = ([(s.id, s.status) for s in workspace.catalog.stages(run_id)],
+                  len(workspace.catalog.metrics(run_id=run_id)))
+        staircase(spec, workspace, run_id)
+        assert ([(s.id, s.status) for s in workspace.catalog.stages(run_id)],
+                len(workspace.catalog.metrics(run_id=run_id))) == before
+
+    ws = workspace
+    ingest = ws.latest_stage("ingest", run_id=run_id)
+    corpus = ws.store.table(ws.shards(ingest, "corpus")).to_pylist()
+    evals = ws.store.table(ws.shards(ingest, "eval")).to_pylist()
+    level = {r["id"]: level_of(r) for r in corpus + evals}
+    # Held out per level at ingest, before any teacher saw them: 3 per level.
+    held = {n: sorted((r for r in evals if level_of(r) == n), key=lambda r: r["id"])
+            for n in ("easy", "mid", "hard")}
+    assert {n: len(rows) for n, rows in held.items()} == {"easy": 3, "mid": 3, "hard": 3}
+
+    def generated(index):
+        stage = ws.latest_stage("generate", run_id=run_id, round_index=index)
+        return ws.summary(stage), ws.store.table(ws.shards(stage, "generated")).to_pylist()
+
+    asked = {}
+    for index, (levels, new, replay) in enumerate(
+            [({"easy"}, 6, 0), ({"mid"}, 4, 2), ({"mid", "hard"}, 6, 2)]):
+        summary, rows = generated(index)
+        sources = {r["source_id"] for r in rows if r["template"] == "rationale"}
+        asked[index] = sources
+        assert not sources & {r["id"] for r in evals}  # no held-out problem is ever asked
+        assert len(sources) == new + replay
+        fresh = {s for s in sources if level[s] in levels}
+        assert len(fresh) == new
+        # Replayed problems are earlier rounds' problems of easier levels.
+        earlier = set().union(*(asked[k] for k in range(index)))
+        assert sources - fresh <= earlier and len(sources - fresh) == replay
+        assert {level[s] for s in sources - fresh} <= {"easy", "mid"} - levels
+        assert summary["samples"] == [2, 2, 3][index]
+        assert sum(n["new"] for n in summary["source_rows_by_level"].values()) == new
+        # New problems are new: none was asked in an earlier round.
+        assert not fresh & earlier
+
+    # Round 2: no sample solved a lookup, so each hard problem was asked once with its answer
+    # (the mid ones, sums, were solved).
+    summary, rows = generated(2)
+    hinted = [r for r in rows if r["template"] == "rationalize"]
+    assert summary["rationalize_requests"] == 3 and len(hinted) == 3
+    assert all("(Correct answer:" in json.loads(r["messages"])[-1]["content"] for r in hinted)
+    curate = ws.latest_stage("curate", run_id=run_id, round_index=2)
+    cs = ws.summary(curate)
+    quoted = sum(1 for r in hinted if "I was shown" in r["rationale"])
+    assert 0 < quoted < 3, "the seed should give both kinds of hinted answer"
+    assert cs["rationalized"] == 3 and cs["rationalized_kept"] == 3 - quoted
+    assert cs["drops_by_reason"]["quotes_hint"] == quoted
+    assert cs["kept_by_level"]["hard"] == 3 - quoted
+    train = ws.store.table(ws.shards(curate, "train")).to_pylist()
+    trained_hinted = [r for r in train if r["template"] == "rationalize"]
+    assert len(trained_hinted) == 3 - quoted
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    for row in trained_hinted:
+        (example,) = row_examples(row, tok, "cot", 512)
+        text = tok.decode(example.input_ids)
+        assert "Correct answer" not in text and row["question"] in text
+        assert row["rationale"].strip() in text  # trained on the rationale, without the hint
+
+    # Every round scored teacher and student on the same held-out rows of every level.
+    scores = [m for m in ws.catalog.metrics(run_id=run_id) if m.name == "level_accuracy"]
+    for name, rows in held.items():
+        digests = {json.loads(m.meta_json)["eval_ids"] for m in scores
+                   if json.loads(m.meta_json)["level"] == name}
+        assert digests == {ids_digest(rows)}
+    seen = {(m.round_index, json.loads(m.meta_json)["role"], json.loads(m.meta_json)["level"])
+            for m in scores}
+    assert seen == {(k, role, n) for k in range(3) for role in ("teacher", "student")
+                    for n in held}
+    teacher_levels = {json.loads(m.meta_json)["level"]: m.value for m in scores
+                      if json.loads(m.meta_json)["role"] == "teacher" and m.round_index == 0}
+    assert teacher_levels == {"easy": 1.0, "mid": 1.0, "hard": 0.0}  # the fake solves sums only
+
+    rounds = ws.catalog.rounds(run_id)
+    assert [r.index for r in rounds] == [0, 1, 2]
+    for r in rounds:
+        assert r.gate_passed and r.promoted_model_id
+        assert re.fullmatch(r"level hard: Q8_0 student \d\.\d{3} > teacher 0\.000 -0\.500",
+                            r.gate_reason), r.gate_reason
+        assert r.teacher == "openai:fake"
+
+    report = round_report(ws, run_id)
+    assert [r["rationalized"] for r in report] == [0, 0, 3]
+    assert report[2]["level_accuracy"]["hard"]["teacher"] == 0.0
+    assert set(report[1]["level_accuracy"]) == {"easy", "mid", "hard"}
+    assert report[1]["rows_by_level"] == {"mid": {"new": 4, "replay": 0},
+                                          "easy": {"new": 0, "replay": 2}}
+    flat = flat_rounds(report)  # the Prefect table artifact's rows: same columns in every row
+    assert len({tuple(row) for row in flat}) == 1
+    assert flat[2]["hard teacher"] == 0.0 and flat[2]["hard new/replay/kept"].startswith("3/0/")
+    assert flat[0]["hard new/replay/kept"] is None  # round 0 asked no hard problem
+    paths = write_report(ws, run_id, report)
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    page = paths["html"].read_text()
+    assert "per level" in page and "quotes_hint=" in page and f"({3 - quoted}/3 rationalized)" in page
+
+
+def test_a_failed_level_gate_retries_the_round_once_with_more_samples(workspace, tmp_path):
+    """On its own level ('easy') the fake teacher scores 100%: the tiny student cannot beat it,
+    so the round is run again with retry_samples before the staircase stops."""
+    from flows.staircase import staircase
+
+    base = save_tiny_base(tmp_path / "tiny-base")
+    doc = climb_doc("http://127.0.0.1:9/v1", str(base), rounds=1, gate_level=None,
+                    gate_margin=0.0, retry_samples=3, retry_temperature=0.9)
+    doc["staircase"]["schedule"] = doc["staircase"]["schedule"][:1]
+    with FakeOpenAI() as teacher:
+        doc["teacher"]["base_url"] = teacher.base_url
+        spec = write(tmp_path, doc)
+        run_id = workspace.start_run(spec, "run").id
+        staircase(spec, workspace, run_id)
+    gens = [s for s in workspace.catalog.stages(run_id) if s.name == "generate"]
+    assert [workspace.summary(s)["samples"] for s in gens] == [2, 3]
+    rows = workspace.store.table(workspace.shards(gens[1], "generated")).to_pylist()
+    assert {json.loads(r["sampling"])["temperature"] for r in rows} == {0.9}
+    students = {json.loads(m.meta_json)["model"] for m in workspace.catalog.metrics(run_id=run_id)
+                if m.name == "level_accuracy" and json.loads(m.meta_json)["role"] == "student"}
+    assert len(students) == 2  # each try's candidate scored on the levels
+    (rnd,) = workspace.catalog.rounds(run_id)
+    assert rnd.gate_passed is False
+    assert re.fullmatch(r"retried with 3 samples: level easy: Q8_0 student 0\.\d+ <= teacher "
+                        r"1\.000; first try: level easy: Q8_0 student 0\.\d+ <= teacher 1\.000",
+                        rnd.gate_reason), rnd.gate_reason
+
+
+def test_a_schedule_is_checked_strictly(tmp_path):
+    """Each mistake is one line naming the key (load() on a file, as `stairs validate` does)."""
+    ok = Curriculum.model_validate(climb_doc("http://127.0.0.1:9/v1", "x"))
+    assert ok.staircase.round_entry(5).levels == ["mid", "hard"]  # past the end: the last entry
+
+    def refused(doc, why):
+        with pytest.raises(SpecError, match=re.escape(why)):
+            write(tmp_path, doc)
+
+    for entry, why in [
+            ({"levels": ["easy"], "rows": 4, "sample": 2},
+             "staircase.schedule.0.sample: unknown key"),
+            ({"levels": ["expert"], "rows": 4}, "unknown level(s) ['expert']"),
+            ({"levels": ["easy"], "rows": 4, "replay": 0.5}, "round 0 has no earlier rounds")]:
+        d = climb_doc("http://127.0.0.1:9/v1", "x")
+        d["staircase"]["schedule"] = [entry]
+        refused(d, why)
+    refused(climb_doc("http://127.0.0.1:9/v1", "x", rounds=2),
+            "schedule has 3 entries for 2 round(s)")
+    d = climb_doc("http://127.0.0.1:9/v1", "x")
+    d["corpus"]["demo"] = {"rows": 10}
+    refused(d, "needs corpus format 'demo' with demo.levels")
+    d = climb_doc("http://127.0.0.1:9/v1", "x")
+    d["generate"] = {"max_rows": 4}
+    refused(d, "generate.max_rows and staircase.schedule both choose the rows")
+    refused(climb_doc("http://127.0.0.1:9/v1", "x", gate_level="expert"),
+            "staircase.gate_level: unknown level 'expert'")
+
+
+def test_round_sources_refuse_a_level_that_runs_out(workspace):
+    from flows.climb import ScheduleError, round_sources
+    from flows.ingest import ingest
+
+    doc = climb_doc("http://127.0.0.1:9/v1", "x")
+    doc["staircase"]["schedule"][2]["rows"] = 60
+    spec = Curriculum.model_validate(doc)
+    run_id = workspace.start_run(spec, "run").id
+    ingest(spec, workspace, run_id)
+    stage = workspace.latest_stage("ingest", run_id=run_id)
+    rows = workspace.store.table(workspace.shards(stage, "corpus")).to_pylist()
+    first, _ = round_sources(spec, rows, 0)
+    again, _ = round_sources(spec, rows, 0)
+    assert [r["id"] for r in first] == [r["id"] for r in again]  # a retry asks the same
+    with pytest.raises(ScheduleError, match="round 2 asks for 23 new problems of level 'mid' after 4"):
+        round_sources(spec, rows, 2)
+
+
+def test_a_rationalizing_schedule_needs_its_template_before_the_run(tmp_path):
+    import shutil
+
+    from flows.prompting import default_prompts_dir
+    from flows.prompting.check import check_generate_template
+
+    own = tmp_path / "my_prompts"
+    own.mkdir()
+    shutil.copy(default_prompts_dir() / "rationale.yaml", own)
+    doc = climb_doc("http://127.0.0.1:9/v1", "x")
+    doc["generate"] = {"prompts_dir": str(own)}
+    (problem,) = check_generate_template(write(tmp_path, doc))
+    assert problem.startswith("staircase.schedule: rationalize asks with template 'rationalize'")
+    shutil.copy(default_prompts_dir() / "rationalize.yaml", own)
+    assert check_generate_template(write(tmp_path, doc)) == []
+
+
+def test_generate_run_alone_asks_a_scheduled_rounds_problems_as_scheduled(workspace, tmp_path):
+    """`stairs generate --round 1` of a scheduled curriculum: round 1's problems (mid, plus a
+    replayed share of round 0's easy ones) with round 1's samples, nothing of round 0 missed."""
+    from flows.generate import generate
+
+    with FakeOpenAI() as teacher:
+        spec = write(tmp_path, climb_doc(teacher.base_url, "x"))
+        run_id = workspace.start_run(spec, "run").id
+        result = generate(spec, workspace, run_id, round_index=1, progress_bar=False)
+        assert result.samples == 2 and result.requests == 6 * 2
+        assert result.source_rows_by_level == {"mid": {"new": 4, "replay": 0},
+                                               "easy": {"new": 0, "replay": 2}}
+        assert result.rationalize_requests == 0  # round 1 does not rationalize
+
+
+def test_a_round_taught_by_the_promoted_student_gets_its_scores_as_its_teachers(workspace,
+                                                                               tmp_path):
+    """Round 1 of a schedule whose teacher is the promoted one: the tiny student's Q8_0 file,
+    served by llama.cpp. Its per-level scores as round 0's student are round 1's teacher scores
+    (logged once, not measured again). The tiny model answers garbage, so whatever round 1
+    keeps, its outcome is recorded on the round."""
+    from flows.staircase import staircase
+
+    base = save_tiny_base(tmp_path / "tiny-base")
+    doc = climb_doc("http://127.0.0.1:9/v1", str(base), rounds=2, gate="threshold",
+                    min_accuracy=0.0, gate_level=None, gate_margin=0.0)
+    doc["staircase"]["schedule"] = doc["staircase"]["schedule"][:2]
+    del doc["staircase"]["schedule"][1]["teacher"]  # the default: the promoted student
+    doc["teacher"]["max_tokens"] = 16
+    with FakeOpenAI() as teacher:
+        doc["teacher"]["base_url"] = teacher.base_url
+        spec = write(tmp_path, doc)
+        run_id = workspace.start_run(spec, "run").id
+        staircase(spec, workspace, run_id)
+    first, second = workspace.catalog.rounds(run_id)
+    assert first.gate_passed and second.teacher == f"llamacpp:catalog:{first.promoted_model_id}"
+    assert second.teacher_model_id == first.promoted_model_id and second.gate_reason
+    gen = workspace.latest_stage("generate", run_id=run_id, round_index=1)
+    assert workspace.summary(gen)["teacher"].startswith("llamacpp")
+    scores = [(m.round_index, json.loads(m.meta_json), m.value)
+              for m in workspace.catalog.metrics(run_id=run_id) if m.name == "level_accuracy"]
+    as_student = {meta["level"]: v for r, meta, v in scores if r == 0 and meta["role"] == "student"}
+    as_teacher = {meta["level"]: v for r, meta, v in scores if r == 1 and meta["role"] == "teacher"}
+    assert as_teacher == as_student and len(as_teacher) == 3
+    assert {meta["measured_in_round"] for r, meta, _ in scores
+            if r == 1 and meta["role"] == "teacher"} == {0}
