@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple
 import torch
 from safetensors.torch import load_file, save_file
 
+import flows.progress
 from flows.spec import StudentSpec
 from flows.train import losses
 from flows.train.examples import Example
@@ -397,8 +398,11 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
         resumed = start
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
     tokens, t0 = 0, time.perf_counter()
-    bar = _progress(progress, description, steps, start)
-    try:
+    # The bar's own rule decides whether it shows (a terminal, or STAIRS_PROGRESS=1).
+    bar = flows.progress.bar(description, steps, start=start,
+                             columns=("loss {task.fields[loss]:.4f}",), loss=0.0) \
+        if progress else contextlib.nullcontext(lambda n=1, **fields: None)
+    with bar as advance:
         for step in range(start, steps):
             lr = lr_at(step, steps, cfg)
             for group in optimizer.param_groups:
@@ -427,8 +431,7 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
             record = {"step": step + 1, "lr": lr, "stage": micros[-1].stage,
                       **{k: round(v, 6) for k, v in acc.items()}}
             history.append(record)
-            if bar is not None:
-                bar[0].update(bar[1], advance=1, loss=acc.get("loss", 0.0))
+            advance(loss=acc.get("loss", 0.0))
             if on_log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
                 on_log(step + 1, record)
             if checkpoint_dir is not None and cfg.checkpoint_every and (
@@ -437,33 +440,9 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
                                 cfg.keep_checkpoints)
                 if on_checkpoint is not None:
                     on_checkpoint(checkpoint_dir)
-    finally:
-        if bar is not None:
-            bar[0].stop()
     return FitResult(steps=steps, resumed_from=resumed, losses=history, tokens=tokens,
                      seconds=time.perf_counter() - t0, stage_runs=stage_runs(plan, steps,
                                                                              cfg.grad_accum))
-
-
-def _progress(enabled: bool, description: str, total: int, start: int):
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=Console(stderr=True))  # stdout is for --json
-    task = bar.add_task(description, total=total, completed=start, loss=0.0)
-    bar.start()
-    return bar, task
 
 
 def config_dict(cfg: TrainConfig) -> dict:
