@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, create_engine, select
@@ -55,16 +55,38 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+# Any fixed number: the key of the PostgreSQL advisory lock that serializes schema upgrades.
+MIGRATION_LOCK_KEY = 0x5741_4952  # "STAIR"-ish; only catalog upgrades take it
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (a no-op when it is already there)."""
+    """Bring the schema to the newest Alembic revision (a no-op when it is already there).
+
+    Processes that open one new catalog at once (two `stairs generate` on a fresh home, cluster
+    workers) take turns: otherwise each sees no schema and all but one fail creating a table
+    another is creating. PostgreSQL: a transaction-scoped advisory lock, taken before Alembic
+    reads the current revision. SQLite: a lock file beside the database (its DDL does not wait
+    on SQLite's own locks the way the upgrade needs)."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
+    with _sqlite_file_lock(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+def _sqlite_file_lock(engine: Engine):
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return nullcontext()
+    from filelock import FileLock
+
+    return FileLock(f"{database}.upgrade.lock", timeout=300)
 
 
 class Catalog:
