@@ -1,7 +1,9 @@
 """Checks a reader makes of a rationale's arithmetic.
 
 A step is "a + b = c", "a - b = c", "a × b = c" (also x, *, ·), "a / b = c" (also ÷), or a
-chain of them ("3 + 5 + 2 = 10", evaluated with × and / before + and -). Two checks:
+chain of them ("3 + 5 + 2 = 10", evaluated with × and / before + and -). Each operand may carry up
+to three words of unit ("1 black feather + 8 red feathers = 9"): small teachers write sums that
+way, and a wrong one ("... + 4 green feathers = 49 feathers") must not pass unchecked. Two checks:
 
 - arithmetic_error: some step does not hold. c may be rounded to its own precision
   ("10 / 3 = 3.33" holds, "3 + 5 = 9" does not).
@@ -22,8 +24,10 @@ import polars as pl
 
 NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
 OP = r"(?:\s*[+\-−–×*·/÷]\s*|\s+[xX]\s+)"
-STEP = rf"{NUM}(?:{OP}{NUM})+\s*=\s*-?{NUM}"
+UNIT = r"(?:\s+[A-Za-z]{2,}){0,3}"  # words after an operand: "4 green feathers"
+STEP = rf"{NUM}{UNIT}(?:{OP}{NUM}{UNIT})+\s*=\s*-?{NUM}"
 _TOKEN = re.compile(rf"{NUM}|[+\-−–×*·/÷xX]")
+_WORD = re.compile(r"[A-Za-z]{2,}")
 
 
 def number(text: str) -> float:
@@ -33,7 +37,8 @@ def number(text: str) -> float:
 def evaluate(step: str) -> tuple[bool, list[float], float | None]:
     """(holds, operands, result) of one step string matched by STEP."""
     left, _, right = step.rpartition("=")
-    tokens = [t for t in _TOKEN.findall(left) if t.strip()]
+    # Unit words go first: the x of "boxes" is not a times sign.
+    tokens = [t for t in _TOKEN.findall(_WORD.sub(" ", left)) if t.strip()]
     values = [number(t) for t in tokens[0::2]]
     ops = ["-" if o in "-−–" else "*" if o in "×*·xX" else "/" if o in "/÷" else o
            for o in tokens[1::2]]

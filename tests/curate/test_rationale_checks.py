@@ -28,6 +28,11 @@ CASES = [  # rationale, arithmetic_error, unsupported_number
     ("There are 3 and 5, so 8 in total.", False, False),  # no step: nothing to check
     ("5 - 7 = -2", False, True),
     ("5 / 0 = 1", True, True),
+    # Operands with unit words, as small teachers write them.
+    ("3 red kites + 5 blue kites = 8 kites.", False, False),
+    ("3 red kites + 5 blue kites = 49 kites, which is 8.", True, False),
+    ("3 boxes x 5 = 15", False, False),  # the x of "boxes" is not a times sign
+    ("3 red kites + 7 blue kites = 10", False, True),  # 7 is from nowhere
 ]
 
 
