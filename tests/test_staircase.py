@@ -1,7 +1,6 @@
 """The staircase: the promotion gate's rules (fast) and a reduced two-round staircase with the
 real embedded teacher and student (slow): lineage, gate decisions, report, resume."""
 
-
 import pytest
 import yaml
 
