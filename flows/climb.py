@@ -2,7 +2,7 @@
 is asked about, and the held-out rows of each difficulty level.
 
 Rows carry their demo level in `meta` (flows/ingest/demo.py: level_records). Round k's new
-problems come from its scheduled levels, split evenly, each level's train rows taken in id order
+problems come from its scheduled levels, split by the round's weights (evenly by default), each level's train rows taken in id order
 (ids are content hashes: a fixed pseudo-random order) past the ones earlier rounds were already
 asked about, so no problem is new twice. Its replayed problems (`replay` of `rows`) are drawn
 from the new problems of earlier rounds on other (easier) levels, in an order that differs per
@@ -53,9 +53,16 @@ def with_sampling(teacher: TeacherSpec, entry: RoundSpec | None) -> TeacherSpec:
 
 
 def _new_counts(entry: RoundSpec) -> dict[str, int]:
+    """New problems per level: `weights` shares of the round's new rows (largest remainders
+    go to the levels listed first, so the counts add up exactly)."""
     new = entry.rows - round(entry.rows * entry.replay)
-    share, extra = divmod(new, len(entry.levels))
-    return {name: share + (1 if i < extra else 0) for i, name in enumerate(entry.levels)}
+    weights = entry.weights or [1] * len(entry.levels)
+    total = sum(weights)
+    counts = [new * w // total for w in weights]
+    for i in sorted(range(len(weights)), key=lambda i: -(new * weights[i] % total))[
+            :new - sum(counts)]:
+        counts[i] += 1
+    return dict(zip(entry.levels, counts))
 
 
 def round_sources(spec: Curriculum, corpus_rows: list[dict], index: int

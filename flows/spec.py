@@ -367,6 +367,15 @@ class CurationSpec(Strict):
     check_numbers: bool = Field(
         True, description="Drop rationales computing with a number that is neither in the "
         "passage/question nor an earlier step's result (unsupported_number).")
+    worked_answer: Literal["never", "rationalized", "always"] = Field(
+        "rationalized", description="Which rows must work their numeric answer out: a step "
+        "computing it, or a number of the passage/question (else answer_not_worked). "
+        "'rationalized': rows whose teacher was shown the gold answer (one that only states it "
+        "learned nothing); 'always': every row; 'never': off.")
+    max_rows_per_question: int | None = Field(
+        None, ge=1, description="Keep at most this many rows per question (sampled before "
+        "rationalized, then the most agreeing; the rest: extra_sample), so many right samples "
+        "of easy questions do not outweigh the few of hard ones. Unset: no cap.")
     min_judge_score: float | None = Field(
         None, description="Rows the judge (generate.judge) scored lower are dropped as "
         "judge_low; rows it did not score pass.")
@@ -540,8 +549,11 @@ class RoundSpec(Strict):
     """What one round of a climbing staircase trains on (staircase.schedule, one per round)."""
 
     levels: list[str] = Field(min_length=1, description="Demo levels (corpus.demo.levels) this "
-                              "round's new problems come from, split evenly; the last listed is "
-                              "the round's level for the level gate.")
+                              "round's new problems come from, split by `weights`; the last "
+                              "listed is the round's level for the level gate.")
+    weights: list[int] | None = Field(
+        None, description="Relative share of the new problems per level, in the order of "
+        "`levels` ([1, 1, 2]: the third level gets half); default equal shares.")
     rows: int = Field(ge=1, le=1_000_000, description="Train problems the teacher is asked about "
                       "this round (new ones plus replayed ones).")
     replay: float = Field(0.0, ge=0.0, lt=1.0, description="Share of `rows` replayed from the "
@@ -554,9 +566,23 @@ class RoundSpec(Strict):
                               "a hint (prompts/rationalize.yaml), about each problem none of its "
                               "samples solved; rows that reach the answer are trained without "
                               "the hint.")
+    rationalize_samples: int = Field(
+        1, ge=1, le=64, description="Hinted samples per unsolved problem (at the round's "
+        "temperature): a small teacher shown the answer often only states it, and curation "
+        "keeps only rationales that work it out (curation.worked_answer).")
     teacher: Literal["promoted", "curriculum"] = Field(
         "promoted", description="Who teaches this round: the last promoted student (round 0: "
         "the curriculum's teacher), or the curriculum's teacher section again.")
+
+    @model_validator(mode="after")
+    def _weights_fit(self):
+        if len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"levels {self.levels}: a level is listed twice (use weights)")
+        if self.weights is not None and (len(self.weights) != len(self.levels)
+                                         or min(self.weights) < 1):
+            raise ValueError(f"weights {self.weights}: one positive integer per level "
+                             f"({len(self.levels)})")
+        return self
 
 
 class StaircaseSpec(Additive):

@@ -207,7 +207,10 @@ def test_a_schedule_is_checked_strictly(tmp_path):
             ({"levels": ["easy"], "rows": 4, "sample": 2},
              "staircase.schedule.0.sample: unknown key"),
             ({"levels": ["expert"], "rows": 4}, "unknown level(s) ['expert']"),
-            ({"levels": ["easy"], "rows": 4, "replay": 0.5}, "round 0 has no earlier rounds")]:
+            ({"levels": ["easy"], "rows": 4, "replay": 0.5}, "round 0 has no earlier rounds"),
+            ({"levels": ["easy", "mid"], "rows": 4, "weights": [1]},
+             "weights [1]: one positive integer per level (2)"),
+            ({"levels": ["easy", "easy"], "rows": 4}, "a level is listed twice (use weights)")]:
         d = climb_doc("http://127.0.0.1:9/v1", "x")
         d["staircase"]["schedule"] = [entry]
         refused(d, why)
@@ -306,3 +309,85 @@ def test_a_round_taught_by_the_promoted_student_gets_its_scores_as_its_teachers(
     assert as_teacher == as_student and len(as_teacher) == 3
     assert {meta["measured_in_round"] for r, meta, _ in scores
             if r == 1 and meta["role"] == "teacher"} == {0}
+
+
+def test_weights_the_worked_answer_check_and_the_per_question_cap_through_the_flows(
+        workspace, tmp_path):
+    """Round 0 of a schedule with `weights`, two `rationalize_samples`, `max_rows_per_question: 1`
+    and the default `worked_answer: rationalized`, through ingest -> generate -> curate -> train
+    against a fake teacher that misses every sum divisible by 3 and words its samples three ways.
+    Shown the answer, it works an odd one out and only states an even one: those rows must go
+    (answer_not_worked), and each problem keeps at most one row, its own sample first."""
+    from flows.climb import level_of
+    from flows.curate import curate
+    from flows.generate import generate
+    from flows.ingest import ingest
+    from flows.train import train
+    from tests.helpers.openai_server import solve
+
+    asked: dict[str, int] = {}
+
+    def teacher(messages):
+        text = messages[-1]["content"]
+        hint = HINT.search(text)
+        name, rest = FACT.search(text.split("Question:")[0]).groups()
+        numbers = [int(n) for n in re.findall(r"\d+", rest)]
+        if hint is not None:
+            answer = hint.group(1)
+            if int(answer) % 2 == 0:
+                return f"{name} has {answer} things in total.\nAnswer: {answer}"
+            return (f"{name} has {rest}. {' + '.join(map(str, numbers))} = {answer}.\n"
+                    f"Answer: {answer}")
+        solved = solve(text)
+        answer = int(solved.rsplit("Answer: ", 1)[1])
+        if answer % 3 == 0:
+            return "I cannot tell.\nAnswer: unknown"
+        n = asked[text] = asked.get(text, -1) + 1  # the n-th sample of this problem
+        return [solved,
+                f"Counting what {name} owns, one color after another, the total comes to "
+                f"{' + '.join(map(str, numbers))} = {answer}.\nAnswer: {answer}",
+                f"We only need {name}'s numbers here and nobody else's; summing "
+                f"{' + '.join(map(str, numbers))} = {answer} gives it.\nAnswer: {answer}"][n % 3]
+
+    base = save_tiny_base(tmp_path / "tiny-base")
+    with FakeOpenAI(responder=teacher) as fake:
+        doc = climb_doc(fake.base_url, str(base), rounds=1)
+        doc["staircase"]["schedule"] = [
+            {"levels": ["easy", "mid"], "weights": [1, 3], "rows": 12, "samples": 3,
+             "temperature": 0.7, "rationalize": True, "rationalize_samples": 2}]
+        doc["curation"] = {"max_rows_per_question": 1, "near_dedup": {"enabled": False}}
+        spec = write(tmp_path, doc)
+        ws = workspace
+        run_id = ws.start_run(spec, "run").id
+        ingest(spec, ws, run_id)
+        g = generate(spec, ws, run_id, progress_bar=False)
+        c = curate(spec, ws, run_id)
+        t = train(spec, ws, run_id)
+
+    corpus = ws.store.table(ws.shards(ws.latest_stage("ingest", run_id=run_id), "corpus"))
+    level = {r["id"]: level_of(r) for r in corpus.to_pylist()}
+    stage = ws.latest_stage("generate", run_id=run_id)
+    assert ws.summary(stage)["source_rows_by_level"] == {"easy": {"new": 3, "replay": 0},
+                                                         "mid": {"new": 9, "replay": 0}}
+    cur = ws.latest_stage("curate", run_id=run_id)
+    rows = [r for kind in ("kept", "dropped") for r in ws.store.table(ws.shards(cur, kind)).to_pylist()]
+    hinted = [r for r in rows if r["template"] == "rationalize"]
+    stated = [r for r in hinted if "=" not in r["rationale"]
+              and r["answer"] not in re.findall(r"\d+", r["passage"])]
+    assert g.rationalize_requests == len(hinted) == 2 * len({r["source_id"] for r in hinted})
+    assert stated
+    assert c.drops_by_reason["answer_not_worked"] == len(stated)
+    assert all(r["drop_reason"] == "answer_not_worked" for r in stated)
+    # One kept row per solved problem; extra samples lost to the cap, the teacher's own first.
+    kept = [r for r in rows if r["keep"]]
+    by_source: dict[str, list[dict]] = {}
+    for r in rows:
+        by_source.setdefault(r["source_id"], []).append(r)
+    assert len({r["source_id"] for r in kept}) == len(kept)
+    extra = [r for r in rows if r["drop_reason"] == "extra_sample"]
+    assert c.drops_by_reason["extra_sample"] == len(extra) > 0
+    for r in extra:
+        (winner,) = [k for k in by_source[r["source_id"]] if k["keep"]]
+        assert winner["template"] == "rationale"
+    assert {level[r["source_id"]] for r in kept} == {"easy", "mid"}
+    assert t.rows == len(kept) == c.kept

@@ -11,6 +11,9 @@ way, and a wrong one ("... + 4 green feathers = 49 feathers") must not pass unch
   nor the result of an earlier step: the rationale computed with a number from nowhere.
   Conclusions ("so the total is 8") are not operands; whether they are right is what the
   answer checks and arithmetic_error decide.
+- answer_not_worked: the answer is a number that no step computes and that the passage and
+  question do not contain: the rationale states the answer without working it out ("Lofi has
+  16 shells."). A student trained on it learns to answer without adding.
 
 Steps are found and joined per row in Polars (extract, explode, anti-join); only the distinct
 step strings are evaluated in Python.
@@ -89,19 +92,24 @@ def arithmetic_errors(df: pl.DataFrame) -> pl.Series:
     return pl.Series("arithmetic_error", pl.int_range(len(df), eager=True).is_in(bad.implode()))
 
 
+def _source_numbers(df: pl.DataFrame) -> pl.DataFrame:
+    """(row, value): the distinct numbers of each row's passage and question."""
+    return (df.select(pl.int_range(pl.len()).alias("row"),
+                      value=pl.concat_str([pl.col("passage").fill_null(""),
+                                           pl.col("question").fill_null("")], separator=" ")
+                      .str.extract_all(NUM))
+            .explode("value").drop_nulls("value")
+            .with_columns(pl.col("value").str.replace_all(",", "").cast(pl.Float64))
+            .unique())
+
+
 def unsupported_numbers(df: pl.DataFrame) -> pl.Series:
     """True for rows with a step operand that is neither in the passage/question nor an
     earlier step's result."""
     steps = _steps(df)
     operands = (steps.select("row", "index", value=pl.col("operands")).explode("value")
                 .drop_nulls("value"))
-    source = (df.select(pl.int_range(pl.len()).alias("row"),
-                        value=pl.concat_str([pl.col("passage").fill_null(""),
-                                             pl.col("question").fill_null("")], separator=" ")
-                        .str.extract_all(NUM))
-              .explode("value").drop_nulls("value")
-              .with_columns(pl.col("value").str.replace_all(",", "").cast(pl.Float64))
-              .unique())
+    source = _source_numbers(df)
     results = (steps.group_by("row", pl.col("result").alias("value"))
                .agg(first=pl.col("index").min()))
     unsupported = (operands.join(source, on=["row", "value"], how="anti")
@@ -112,17 +120,38 @@ def unsupported_numbers(df: pl.DataFrame) -> pl.Series:
                      pl.int_range(len(df), eager=True).is_in(bad.implode()))
 
 
-def check(kind: str, columns: list[str]) -> pl.Expr:
-    """The check as a lazy expression over (rationale, passage, question)."""
-    fn = arithmetic_errors if kind == "arithmetic_error" else unsupported_numbers
-    cols = [c for c in ("rationale", "passage", "question") if c in columns]
+def unworked_answers(df: pl.DataFrame) -> pl.Series:
+    """True for rows whose `answer` (normalized) is a number that is neither a step's result
+    nor a number of the passage/question; rows with a non-numeric answer pass."""
+    steps = _steps(df)
+    known = pl.concat([steps.select("row", value=pl.col("result")), _source_numbers(df)])
+    answers = (df.select(pl.int_range(pl.len()).alias("row"),
+                         value=pl.col("answer").str.replace_all(",", "")
+                         .cast(pl.Float64, strict=False))
+               .drop_nulls("value"))
+    bad = answers.join(known, on=["row", "value"], how="anti")["row"].unique()
+    return pl.Series("answer_not_worked",
+                     pl.int_range(len(df), eager=True).is_in(bad.implode()))
+
+
+CHECKS = {"arithmetic_error": arithmetic_errors, "unsupported_number": unsupported_numbers,
+          "answer_not_worked": unworked_answers}
+
+
+def check(kind: str, columns: list[str], answer: pl.Expr | None = None) -> pl.Expr:
+    """The check as a lazy expression over (rationale, passage, question) and, for
+    answer_not_worked, `answer`: the normalized answer."""
+    fn = CHECKS[kind]
+    fields = [pl.col(c).cast(pl.String) for c in ("rationale", "passage", "question")
+              if c in columns]
+    if answer is not None:
+        fields.append(answer.alias("answer"))
 
     def run(s: pl.Series) -> pl.Series:
         frame = s.struct.unnest()
-        for c in ("rationale", "passage", "question"):
+        for c in ("rationale", "passage", "question", "answer"):
             if c not in frame.columns:
                 frame = frame.with_columns(pl.lit(None, pl.String).alias(c))
         return fn(frame)
 
-    return pl.struct([pl.col(c).cast(pl.String) for c in cols]).map_batches(
-        run, return_dtype=pl.Boolean)
+    return pl.struct(fields).map_batches(run, return_dtype=pl.Boolean)

@@ -148,6 +148,20 @@ def _unsupported_number(ctx: FilterContext) -> pl.Expr | None:
     return _question_row(ctx) & arithmetic.check("unsupported_number", list(ctx.columns))
 
 
+def _answer_not_worked(ctx: FilterContext) -> pl.Expr | None:
+    mode = ctx.cfg.worked_answer
+    if mode == "never":
+        return None
+    if mode == "rationalized":
+        if "template" not in ctx.columns:
+            return None
+        which = pl.col("template") == RATIONALIZE_TEMPLATE
+    else:
+        which = _question_row(ctx)
+    return which & arithmetic.check("answer_not_worked", list(ctx.columns),
+                                    answer=ans.normalized("answer"))
+
+
 def _unverified(ctx: FilterContext) -> pl.Expr | None:
     if "verify_agreement" not in ctx.columns:
         return None
@@ -177,6 +191,7 @@ FILTERS: list[Filter] = [
     Filter("rationale_unsupported", _rationale_unsupported),
     Filter("arithmetic_error", _arithmetic_error),
     Filter("unsupported_number", _unsupported_number),
+    Filter("answer_not_worked", _answer_not_worked),
     Filter("unverified", _unverified),
     Filter("judge_low", _judge_low),
 ]

@@ -1,5 +1,5 @@
 """The curation pipeline over generated rows: filters -> decontamination -> self-consistency ->
-exact dedup -> near dedup -> (semantic dedup) -> curriculum. Every row comes out, kept or with
+exact dedup -> near dedup -> (semantic dedup) -> (rows per question cap) -> curriculum. Every row comes out, kept or with
 the first reason it was dropped; see flows/curate/flow.py for the stage that reads and writes shards.
 """
 
@@ -95,6 +95,9 @@ def finish(df: pl.DataFrame, cfg, *, on_step=lambda name: None) -> pl.DataFrame:
     on_step("near dedup")
     if cfg.semantic_dedup_threshold is not None:
         df = dedup.semantic(df, cfg.dedup_fields, cfg.semantic_dedup_threshold)
+    if cfg.max_rows_per_question is not None:
+        # After dedup, so a duplicate never takes a kept row's place.
+        df = consistency.cap(df, cfg.max_rows_per_question)
     on_step("semantic dedup")
     cur = cfg.curriculum
     df = curriculum.order(df, stages=cur.stages, mix=cur.mix,

@@ -11,8 +11,9 @@ flight. Bad teacher output becomes a row with a named error; failures that outli
 are left for the next run. The stage summary counts cache hits/misses, tokens, cost and errors.
 
 In a round of a curriculum across rounds (staircase.schedule) the stage asks about the round's
-problems (flows/climb.py) and, with `rationalize`, asks once more about each problem none of its
-samples solved, with the gold answer as a hint (STaR's rationalization, counted as rationalize_*).
+problems (flows/climb.py) and, with `rationalize`, asks again (`rationalize_samples` times)
+about each problem none of its samples solved, with the gold answer as a hint (STaR's
+rationalization, counted as rationalize_*).
 """
 
 from __future__ import annotations
@@ -173,6 +174,8 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
                                           rationalizer.source)
         scheduled = {"sources": ids_digest(sources),
                      "rationalize": rationalizer.content_hash if rationalizer else None}
+        if rationalizer is not None and entry.rationalize_samples != 1:
+            scheduled["rationalize_samples"] = entry.rationalize_samples
     fp = fingerprint(ingest_stage, template, teacher, spec, tspec, student, passes, also,
                      scheduled)
     done = _reusable(ws, run_id, round_index, fp)
@@ -204,7 +207,7 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
               student, template_of)
         if rationalizer is not None and st.summary["complete"]:
             rationalize(st, ws, sources, answered, teacher, rationalizer, tspec, spec,
-                        round_index, shards, progress_bar)
+                        round_index, shards, progress_bar, entry.rationalize_samples)
         if passes:
             review(st, ws, passes, attempts, spec, progress_bar)
     return GenerateResult.of(run_id, st.summary)
@@ -225,9 +228,9 @@ def unsolved(rows: list[dict], sources: list[dict]) -> list[dict]:
 
 @step(name="rationalize")
 def rationalize(st, ws, sources, answered, teacher, rationalizer, tspec, spec, round_index,
-                parents, progress_bar):
-    """STaR's second step: every problem no sample solved is asked once more with its gold
-    answer as a hint (prompts/rationalize.yaml). Its rows go to the same shards, trained on the
+                parents, progress_bar, samples: int = 1):
+    """STaR's second step: every problem no sample solved is asked `samples` times more with
+    its gold answer as a hint (prompts/rationalize.yaml). Its rows go to the same shards, trained on the
     hint-free `student` template (their `prompt`), and are counted as rationalize_*."""
     from flows.prompting.check import prompts_dir_of
     from flows.prompting.template import load_template
@@ -237,7 +240,7 @@ def rationalize(st, ws, sources, answered, teacher, rationalizer, tspec, spec, r
     rows = [r for r in rows if r["template"] != rationalizer.name]
     todo_sources = unsolved(rows, sources)
     requests = plan(todo_sources, rationalizer, teacher.identity,
-                    sampling_for(tspec, rationalizer), 1, few_shot=tspec.few_shot)
+                    sampling_for(tspec, rationalizer), samples, few_shot=tspec.few_shot)
     todo = [r for r in requests if r.key not in answered]
     main = dict(st.summary)
     student = load_template(rationalizer.student, prompts_dir_of(spec))

@@ -67,3 +67,60 @@ def test_curation_names_and_counts_both_checks():
     # A lesson (text row) is not a computation to check.
     lesson = dict(rows[1], id="t", target="text", answer=None)
     assert _reasons([lesson]) == [None]
+
+
+WORKED = [  # rationale, answer, answer_not_worked
+    ("Vorla has 3 red kites and 5 blue kites. 3 + 5 = 8.", "8", False),
+    ("Vorla has 8 kites.", "8", True),  # stated, not worked out
+    ("3 red kites + 5 blue kites = 8 kites.", "8", False),
+    ("Kesi has 1,200 shells.", "1200", False),  # read from the passage: reading is the work
+    ("3 + 5 = 8, so Vorla has 8.", "8", False),
+    ("The answer is eight.", "eight", True),  # "eight" normalizes to 8: stated all the same
+    ("Vorla has kites.", "red", False),  # a non-numeric answer: nothing to compute
+]
+
+
+@pytest.mark.parametrize("rationale,answer,unworked", WORKED)
+def test_answers_that_are_only_stated(rationale, answer, unworked):
+    from flows.curate.answers import normalize_answers
+    from flows.curate.arithmetic import unworked_answers
+
+    normalized = normalize_answers(pl.Series([answer]))
+    df = pl.DataFrame({"rationale": [rationale], "passage": [PASSAGE], "question": [QUESTION],
+                       "answer": normalized})
+    assert unworked_answers(df).to_list() == [unworked]
+
+
+def test_worked_answer_applies_to_rationalized_rows_unless_told_otherwise():
+    rows = [{"id": str(i), "source_id": str(i), "rationale": r, "answer": "8", "error": None,
+             "passage": PASSAGE, "question": QUESTION, "target": None, "template": t}
+            for i, (r, t) in enumerate([("Vorla has 8 kites.", "rationalize"),
+                                        ("Vorla has 8 kites.", "rationale"),
+                                        ("3 + 5 = 8.", "rationalize")])]
+
+    def reasons(**kw):
+        frame = pl.DataFrame(rows, schema={c: pl.String for c in rows[0]})
+        return frame.lazy().select(r=drop_reason(CurationSpec(**kw), frame.columns, FILTERS)) \
+            .collect()["r"].to_list()
+
+    assert reasons() == ["answer_not_worked", None, None]
+    assert reasons(worked_answer="always") == ["answer_not_worked", "answer_not_worked", None]
+    assert reasons(worked_answer="never") == [None, None, None]
+
+
+def test_the_per_question_cap_keeps_own_samples_first_then_the_most_agreeing():
+    from flows.curate.consistency import cap
+
+    df = pl.DataFrame({
+        "id": ["a", "b", "c", "d", "e", "f"],
+        "source_id": ["p", "p", "p", "q", "q", "r"],
+        "question": ["Q", "Q", "Q", "Q", "Q", "Q"],
+        "template": ["rationalize", "rationale", "rationale", "rationale", "rationale",
+                     "rationalize"],
+        "confidence": [1.0, 0.5, 0.75, 1.0, 1.0, 1.0],
+        "drop_reason": [None, None, None, "duplicate", None, None]})
+    out = cap(df, 1)
+    assert out["drop_reason"].to_list() == ["extra_sample", "extra_sample", None, "duplicate",
+                                            None, None]
+    assert cap(df, 2)["drop_reason"].to_list() == ["extra_sample", None, None, "duplicate",
+                                                   None, None]
