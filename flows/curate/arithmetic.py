@@ -3,7 +3,7 @@
 A step is "a + b = c", "a - b = c", "a × b = c" (also x, *, ·), "a / b = c" (also ÷), or a
 chain of them ("3 + 5 + 2 = 10", evaluated with × and / before + and -). Each operand may carry up
 to three words of unit ("1 black feather + 8 red feathers = 9"): small teachers write sums that
-way, and a wrong one ("... + 4 green feathers = 49 feathers") must not pass unchecked. Two checks:
+way, and a wrong one ("... + 4 green feathers = 49 feathers") must not pass unchecked. Three checks:
 
 - arithmetic_error: some step does not hold. c may be rounded to its own precision
   ("10 / 3 = 3.33" holds, "3 + 5 = 9" does not).
