@@ -348,7 +348,9 @@ class CurationCurriculum(Strict):
         return self
 
 
-class CurationSpec(Strict):
+class CurationSpec(Additive):
+    ADDED: ClassVar[tuple[str, ...]] = ("worked_answer", "max_rows_per_question")
+
     min_rationale_chars: int = Field(10, ge=0, description="Shorter rationales: too_short.")
     max_rationale_chars: int = Field(4000, ge=1, description="Longer rationales: too_long.")
     max_answer_chars: int = Field(200, ge=1, description="Longer answers: too_long.")
@@ -545,8 +547,10 @@ class QuantizationSpec(Strict):
 
 
 # -- staircase ----------------------------------------------------------------------------------
-class RoundSpec(Strict):
+class RoundSpec(Additive):
     """What one round of a climbing staircase trains on (staircase.schedule, one per round)."""
+
+    ADDED: ClassVar[tuple[str, ...]] = ("weights", "rationalize_samples")
 
     levels: list[str] = Field(min_length=1, description="Demo levels (corpus.demo.levels) this "
                               "round's new problems come from, split by `weights`; the last "
@@ -587,7 +591,8 @@ class RoundSpec(Strict):
 
 class StaircaseSpec(Additive):
     ADDED: ClassVar[tuple[str, ...]] = ("schedule", "gate_level", "gate_margin",
-                                        "level_eval_rows", "retry_samples", "retry_temperature")
+                                        "level_eval_rows", "retry_samples", "retry_temperature",
+                                        "student_from")
 
     rounds: int = Field(1, ge=1, le=20)
     promote: str = Field("Q8_0", description="Which quantized artifact of a round's student "
@@ -629,6 +634,11 @@ class StaircaseSpec(Additive):
     retry_temperature: float | None = Field(
         None, ge=0.0, le=2.0, description="The retry's temperature (default: the round's); "
         "more samples of a greedy round are the same answer again.")
+    student_from: Literal["base", "promoted"] = Field(
+        "base", description="What each round's student starts from: student.base every round, "
+        "or (promoted) the student promoted the round before (its float weights, not the "
+        "quantized file), so a round adds to what earlier rounds taught; round 0 starts from "
+        "student.base.")
 
     @model_validator(mode="after")
     def _bar(self):

@@ -291,7 +291,7 @@ def run_round(spec: Curriculum, ws: Workspace, run_id: str, index: int, teacher:
           f"{spec.staircase.promote} {_pct(student_acc)}: "
           f"{'promoted' if passed else 'not promoted'} ({reason})")
     return {"passed": passed, "promoted": promoted, "student_acc": student_acc,
-            "reason": reason, "levels": levels}
+            "reason": reason, "levels": levels, "student_model_id": trained.student_model_id}
 
 
 def _pct(x: float | None) -> str:
@@ -304,6 +304,7 @@ def staircase(spec: Curriculum, ws: Workspace, run_id: str) -> None:
     promoted, promoted_id = spec.teacher, None
     first_acc = score_teacher(spec, ws, run_id, spec.teacher, 0)
     promoted_acc, promoted_levels = first_acc, None
+    round_spec = spec  # with student_from: promoted, the next round's student base changes
     for index in range(sc.rounds):
         teacher = round_teacher(spec, index, promoted)
         own = teacher.model == spec.teacher.model and teacher.backend == spec.teacher.backend
@@ -319,16 +320,16 @@ def staircase(spec: Curriculum, ws: Workspace, run_id: str) -> None:
                     log_levels(ws, run_id, index, "teacher", levels,
                                _level_rows(spec, ws, run_id),
                                model=describe(teacher), measured_in_round=index - 1)
-        result = run_round(spec, ws, run_id, index, teacher, teacher_model_id, teacher_acc,
-                           levels)
+        result = run_round(round_spec, ws, run_id, index, teacher, teacher_model_id,
+                           teacher_acc, levels)
         if not result["passed"] and sc.retry_samples:
             first = result["reason"]
             retried = round_teacher(spec, index, promoted, samples=sc.retry_samples,
                                     temperature=sc.retry_temperature)
             print(f"round {index}: gate failed ({first}); retrying once with "
                   f"{sc.retry_samples} samples per problem")
-            result = run_round(spec, ws, run_id, index, retried, teacher_model_id, teacher_acc,
-                               levels)
+            result = run_round(round_spec, ws, run_id, index, retried, teacher_model_id,
+                               teacher_acc, levels)
             note = (f"retried with {sc.retry_samples} samples: {result['reason']}; "
                     f"first try: {first}")
             rnd = next(r for r in ws.catalog.rounds(run_id) if r.index == index)
@@ -342,6 +343,9 @@ def staircase(spec: Curriculum, ws: Workspace, run_id: str) -> None:
             "backend": "llamacpp", "model": f"catalog:{promoted_id}", "base_url": None,
             "api_key_env": None, "few_shot": False})
         promoted_acc, promoted_levels = result["student_acc"], result["levels"]
+        if sc.student_from == "promoted" and result["student_model_id"] is not None:
+            round_spec = spec.model_copy(update={"student": spec.student.model_copy(
+                update={"base": f"catalog:{result['student_model_id']}"})})
 
 
 @flow(name="staircase", log_prints=True, task_runner=task_runner())

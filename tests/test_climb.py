@@ -391,3 +391,26 @@ def test_weights_the_worked_answer_check_and_the_per_question_cap_through_the_fl
         assert winner["template"] == "rationale"
     assert {level[r["source_id"]] for r in kept} == {"easy", "mid"}
     assert t.rows == len(kept) == c.kept
+
+
+def test_students_can_start_from_the_last_promoted_student(workspace, tmp_path):
+    """staircase.student_from: promoted: round 1's student is trained from round 0's student
+    (its float weights, recorded as its parent), not from student.base again."""
+    from flows.staircase import staircase
+
+    base = save_tiny_base(tmp_path / "tiny-base")
+    doc = climb_doc("http://127.0.0.1:9/v1", str(base), rounds=2, gate="threshold",
+                    min_accuracy=0.0, gate_level=None, gate_margin=0.0,
+                    student_from="promoted")
+    doc["staircase"]["schedule"] = doc["staircase"]["schedule"][:2]
+    with FakeOpenAI() as teacher:
+        doc["teacher"]["base_url"] = teacher.base_url
+        spec = write(tmp_path, doc)
+        run_id = workspace.start_run(spec, "run").id
+        staircase(spec, workspace, run_id)
+    first, second = workspace.catalog.rounds(run_id)
+    assert first.gate_passed and second.student_model_id
+    models = {m.id: m for m in workspace.catalog.models()}
+    assert models[second.student_model_id].parent_id == first.student_model_id
+    # Round 0's student came from the base, as without the key.
+    assert models[models[first.student_model_id].parent_id].kind != "student"
