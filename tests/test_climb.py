@@ -53,6 +53,18 @@ def write(tmp_path, doc) -> Curriculum:
     return load(path)
 
 
+def climb(workspace, tmp_path, doc) -> str:
+    """A staircase run of `doc` against the default fake teacher; its run id."""
+    from flows.staircase import staircase
+
+    with FakeOpenAI() as teacher:
+        doc["teacher"]["base_url"] = teacher.base_url
+        spec = write(tmp_path, doc)
+        run_id = workspace.start_run(spec, "run").id
+        staircase(spec, workspace, run_id)
+    return run_id
+
+
 def test_three_rounds_climb_the_schedule_through_the_real_flows(workspace, tmp_path):
     from flows.report import flat_rounds, round_report, write_report
     from flows.staircase import staircase
@@ -169,17 +181,12 @@ def test_three_rounds_climb_the_schedule_through_the_real_flows(workspace, tmp_p
 def test_a_failed_level_gate_retries_the_round_once_with_more_samples(workspace, tmp_path):
     """On its own level ('easy') the fake teacher scores 100%: the tiny student cannot beat it,
     so the round is run again with retry_samples before the staircase stops."""
-    from flows.staircase import staircase
 
     base = save_tiny_base(tmp_path / "tiny-base")
     doc = climb_doc("http://127.0.0.1:9/v1", str(base), rounds=1, gate_level=None,
                     gate_margin=0.0, retry_samples=3, retry_temperature=0.9)
     doc["staircase"]["schedule"] = doc["staircase"]["schedule"][:1]
-    with FakeOpenAI() as teacher:
-        doc["teacher"]["base_url"] = teacher.base_url
-        spec = write(tmp_path, doc)
-        run_id = workspace.start_run(spec, "run").id
-        staircase(spec, workspace, run_id)
+    run_id = climb(workspace, tmp_path, doc)
     gens = [s for s in workspace.catalog.stages(run_id) if s.name == "generate"]
     assert [workspace.summary(s)["samples"] for s in gens] == [2, 3]
     rows = workspace.store.table(workspace.shards(gens[1], "generated")).to_pylist()
@@ -284,7 +291,6 @@ def test_a_round_taught_by_the_promoted_student_gets_its_scores_as_its_teachers(
     served by llama.cpp. Its per-level scores as round 0's student are round 1's teacher scores
     (logged once, not measured again). The tiny model answers garbage, so whatever round 1
     keeps, its outcome is recorded on the round."""
-    from flows.staircase import staircase
 
     base = save_tiny_base(tmp_path / "tiny-base")
     doc = climb_doc("http://127.0.0.1:9/v1", str(base), rounds=2, gate="threshold",
@@ -292,11 +298,7 @@ def test_a_round_taught_by_the_promoted_student_gets_its_scores_as_its_teachers(
     doc["staircase"]["schedule"] = doc["staircase"]["schedule"][:2]
     del doc["staircase"]["schedule"][1]["teacher"]  # the default: the promoted student
     doc["teacher"]["max_tokens"] = 16
-    with FakeOpenAI() as teacher:
-        doc["teacher"]["base_url"] = teacher.base_url
-        spec = write(tmp_path, doc)
-        run_id = workspace.start_run(spec, "run").id
-        staircase(spec, workspace, run_id)
+    run_id = climb(workspace, tmp_path, doc)
     first, second = workspace.catalog.rounds(run_id)
     assert first.gate_passed and second.teacher == f"llamacpp:catalog:{first.promoted_model_id}"
     assert second.teacher_model_id == first.promoted_model_id and second.gate_reason
@@ -396,18 +398,13 @@ def test_weights_the_worked_answer_check_and_the_per_question_cap_through_the_fl
 def test_students_can_start_from_the_last_promoted_student(workspace, tmp_path):
     """staircase.student_from: promoted: round 1's student is trained from round 0's student
     (its float weights, recorded as its parent), not from student.base again."""
-    from flows.staircase import staircase
 
     base = save_tiny_base(tmp_path / "tiny-base")
     doc = climb_doc("http://127.0.0.1:9/v1", str(base), rounds=2, gate="threshold",
                     min_accuracy=0.0, gate_level=None, gate_margin=0.0,
                     student_from="promoted")
     doc["staircase"]["schedule"] = doc["staircase"]["schedule"][:2]
-    with FakeOpenAI() as teacher:
-        doc["teacher"]["base_url"] = teacher.base_url
-        spec = write(tmp_path, doc)
-        run_id = workspace.start_run(spec, "run").id
-        staircase(spec, workspace, run_id)
+    run_id = climb(workspace, tmp_path, doc)
     first, second = workspace.catalog.rounds(run_id)
     assert first.gate_passed and second.student_model_id
     models = {m.id: m for m in workspace.catalog.models()}
