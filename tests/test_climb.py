@@ -194,6 +194,12 @@ def test_a_failed_level_gate_retries_the_round_once_with_more_samples(workspace,
     students = {json.loads(m.meta_json)["model"] for m in workspace.catalog.metrics(run_id=run_id)
                 if m.name == "level_accuracy" and json.loads(m.meta_json)["role"] == "student"}
     assert len(students) == 2  # each try's candidate scored on the levels
+    # Each try's files stay where the catalog says: the retry does not overwrite the first.
+    from flows.settings import models_root
+
+    q8 = [m for m in workspace.catalog.models() if m.quant == "Q8_0"]
+    assert len(q8) == 2 and q8[0].path != q8[1].path
+    assert all((models_root() / m.path).stat().st_size == m.bytes for m in q8)
     (rnd,) = workspace.catalog.rounds(run_id)
     assert rnd.gate_passed is False
     assert re.fullmatch(r"retried with 3 samples: level easy: Q8_0 student 0\.\d+ <= teacher "

@@ -216,7 +216,9 @@ def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     done = ws.reuse(run_id, "quantize", fingerprint, round_index=round_index)
     if done is not None:
         return QuantizeResult.of(run_id, ws.summary(done))
-    out = models_root() / run_id / f"r{round_index}" / "quantized"
+    # One folder per quantize stage: a retried round quantizes a second student, and its files
+    # must not overwrite the first try's, which the catalog still lists.
+    out = models_root() / run_id / f"r{round_index}" / "quantized" / fingerprint
     with ws.stage(run_id, "quantize", round_index=round_index, fingerprint=fingerprint,
                   params={"quantization": q.model_dump(mode="json"), "student_id": student.id,
                           "student_is_base_stand_in": stand_in}) as st:
