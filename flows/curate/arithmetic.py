@@ -138,20 +138,31 @@ CHECKS = {"arithmetic_error": arithmetic_errors, "unsupported_number": unsupport
           "answer_not_worked": unworked_answers}
 
 
-def check(kind: str, columns: list[str], answer: pl.Expr | None = None) -> pl.Expr:
+def check(kind: str, columns: list[str], answer: pl.Expr | None = None,
+          where: pl.Expr | None = None) -> pl.Expr:
     """The check as a lazy expression over (rationale, passage, question) and, for
-    answer_not_worked, `answer`: the normalized answer."""
+    answer_not_worked, `answer`: the normalized answer. With `where`, only the rows it selects
+    are checked (the others are False): a check that concerns a few rows (the rationalized
+    ones) then costs nothing on the rest."""
     fn = CHECKS[kind]
     fields = [pl.col(c).cast(pl.String) for c in ("rationale", "passage", "question")
               if c in columns]
     if answer is not None:
         fields.append(answer.alias("answer"))
+    if where is not None:
+        fields.append(where.fill_null(False).alias("_where"))
 
     def run(s: pl.Series) -> pl.Series:
         frame = s.struct.unnest()
         for c in ("rationale", "passage", "question", "answer"):
             if c not in frame.columns:
                 frame = frame.with_columns(pl.lit(None, pl.String).alias(c))
-        return fn(frame)
+        if "_where" not in frame.columns:
+            return fn(frame)
+        picked = frame["_where"].arg_true()
+        out = pl.Series(kind, [False] * len(frame), pl.Boolean)
+        if len(picked):
+            out = out.scatter(picked, fn(frame[picked]))
+        return out
 
     return pl.struct(fields).map_batches(run, return_dtype=pl.Boolean)

@@ -158,8 +158,8 @@ def _answer_not_worked(ctx: FilterContext) -> pl.Expr | None:
         which = pl.col("template") == RATIONALIZE_TEMPLATE
     else:
         which = _question_row(ctx)
-    return which & arithmetic.check("answer_not_worked", list(ctx.columns),
-                                    answer=ans.normalized("answer"))
+    return arithmetic.check("answer_not_worked", list(ctx.columns),
+                            answer=ans.normalized("answer"), where=which)
 
 
 def _unverified(ctx: FilterContext) -> pl.Expr | None:
