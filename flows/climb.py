@@ -2,12 +2,12 @@
 is asked about, and the held-out rows of each difficulty level.
 
 Rows carry their demo level in `meta` (flows/ingest/demo.py: level_records). Round k's new
-problems come from its scheduled levels, split by the round's weights (evenly by default), each level's train rows taken in id order
-(ids are content hashes: a fixed pseudo-random order) past the ones earlier rounds were already
-asked about, so no problem is new twice. Its replayed problems (`replay` of `rows`) are drawn
-from the new problems of earlier rounds on other (easier) levels, in an order that differs per
-round. Everything follows from the spec and the corpus: a resumed or retried round asks about
-the same problems.
+problems come from its scheduled levels, split by the round's weights (evenly by default), each
+level's train rows taken in id order (ids are content hashes: a fixed pseudo-random order) past
+the ones earlier rounds were already asked about, so no problem is new twice. Its replayed
+problems (`replay` of `rows`) are drawn from the new problems of earlier rounds on other
+(easier) levels, in an order that differs per round. Everything follows from the spec and the
+corpus: a resumed or retried round asks about the same problems.
 """
 
 from __future__ import annotations

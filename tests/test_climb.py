@@ -378,7 +378,8 @@ def test_weights_the_worked_answer_check_and_the_per_question_cap_through_the_fl
     assert ws.summary(stage)["source_rows_by_level"] == {"easy": {"new": 3, "replay": 0},
                                                          "mid": {"new": 9, "replay": 0}}
     cur = ws.latest_stage("curate", run_id=run_id)
-    rows = [r for kind in ("kept", "dropped") for r in ws.store.table(ws.shards(cur, kind)).to_pylist()]
+    rows = [r for kind in ("kept", "dropped")
+            for r in ws.store.table(ws.shards(cur, kind)).to_pylist()]
     hinted = [r for r in rows if r["template"] == "rationalize"]
     stated = [r for r in hinted if "=" not in r["rationale"]
               and r["answer"] not in re.findall(r"\d+", r["passage"])]

@@ -1,6 +1,7 @@
 """The curation pipeline over generated rows: filters -> decontamination -> self-consistency ->
-exact dedup -> near dedup -> (semantic dedup) -> (rows per question cap) -> curriculum. Every row comes out, kept or with
-the first reason it was dropped; see flows/curate/flow.py for the stage that reads and writes shards.
+exact dedup -> near dedup -> (semantic dedup) -> (rows per question cap) -> curriculum. Every
+row comes out, kept or with the first reason it was dropped; see flows/curate/flow.py for the
+stage that reads and writes shards.
 """
 
 from __future__ import annotations

@@ -230,8 +230,9 @@ def unsolved(rows: list[dict], sources: list[dict]) -> list[dict]:
 def rationalize(st, ws, sources, answered, teacher, rationalizer, tspec, spec, round_index,
                 parents, progress_bar, samples: int = 1):
     """STaR's second step: every problem no sample solved is asked `samples` times more with
-    its gold answer as a hint (prompts/rationalize.yaml). Its rows go to the same shards, trained on the
-    hint-free `student` template (their `prompt`), and are counted as rationalize_*."""
+    its gold answer as a hint (prompts/rationalize.yaml). Its rows go to the same shards,
+    trained on the hint-free `student` template (their `prompt`), and are counted as
+    rationalize_*."""
     from flows.prompting.check import prompts_dir_of
     from flows.prompting.template import load_template
 
