@@ -38,14 +38,43 @@ def normalize_answer(answer: str | None) -> str:
     s = answer.strip().lower().strip(" .!*\"'`")
     s = _LEADING_NOISE.sub("", s)
     s = s.replace("$", "").replace("€", "").replace("£", "")
-    first = s.split()[0] if s.split() else ""
-    if first in NUMBER_WORDS:
-        return NUMBER_WORDS[first]
-    m = NUMBER.match(s)
-    if m:
-        return _canonical_number(m.group())
+    lead = _leading_number(s)
+    # A number with words after it ("7 lanterns") is that number; one followed by another number
+    # ("18 to 24", DROP's age ranges) is a phrase: reading it as 18 would match a wrong "18".
+    if lead is not None and not _has_number(s[lead[1]:]):
+        return lead[0]
     s = re.sub(r"[^\w\s-]", "", s)
     return re.sub(r"\s+", " ", s).strip()
+
+
+def _leading_number(s: str) -> tuple[str, int] | None:
+    """The number `s` starts with, canonical, and where it ends: a number word ("seven") or
+    digits ("1,200"); None when it starts with neither."""
+    first = s.split()[0] if s.split() else ""
+    if first in NUMBER_WORDS:
+        return NUMBER_WORDS[first], len(first)
+    m = NUMBER.match(s)
+    return (_canonical_number(m.group()), m.end()) if m else None
+
+
+def _has_number(text: str) -> bool:
+    return any(ch.isdigit() for ch in text) or any(w in NUMBER_WORDS for w in text.split())
+
+
+def is_number(answer: str | None) -> bool:
+    """True when the answer is one number, with at most a short unit after it ("17,000", "$5",
+    "67.8%", "seven", "58-yard", "65 years of age"): the test for a numeric question. Stricter than
+    normalize_answer, which also reads "the 2016 election" or "49ers" as a number."""
+    if answer is None:
+        return False
+    s = answer.strip().lower().strip(" .!*\"'`").replace("$", "")
+    lead = _leading_number(s)
+    if lead is None:
+        return False
+    unit = s[lead[1]:]
+    if unit and unit[0] not in " %-":
+        return False  # "49ers"
+    return not _has_number(unit) and "," not in unit and len(re.findall(r"[a-z]+", unit)) <= 3
 
 
 def _canonical_number(token: str) -> str:

@@ -1,6 +1,6 @@
 import pytest
 
-from flows.answers import answers_match, extract_answer, normalize_answer
+from flows.answers import answers_match, extract_answer, is_number, normalize_answer
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -19,7 +19,7 @@ def test_extract(text, expected):
 @pytest.mark.parametrize("raw,norm", [
     ("7", "7"), (" 7. ", "7"), ("7 lanterns", "7"), ("$1,200", "1200"), ("12.0", "12"),
     ("seven", "7"), ("The Vorla", "vorla"), ("**Zen-mo**", "zen-mo"), ("2.5", "2.5"),
-    (None, ""),
+    (None, ""), ("18 to 24", "18 to 24"), ("two or three", "two or three"),
 ])
 def test_normalize(raw, norm):
     assert normalize_answer(raw) == norm
@@ -31,3 +31,19 @@ def test_match():
     assert not answers_match("13", "12")
     assert not answers_match("", "")
     assert not answers_match(None, "3")
+
+
+def test_a_range_is_not_its_first_number():
+    # DROP: "Which age group is smaller" has the gold answer "18 to 24"; a wrong "18" must not match
+    assert not answers_match("18", "18 to 24")
+    assert answers_match("18 to 24.", "18 to 24")
+
+
+@pytest.mark.parametrize("answer,numeric", [
+    ("17,000", True), ("$5", True), ("67.8%", True), ("seven", True), ("-3", True),
+    ("58-yard", True), ("65 years of age", True), ("18 to 24", False), ("49ers", False),
+    ("the 2016 election", False), ("the Twelve Articles", False), ("five Colleges, Court", False),
+    (None, False),
+])
+def test_is_number_wants_the_whole_answer(answer, numeric):
+    assert is_number(answer) is numeric

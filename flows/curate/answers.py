@@ -20,6 +20,7 @@ _ASCII_SAFE = r"^[\x20-\x7e\t\n\r\x0b\x0c]*$"
 _ASCII_WS = " \t\n\r\x0b\x0c"
 _LEADING_NOISE = r"^(?:the|a|an|about|approximately|exactly|total(?:\s+of)?)\s+"
 _NUMBER = r"^([-+]?\d[\d,]*(?:\.\d+)?)"
+_NUMBER_WORD = r"\b(?:" + "|".join(NUMBER_WORDS) + r")\b"  # over-matches; Python decides
 _SHORT_INT = r"^[-+]?\d{1,15}$"  # exact as float and as Int64: same text either way
 
 
@@ -33,7 +34,13 @@ def _fast(col: pl.Expr) -> pl.Expr:
     number = pl.when(short_int).then(
         token.str.strip_prefix("+").cast(pl.Int64, strict=False).cast(pl.String))
     text = s.str.replace_all(r"[^\w\s-]", "").str.replace_all(r"\s+", " ").str.strip_chars()
-    return (pl.when(word_number.is_not_null()).then(word_number)
+    # A second number after the first ("18 to 24") makes it a phrase; rare, so Python decides.
+    rest = pl.when(word_number.is_not_null()).then(s.str.replace(r"^\s*\S+", "")).otherwise(
+        s.str.replace(_NUMBER, ""))
+    another = rest.str.contains(r"\d") | rest.str.contains(_NUMBER_WORD)
+    return (pl.when((word_number.is_not_null() | token.is_not_null()) & another)
+            .then(pl.lit(None, pl.String))
+            .when(word_number.is_not_null()).then(word_number)
             .when(token.is_not_null() & short_int).then(number)
             .when(token.is_null()).then(text)
             .otherwise(pl.lit(None, pl.String)))  # decimals / long numbers: Python path

