@@ -118,16 +118,24 @@ class EvalSetSpec(Strict):
 
     name: Literal["drop", "gsm8k", "squad", "boolq", "sciq"]
     numeric_only: bool = Field(False, description="Keep only questions whose gold answer is a "
-                               "number (DROP: 532 of 1,000; 304 more are rejected because "
+                               "number (DROP: 498 of 1,000; 307 more are rejected because "
                                "their annotators disagree).")
 
 
-class CorpusSpec(Strict):
+class CorpusSpec(Additive):
+    ADDED: ClassVar[tuple[str, ...]] = ("split_by",)
+
     path: Path | None = Field(None, description="Corpus file or saved dataset folder.")
     format: Literal["jsonl", "csv", "parquet", "text", "hf", "demo", "eval_set"] = "jsonl"
     columns: Columns = Field(default_factory=Columns)
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0,
-                                 description="Share held out for evaluation, chosen by row id.")
+                                 description="Share held out for evaluation, chosen by row id "
+                                 "(or by passage: split_by).")
+    split_by: Literal["row", "passage"] = Field(
+        "row", description="row: each row is held out or not by its id. passage: by its "
+        "passage, so all questions about one passage land on the same side. Use it where "
+        "passages carry several questions (DROP): split by row, the training questions whose "
+        "passage is held out are dropped by decontamination.")
     eval_max_rows: int | None = Field(None, ge=1, description="Cap on the held-out rows.")
     min_chars: int = Field(1, ge=1)
     max_chars: int = Field(100_000, ge=1, description="Longer passages are rejected.")

@@ -25,6 +25,7 @@ from flows.ingest.rows import (
     REJECTS_SCHEMA,
     Reject,
     content_id,
+    split_key,
     split_of,
     validate,
 )
@@ -84,7 +85,8 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
             rejects.append({"source": source, "line": line, "reason": r.reason, "field": r.field,
                             "detail": r.detail, "raw": (raw or str(record or ""))[:RAW_KEEP]})
             return
-        split = split_of(row_id, corpus.eval_fraction)
+        split = split_of(split_key(row_id, fields["passage"], corpus.split_by),
+                         corpus.eval_fraction)
         if passages_only and split == "train":
             fields = {**fields, "question": None, "answer": None}
         kept.append({"id": row_id, **fields, "split": split, "source": source, "line": line})
@@ -101,7 +103,15 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
         # Keep the cap's worth of eval rows with the smallest ids: still a stable choice. With
         # demo levels the cap is per level, so each level keeps its own held-out rows.
         for evals in by_level([r for r in kept if r["split"] == "eval"]).values():
-            for r in evals[corpus.eval_max_rows:]:
+            cut = corpus.eval_max_rows
+            if corpus.split_by == "passage":
+                # Whole passages: a passage's questions stay together, so the cap may keep a
+                # few rows more rather than put one passage on both sides.
+                keys = {r["id"]: split_key(r["id"], r["passage"], "passage") for r in evals}
+                evals.sort(key=lambda r: (keys[r["id"]], r["id"]))
+                while 0 < cut < len(evals) and keys[evals[cut]["id"]] == keys[evals[cut - 1]["id"]]:
+                    cut += 1
+            for r in evals[cut:]:
                 r["split"] = "train"
                 if passages_only:
                     r["question"] = r["answer"] = None

@@ -35,10 +35,16 @@ def content_id(passage: str, question: str | None, answer: str | None) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def split_of(row_id: str, eval_fraction: float) -> str:
-    # Ids are uniform hashes, so a threshold on the id is a seeded, stable random split that
+def split_key(row_id: str, passage: str | None, split_by: str) -> str:
+    """What decides a row's side: its id, or (split_by "passage") its passage's hash, so every
+    question about one passage is held out together or not at all."""
+    return content_id(passage or "", None, None) if split_by == "passage" else row_id
+
+
+def split_of(key: str, eval_fraction: float) -> str:
+    # Keys are uniform hashes, so a threshold on the key is a seeded, stable random split that
     # does not move when rows are added or removed elsewhere in the corpus.
-    return "eval" if int(row_id[:12], 16) / 16**12 < eval_fraction else "train"
+    return "eval" if int(key[:12], 16) / 16**12 < eval_fraction else "train"
 
 
 @dataclass

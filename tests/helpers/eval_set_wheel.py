@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -24,6 +25,20 @@ def drop_docs(n: int, seed: int = 0) -> list[dict]:
                  "question": extra[0]["question"], "answers": [["1507"], ["1477"]]})
     docs.append({"query_id": "span", "passage": extra[1]["passage"],
                  "question": "Who has the most cups?", "answers": [["Tomi"]]})
+    return docs
+
+
+def drop_docs_sharing_passages(passages: int, seed: int = 0) -> list[dict]:
+    """DROP's shape: several questions per passage. One sum question per person of each demo
+    passage ("How many cups does Tomi have in total?"), numeric, answerable by the fake teacher."""
+    docs = []
+    for i, r in enumerate(demo.generate(passages, seed=seed)):
+        for name, rest in re.findall(r"\b([A-Z][a-z]+) has ([^.]*)\.", r["passage"]):
+            noun = re.search(r"How many (\w+)", r["question"]).group(1)
+            answer = str(sum(int(n) for n in re.findall(r"\d+", rest)))
+            docs.append({"query_id": f"p{i}-{name}", "passage": r["passage"],
+                         "question": f"How many {noun} does {name} have in total?",
+                         "answers": [[answer]]})
     return docs
 
 

