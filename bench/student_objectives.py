@@ -20,6 +20,8 @@ corpus order) as fit in on_policy's teacher tokens, so the two are compared at e
         --objectives label,cot,cot-shuffled,step_by_step,kd-topk,kd-logits,cot-cut,on_policy \
         --equal-tokens --json objectives.json
     # tiny CPU check of the plumbing (minutes): --objectives cot --eval-rows 4
+    # real data (curricula/drop.yaml), every student also quantized and scored on 150 rows:
+    #   --objectives label,step_by_step --quantize --float-eval-rows 40
 """
 
 from __future__ import annotations
@@ -113,13 +115,22 @@ def main() -> None:
                         "each step samples and scores batch_size completions.")
     p.add_argument("--equal-tokens", action="store_true",
                    help="Also train cot on as many generated rows as on_policy's teacher tokens.")
+    p.add_argument("--quantize", action="store_true",
+                   help="Also run the quantize stage on every student: its quantization section's "
+                        "files (F16 GGUF, k-quants, ...), each scored on quantization.eval_rows.")
+    p.add_argument("--float-eval-rows", type=int, default=None,
+                   help="Held-out rows for the transformers (float) score of each student and the "
+                        "base (default: --eval-rows); with --quantize the F16 GGUF is the float "
+                        "score on all rows, so this can be small.")
     p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = p.parse_args()
 
     from flows.evaluate import eval_template, evaluate_model, held_out_rows
     from flows.preflight import load_checked
+    from flows.quantize import quantize
     from flows.train import train
     from flows.workspace import Workspace
+    from storage.tables import Model
 
     spec = load_checked(args.curriculum)
     n_eval = args.eval_rows or spec.quantization.eval_rows
@@ -133,7 +144,7 @@ def main() -> None:
 
     def run(name: str, variant: dict, data_run: str, first: bool, tokens_of_rows: int) -> dict:
         student = spec.student.model_copy(update={
-            **variant, "eval_rows": n_eval, "evaluate_base": first})
+            **variant, "eval_rows": args.float_eval_rows or n_eval, "evaluate_base": first})
         started = time.perf_counter()
         s = train(spec.model_copy(update={"student": student}), ws, data_run)
         if first:
@@ -151,7 +162,15 @@ def main() -> None:
                         "stage_runs": s.stage_runs, "student_model_id": s.student_model_id,
                         "seconds": round(time.perf_counter() - started)})
         print({k: v for k, v in results[-1].items() if k != "stage_runs"}, flush=True)
-        return results[-1]
+        trained = results[-1]
+        if args.quantize:
+            model = ws.catalog.get(Model, s.student_model_id)
+            q = quantize(spec, ws, data_run, student=model)
+            for art in q.table:
+                results.append({"model": f"{name}, {art.quant}", "accuracy": art.accuracy,
+                                "size_mb": art.size_mb, "eval_rows": q.eval_rows})
+                print(results[-1], flush=True)
+        return trained
 
     for i, name in enumerate(args.objectives.split(",")):
         variant = dict(VARIANTS[name])
