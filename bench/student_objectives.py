@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 EVERY_OTHER_LAYER = list(range(0, 30, 2))  # 15 of SmolLM2-135M's 30 layers (kd-logits.yaml)
@@ -62,13 +63,16 @@ class LabelTask:
         return with_prefix(self.template.render(row, few_shot=few_shot), LABEL_PREFIX)
 
 
-def data(spec, ws, kind: str):
-    """ingest -> generate -> curate of round 0 in a new run; (run id, generate, curate)."""
+def data(spec, ws, kind: str, held: ExitStack):
+    """ingest -> generate -> curate of round 0 in a new run; (run id, generate, curate). The run's
+    lock is held (in `held`) until the experiment ends, as a `stairs` command holds its run's:
+    without it any other command on this catalog took the run for a killed one and marked it and
+    its running stage failed."""
     from flows.curate import curate
     from flows.generate import generate
     from flows.ingest import ingest
 
-    run = ws.start_run(spec, kind)
+    run = held.enter_context(ws.run_scope(None, lambda: ws.start_run(spec, kind).id))
     ingest(spec, ws, run.id)
     generated = generate(spec, ws, run.id, round_index=0, progress_bar=False)
     return run.id, generated, curate(spec, ws, run.id, round_index=0)
@@ -124,7 +128,11 @@ def main() -> None:
                         "score on all rows, so this can be small.")
     p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = p.parse_args()
+    with ExitStack() as held:  # the data runs' locks, given back when the experiment ends
+        experiment(args, held)
 
+
+def experiment(args, held: ExitStack) -> None:
     from flows.evaluate import eval_template, evaluate_model, held_out_rows
     from flows.preflight import load_checked
     from flows.quantize import quantize
@@ -137,7 +145,7 @@ def main() -> None:
     ws = Workspace.open()
     results = []
     t0 = time.perf_counter()
-    run_id, generated, curated = data(spec, ws, "student-objectives")
+    run_id, generated, curated = data(spec, ws, "student-objectives", held)
     gen_tokens = generation_tokens(generated)
     print(f"run {run_id}: {generated.rows_written} teacher rows ({gen_tokens} teacher tokens), "
           f"{curated.kept} kept by curation ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -197,7 +205,7 @@ def main() -> None:
             m = requests_within(ws, run_id, budget)
             small = spec.model_copy(update={"generate": spec.generate.model_copy(
                 update={"max_rows": m})})
-            small_run, small_gen, small_cur = data(small, ws, "student-objectives-budget")
+            small_run, small_gen, small_cur = data(small, ws, "student-objectives-budget", held)
             print(f"cot at {budget} teacher tokens: the first {m} generate requests, "
                   f"{small_cur.kept} curated rows", flush=True)
             student = spec.student.model_copy(update={
