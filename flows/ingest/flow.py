@@ -25,8 +25,8 @@ from flows.ingest.rows import (
     REJECTS_SCHEMA,
     Reject,
     content_id,
+    row_split,
     split_key,
-    split_of,
     validate,
 )
 from flows.orchestration import step, task_runner
@@ -85,8 +85,7 @@ def read_rows(spec: Curriculum) -> tuple[list[dict], list[dict]]:
             rejects.append({"source": source, "line": line, "reason": r.reason, "field": r.field,
                             "detail": r.detail, "raw": (raw or str(record or ""))[:RAW_KEEP]})
             return
-        split = split_of(split_key(row_id, fields["passage"], corpus.split_by),
-                         corpus.eval_fraction)
+        split = row_split(row_id, fields["passage"], corpus)
         if passages_only and split == "train":
             fields = {**fields, "question": None, "answer": None}
         kept.append({"id": row_id, **fields, "split": split, "source": source, "line": line})

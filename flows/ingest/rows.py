@@ -47,6 +47,12 @@ def split_of(key: str, eval_fraction: float) -> str:
     return "eval" if int(key[:12], 16) / 16**12 < eval_fraction else "train"
 
 
+def row_split(row_id: str, passage: str | None, corpus) -> str:
+    """A row's side under a curriculum's corpus section (its split_by and eval_fraction): what
+    ingest writes and what `stairs prompts render` shows, from one place."""
+    return split_of(split_key(row_id, passage, corpus.split_by), corpus.eval_fraction)
+
+
 @dataclass
 class Reject(Exception):
     reason: str

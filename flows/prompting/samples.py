@@ -8,7 +8,7 @@ rows, so `stairs validate` and `stairs prompts render` see exactly the fields in
 from __future__ import annotations
 
 from flows.ingest.readers import source_records
-from flows.ingest.rows import Reject, content_id, split_key, split_of, validate
+from flows.ingest.rows import Reject, content_id, row_split, validate
 from flows.spec import Curriculum
 
 
@@ -41,8 +41,7 @@ def sample_rows(spec: Curriculum, n: int) -> list[dict]:
             continue
         row_id = content_id(fields["passage"], fields["question"], fields["answer"])
         rows.append({"id": row_id, **fields,
-                     "split": split_of(split_key(row_id, fields["passage"],
-                                                 spec.corpus.split_by), spec.corpus.eval_fraction),
+                     "split": row_split(row_id, fields["passage"], spec.corpus),
                      "source": source, "line": line})
         if len(rows) >= n:
             break
