@@ -59,6 +59,8 @@ def round_report(ws: Workspace, run_id: str) -> list[dict]:
             "kept_by_level": curated.kept_by_level,
             "rationalized": curated.rationalized,
             "rationalized_kept": curated.rationalized_kept,
+            # Earlier rounds' kept rows this round's student trained on again (rehearse).
+            "rows_rehearsed": trained.rehearsed_rows,
             "level_accuracy": levels.get(r.index, {}),
             "quantized": [{"type": t.quant or t.artifact, "format": t.format,
                            "bytes": round(t.size_mb * 2**20), "accuracy": t.accuracy,
@@ -115,6 +117,8 @@ def _kept_cell(r: dict) -> str:
     by_level = r.get("kept_by_level") or {}
     if by_level:
         kept += " " + " ".join(f"{k}:{v}" for k, v in by_level.items())
+    if r.get("rows_rehearsed"):
+        kept += f" (+{r['rows_rehearsed']} rehearsed)"
     return kept
 
 

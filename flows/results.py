@@ -142,6 +142,8 @@ class TrainResult(StageResult):
     stage: ClassVar[str] = "train"
     objective: str | None = None
     rows: int = 0
+    rehearsed_rows: int = Field(0, description="Of `rows`, earlier rounds' kept rows trained "
+                                "again (staircase.schedule[k].rehearse).")
     examples: int = 0
     skipped: dict[str, int] = {}
     steps: int = 0

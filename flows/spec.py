@@ -558,7 +558,7 @@ class QuantizationSpec(Strict):
 class RoundSpec(Additive):
     """What one round of a climbing staircase trains on (staircase.schedule, one per round)."""
 
-    ADDED: ClassVar[tuple[str, ...]] = ("weights", "rationalize_samples")
+    ADDED: ClassVar[tuple[str, ...]] = ("weights", "rationalize_samples", "rehearse")
 
     levels: list[str] = Field(min_length=1, description="Demo levels (corpus.demo.levels) this "
                               "round's new problems come from, split by `weights`; the last "
@@ -570,6 +570,11 @@ class RoundSpec(Additive):
                       "this round (new ones plus replayed ones).")
     replay: float = Field(0.0, ge=0.0, lt=1.0, description="Share of `rows` replayed from the "
                           "levels of earlier rounds (problems those rounds were asked about).")
+    rehearse: float = Field(
+        0.0, ge=0.0, le=1.0, description="Train this round's student on its kept rows plus "
+        "this share of every earlier round's kept rows (seeded by student.seed; 1.0: all of "
+        "them, STaR's recipe). Unlike `replay`, nothing is asked again: the rows are the ones "
+        "earlier rounds trained on, so a student keeps what it learned there.")
     samples: int | None = Field(None, ge=1, le=64, description="Samples per problem this round "
                                 "(default: teacher.samples).")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature "
@@ -729,9 +734,10 @@ class Curriculum(Strict):
             if unknown:
                 raise ValueError(f"staircase.schedule[{i}].levels: unknown level(s) {unknown}; "
                                  f"corpus.demo.levels has {', '.join(demo.levels)}")
-            if i == 0 and entry.replay:
-                raise ValueError("staircase.schedule[0].replay: round 0 has no earlier rounds "
-                                 "to replay")
+            for key in ("replay", "rehearse"):
+                if i == 0 and getattr(entry, key):
+                    raise ValueError(f"staircase.schedule[0].{key}: round 0 has no earlier "
+                                     "rounds to draw from")
         if sc.gate_level is not None and sc.gate_level not in demo.levels:
             raise ValueError(f"staircase.gate_level: unknown level {sc.gate_level!r}; "
                              f"corpus.demo.levels has {', '.join(demo.levels)}")

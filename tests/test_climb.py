@@ -418,3 +418,43 @@ def test_students_can_start_from_the_last_promoted_student(workspace, tmp_path):
     assert models[second.student_model_id].parent_id == first.student_model_id
     # Round 0's student came from the base, as without the key.
     assert models[models[first.student_model_id].parent_id].kind != "student"
+
+
+def test_a_round_rehearses_a_seeded_share_of_the_rows_earlier_rounds_kept(workspace, tmp_path):
+    """schedule[1].rehearse: 0.5: round 1's student trains on round 1's kept rows plus half of
+    round 0's (drawn with student.seed), records them as what it was trained on, and nothing
+    is asked of the teacher again for them."""
+    from flows.train.rehearsal import rehearsed_rows
+
+    base = save_tiny_base(tmp_path / "tiny-base")
+    doc = climb_doc("http://127.0.0.1:9/v1", str(base), rounds=2, gate="threshold",
+                    min_accuracy=0.0, gate_level=None, gate_margin=0.0)
+    doc["staircase"]["schedule"] = doc["staircase"]["schedule"][:2]
+    doc["staircase"]["schedule"][1]["rehearse"] = 0.5
+    run_id = climb(workspace, tmp_path, doc)
+    ws = workspace
+    kept = {k: ws.stage_shards(run_id, "curate", "train", round_index=k) for k in (0, 1)}
+    rows = {k: ws.store.table(shards).to_pylist() for k, shards in kept.items()}
+    trained = [ws.summary(ws.latest_stage("train", run_id=run_id, round_index=k)) for k in (0, 1)]
+    assert trained[0]["rehearsed_rows"] == 0 and trained[0]["rows"] == len(rows[0])
+    half = rehearsed_rows(rows[0], 0.5, 0)
+    assert 0 < len(half) == round(len(rows[0]) / 2) < len(rows[0])
+    assert trained[1]["rehearsed_rows"] == len(half)
+    assert trained[1]["rows"] == len(rows[1]) + len(half)
+    # Every row became examples (as many per row as in round 0): the round-0 rows were
+    # trained, not only counted.
+    per_row = trained[0]["examples"] // trained[0]["rows"]
+    assert trained[1]["examples"] == per_row * trained[1]["rows"] and not trained[1]["skipped"]
+    student = ws.catalog.rounds(run_id)[1].student_model_id
+    assert ({s.id for s in ws.catalog.model_training_shards(student)}
+            == {s.id for s in kept[0] + kept[1]})
+    # Nothing was asked for them: round 1 asked about its scheduled 6 problems only.
+    asked = ws.store.table(ws.shards(ws.latest_stage("generate", run_id=run_id, round_index=1),
+                                     "generated")).to_pylist()
+    assert len({r["source_id"] for r in asked}) == doc["staircase"]["schedule"][1]["rows"]
+    from flows.report import round_report, write_report
+
+    report = round_report(ws, run_id)
+    assert [r["rows_rehearsed"] for r in report] == [0, len(half)]
+    page = write_report(ws, run_id, report)["html"].read_text()
+    assert f"(+{len(half)} rehearsed)" in page

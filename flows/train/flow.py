@@ -30,6 +30,7 @@ from flows.spec import Curriculum, TeacherSpec
 from flows.train import examples as ex_mod
 from flows.train.checkpoint_mirror import CheckpointMirror
 from flows.train.layers import keep_layers
+from flows.train.rehearsal import earlier_shards, rehearsal_share, rehearsed_rows
 from flows.train.trainer import (
     TrainConfig,
     batch_plan,
@@ -56,9 +57,11 @@ def train_inputs(ws: Workspace, run_id: str, round_index: int) -> tuple[list[Sha
 
 
 def _fingerprint(spec: Curriculum, train: list[Shard], evals: list[Shard],
-                 teacher: TeacherSpec) -> str:
+                 teacher: TeacherSpec, rehearse: float = 0.0) -> str:
     h = hashlib.sha256(spec.fingerprint("student").encode())
     h.update(spec.generate.template.encode())
+    if rehearse:  # (0: the hash every run before the key had)
+        h.update(f"rehearse={rehearse}".encode())
     if spec.student.objective == "on_policy":  # the teacher is asked during training
         h.update(teacher.model_dump_json().encode())
     for s in train + evals:
@@ -102,7 +105,9 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
     s = spec.student
     tspec = teacher or spec.teacher
     train_shards, eval_shards = train_inputs(ws, run_id, round_index)
-    fingerprint = _fingerprint(spec, train_shards, eval_shards, tspec)
+    rehearse = rehearsal_share(spec, round_index)
+    earlier = earlier_shards(ws, run_id, round_index) if rehearse else []
+    fingerprint = _fingerprint(spec, train_shards + earlier, eval_shards, tspec, rehearse)
     done = ws.reuse(run_id, "train", fingerprint, round_index=round_index)
     if done is not None:
         return TrainResult.of(run_id, ws.summary(done))
@@ -125,6 +130,9 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
         if s.keep_layers:
             model = keep_layers(model, s.keep_layers)
         rows = ws.store.table(train_shards).to_pylist()
+        rehearsed = (rehearsed_rows(ws.store.table(earlier).to_pylist(), rehearse, s.seed)
+                     if earlier else [])
+        rows += rehearsed
         if rows and "order" in rows[0]:
             rows.sort(key=lambda r: (r["order"] is None, r["order"]))
         # No more candidate slots than the teacher returned (teacher.top_logprobs), if it did.
@@ -163,7 +171,7 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
         model = final_model(model)
         meta = {"parent": s.base, "parent_model_id": base_row.id, "objective": s.objective,
                 "method": s.method, "keep_layers": s.keep_layers, "steps": result.steps,
-                "train_shards": [sh.id for sh in train_shards], "run_id": run_id,
+                "train_shards": [sh.id for sh in train_shards + earlier], "run_id": run_id,
                 "round": round_index, "config": cfg.model_dump(mode="json"),
                 # The order it trained in: which curriculum stage each run of steps came from.
                 "order": s.order, "replay": s.replay, "stage_runs": result.stage_runs}
@@ -179,9 +187,10 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
             path=str(final.relative_to(models_root())),
             bytes=sum(p.stat().st_size for p in final.rglob("*") if p.is_file()),
             parent_id=base_row.id, params_json=json.dumps(meta, default=str)),
-            trained_on=train_shards)
+            trained_on=train_shards + earlier)
         st.summary.update({
-            "round": round_index, "objective": s.objective, "rows": len(rows), "examples":
+            "round": round_index, "objective": s.objective, "rows": len(rows),
+            "rehearsed_rows": len(rehearsed), "examples":
             sum(len(g) for g in built.groups), "skipped": built.skipped, "steps": result.steps,
             "examples_by_target": examples_by_target(built.groups),
             "resumed_from": result.resumed_from, "order": s.order, "kd_rows": sparse,
