@@ -95,12 +95,14 @@ def child(curriculum: str) -> None:
 
     spec = load_checked(curriculum)
     ws = Workspace.open()
-    run_id = ws.start_run(spec, "generate").id
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
-    s = generate(spec, ws, run_id, progress_bar=False)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_SELF)
+    # Inside the run's lock and scope, as a `stairs generate` is: without them another stairs
+    # command on this catalog would take the run for a killed one.
+    with ws.run_scope(None, lambda: ws.start_run(spec, "generate").id) as run:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        s = generate(spec, ws, run.id, progress_bar=False)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"wall_s": wall, "teach_s": s.elapsed_s, "loop_cpu_s": s.cpu_s,
                       "sent": s.sent, "rows": s.rows_written, "complete": s.complete,
                       "cpu_s": (after.ru_utime + after.ru_stime)
