@@ -46,6 +46,12 @@ PROMPTS = [
 ]
 
 
+def prompt_text(i: int) -> str:
+    """Sequence i's prompt, the same in every path (their texts are compared); past the list,
+    trailing spaces keep prompts distinct."""
+    return PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))
+
+
 @lc.llama_log_callback
 def _quiet(level, text, user_data) -> None:
     """llama.cpp's load and context logs would bury the table."""
@@ -157,8 +163,7 @@ def run_today(llm: Llama, width: int, tokens: int, eos: int) -> tuple[float, lis
     t0 = time.perf_counter()
     n, texts = 0, []
     for i in range(width):
-        out = llm.create_completion(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)),
-                                    max_tokens=tokens, temperature=0.0,
+        out = llm.create_completion(prompt_text(i), max_tokens=tokens, temperature=0.0,
                                     logit_bias={eos: -1e9})  # same length as the others
         n += out["usage"]["completion_tokens"]
         texts.append(out["choices"][0]["text"])
@@ -185,8 +190,7 @@ def main() -> None:
     results = []
     for width in [int(w) for w in args.widths.split(",")]:
         m = Model(path, width, 128 + args.tokens, threads, args.flash_attn)
-        prompts = [m.tokenize(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)))
-                   for i in range(width)]
+        prompts = [m.tokenize(prompt_text(i)) for i in range(width)]
         for together in (False, True):  # warm-up: first-call allocations of both paths
             run(m, prompts, 4, together=together)
         alone, batched, high = [], [], []

@@ -107,7 +107,8 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
     train_shards, eval_shards = train_inputs(ws, run_id, round_index)
     rehearse = rehearsal_share(spec, round_index)
     earlier = earlier_shards(ws, run_id, round_index) if rehearse else []
-    fingerprint = _fingerprint(spec, train_shards + earlier, eval_shards, tspec, rehearse)
+    trained_on = train_shards + earlier  # what the student learns from: hash, lineage, meta
+    fingerprint = _fingerprint(spec, trained_on, eval_shards, tspec, rehearse)
     done = ws.reuse(run_id, "train", fingerprint, round_index=round_index)
     if done is not None:
         return TrainResult.of(run_id, ws.summary(done))
@@ -171,7 +172,7 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
         model = final_model(model)
         meta = {"parent": s.base, "parent_model_id": base_row.id, "objective": s.objective,
                 "method": s.method, "keep_layers": s.keep_layers, "steps": result.steps,
-                "train_shards": [sh.id for sh in train_shards + earlier], "run_id": run_id,
+                "train_shards": [sh.id for sh in trained_on], "run_id": run_id,
                 "round": round_index, "config": cfg.model_dump(mode="json"),
                 # The order it trained in: which curriculum stage each run of steps came from.
                 "order": s.order, "replay": s.replay, "stage_runs": result.stage_runs}
@@ -187,7 +188,7 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
             path=str(final.relative_to(models_root())),
             bytes=sum(p.stat().st_size for p in final.rglob("*") if p.is_file()),
             parent_id=base_row.id, params_json=json.dumps(meta, default=str)),
-            trained_on=train_shards + earlier)
+            trained_on=trained_on)
         st.summary.update({
             "round": round_index, "objective": s.objective, "rows": len(rows),
             "rehearsed_rows": len(rehearsed), "examples":

@@ -25,8 +25,8 @@ def earlier_shards(ws: Workspace, run_id: str, round_index: int) -> list[Shard]:
 
 
 def rehearsed_rows(rows: list[dict], share: float, seed: int) -> list[dict]:
-    """`share` of `rows`, drawn with `seed`, in their stored order (the draw does not depend on
-    how many earlier rounds there were beyond their rows)."""
+    """`share` of `rows` (every earlier round's, together), drawn with `seed`, kept in their
+    stored order."""
     n = round(share * len(rows))
     if n >= len(rows):
         return list(rows)
