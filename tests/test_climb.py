@@ -221,6 +221,10 @@ def test_a_schedule_is_checked_strictly(tmp_path):
              "staircase.schedule.0.sample: unknown key"),
             ({"levels": ["expert"], "rows": 4}, "unknown level(s) ['expert']"),
             ({"levels": ["easy"], "rows": 4, "replay": 0.5}, "round 0 has no earlier rounds"),
+            ({"levels": ["easy"], "rows": 4, "rehearse": 0.5},
+             "staircase.schedule[0].rehearse: round 0 has no earlier rounds"),
+            ({"levels": ["easy"], "rows": 4, "rehearse": 1.5},
+             "staircase.schedule.0.rehearse: Input should be less than or equal to 1"),
             ({"levels": ["easy", "mid"], "rows": 4, "weights": [1]},
              "weights [1]: one positive integer per level (2)"),
             ({"levels": ["easy", "easy"], "rows": 4}, "a level is listed twice (use weights)")]:
