@@ -15,7 +15,8 @@ whether both paths produced the same tokens for every sequence, and whether the 
 are create_completion's. Each sequence has its own KV stream (kv_unified off): with one cache
 shared by all sequences, 12 of 16 sequences' greedy tokens differed from one-at-a-time decoding
 within 6-46 tokens on the embedded model (attention over a shared, masked cache sums in another
-order), and none did with a stream each.
+order), and none did with a stream each. Each prompt is prefilled alone (several prompts in one
+call moved their logits), as flows/evaluate/batched.py does; only decode steps are batched.
 """
 
 from __future__ import annotations
@@ -134,13 +135,11 @@ def run(m: Model, prompts: list[list[int]], tokens: int, together: bool) -> dict
     prefill_s = decode_s = 0.0
     for group in groups:
         t0 = time.perf_counter()
-        items = []
-        for seq in group:
+        nxt = {}
+        for seq in group:  # each prompt alone, as stairs' batched engine prefills them
             p = prompts[seq]
-            items += [(tok, pos, seq, pos == len(p) - 1) for pos, tok in enumerate(p)]
-        m.decode(items)
-        ends = np.cumsum([len(prompts[seq]) for seq in group]) - 1  # batch index of each last token
-        nxt = {seq: m.argmax(int(end)) for end, seq in zip(ends, group)}
+            m.decode([(tok, pos, seq, pos == len(p) - 1) for pos, tok in enumerate(p)])
+            nxt[seq] = m.argmax(len(p) - 1)
         t1 = time.perf_counter()
         for step in range(tokens):
             for seq in group:

@@ -14,6 +14,10 @@ from typing import Protocol
 
 import numpy as np
 
+# Conversations decoded together by GGUFEngine: 8 gained the most with identical tokens in
+# bench/embedded_throughput.py on 2 cores (1.77x one at a time; 16 gave no more).
+BATCH_WIDTH = 8
+
 
 class Engine(Protocol):
     """What evaluation needs from a runtime; see GGUFEngine and TorchEngine."""
@@ -29,17 +33,30 @@ class Engine(Protocol):
 
 
 class GGUFEngine:
+    """A GGUF file in llama.cpp. Replies are decoded `width` conversations at a time
+    (flows/evaluate/batched.py), each the same text as create_chat_completion gives it alone;
+    width 1, a chat format that is not the file's own template, or 16-bit float weights ask
+    one at a time."""
+
     name = "llama.cpp"
 
-    def __init__(self, path: Path, threads: int | None = None, n_ctx: int = 2048):
+    def __init__(self, path: Path, threads: int | None = None, n_ctx: int = 2048,
+                 width: int = BATCH_WIDTH):
         from llama_cpp import Llama
 
         from flows.settings import cpu_threads
 
         self.path = Path(path)
-        threads = threads or cpu_threads()
-        self._kw = dict(n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.threads = threads or cpu_threads()
+        self._kw = dict(n_ctx=n_ctx, n_threads=self.threads, n_threads_batch=self.threads,
+                        verbose=False)
         self.llm = Llama(str(self.path), seed=0, **self._kw)
+        self.width = width
+        from flows.evaluate.batched import chat_formatter, decodes_exactly_batched
+
+        self.formatter = chat_formatter(self.llm)  # None: a named chat format, one at a time
+        self.batched = self.formatter is not None and decodes_exactly_batched(self.llm)
+        self._batched = None
         self._scorer = None
 
     @property
@@ -53,8 +70,29 @@ class GGUFEngine:
         return self._scorer
 
     def generate(self, conversations, max_new_tokens):
+        if self.width > 1 and len(conversations) > 1 and self.batched:
+            if self._batched is None:
+                from flows.evaluate.batched import BatchedDecoder
+
+                self._batched = BatchedDecoder(self.llm, self.width, self.threads)
+            texts, counts = self._batched.generate(conversations, max_new_tokens)
+            return texts, sum(counts)
+        return self.generate_one_at_a_time(conversations, max_new_tokens)
+
+    def generate_one_at_a_time(self, conversations, max_new_tokens):
+        """llama-cpp-python's create_chat_completion per conversation, its prompt evaluated in
+        the batched path's pieces: the prefix it shares with every row first, then the rest
+        (create_chat_completion reuses that cached prefix). Not whatever prefix the previous
+        row left cached: that made a row's reply depend on the row before it."""
+        from flows.evaluate.batched import prompt_tokens
+
         texts, generated = [], 0
         for messages in conversations:
+            self.llm.reset()
+            if self.formatter is not None:
+                prompt, shared, _ = prompt_tokens(self.llm, self.formatter, messages)
+                if shared:
+                    self.llm.eval(prompt[:shared])
             reply = self.llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1,
                                                     max_tokens=max_new_tokens, seed=0)
             texts.append(reply["choices"][0]["message"]["content"] or "")
@@ -89,6 +127,8 @@ class GGUFEngine:
         return (n - 1) / (t_end - t_first)
 
     def close(self):
+        if self._batched is not None:
+            self._batched.close()  # before the model its context uses
         for llm in (self.llm, self._scorer):
             if llm is not None:
                 llm.close()

@@ -29,7 +29,19 @@ def calls(monkeypatch):
     return seen
 
 
-def test_teacher_and_quantized_student_are_scored_by_one_function(workspace, tmp_path, calls):
+def test_teacher_and_quantized_student_are_scored_by_one_function(workspace, tmp_path, calls,
+                                                                  monkeypatch):
+    from flows.evaluate.batched import BatchedDecoder
+
+    batched = []  # (file, conversations, replies) of every batched decode
+    real_generate = BatchedDecoder.generate
+
+    def spy(self, conversations, max_new_tokens):
+        texts, counts = real_generate(self, conversations, max_new_tokens)
+        batched.append((self.llm.model_path, conversations, texts))
+        return texts, counts
+
+    monkeypatch.setattr(BatchedDecoder, "generate", spy)
     from flows.ingest import ingest
     from flows.quantize import quantize
     from flows.staircase import score_teacher
@@ -61,3 +73,14 @@ def test_teacher_and_quantized_student_are_scored_by_one_function(workspace, tmp
     assert teacher_call["engine"] == "GGUFEngine" and len(teacher_call["rows"]) == 4
     # Same function, same file, same rows: the same number.
     assert teacher_acc == result.artifact("Q8_0").accuracy
+
+    # Both were decoded in batches, and each reply is the one create_chat_completion gives alone.
+    from flows.evaluate.engines import GGUFEngine
+
+    q8_batches = [b for b in batched if b[0] == q8_file]
+    assert len(q8_batches) == 2 and all(len(b[1]) == 4 for b in q8_batches)
+    alone = GGUFEngine(q8_file, width=1)
+    try:
+        assert alone.generate_one_at_a_time(q8_batches[0][1], 5)[0] == q8_batches[0][2]
+    finally:
+        alone.close()

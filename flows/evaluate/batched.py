@@ -1,0 +1,268 @@
+"""Greedy decoding of many chat prompts at once on one llama.cpp model: up to `width` sequences
+share every llama_decode call (continuous batching: a finished sequence's slot takes the next
+prompt at once), and each returns the text and token count that llama-cpp-python's
+create_chat_completion returns for it alone.
+
+Why our own loop: llama-cpp-python's high-level calls decode one sequence at a time, and its
+server answers one request at a time. A small model decoding one token is bound by reading its
+weights, so W sequences per step cost little more than one (bench/embedded_throughput.py:
+1.5-1.9x at 4-16 sequences on 2 cores). The low-level llama_batch / llama_decode calls are
+llama-cpp-python's own bindings.
+
+Identical tokens need three things, each found by probing logits on the embedded teacher:
+each sequence its own KV stream (`kv_unified` off; with one shared cache greedy tokens diverged
+within tens of tokens); each prompt prefilled alone, in Llama.eval's chunks (see _prefill); and
+flash attention off, as in llama-cpp-python's Llama. With it on, a sequence decoded beside
+others past 256 cached tokens moved its logits by up to 1.05 against decoding it alone on 2
+threads (not on one: the kernel splits a lone query's cache across threads); with it off, decode
+steps of 2 to 16 sequences gave the same logits, bit for bit, as one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import deque
+from dataclasses import dataclass, field
+
+import llama_cpp as lc
+import numpy as np
+
+# Prompt tokens per llama_decode call: Llama.eval's n_batch (and n_ubatch), so a prompt is
+# evaluated in the same chunks as create_completion evaluates it.
+CHUNK = 512
+
+
+@dataclass
+class _Sequence:
+    """One prompt being answered in a slot (its sequence id)."""
+
+    index: int
+    prompt: list[int]
+    shared: int  # leading prompt tokens that come from the shared-prefix stream
+    max_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    multibyte_fix: int = 0
+    text: bytes | None = None  # set when finished
+
+    @property
+    def position(self) -> int:
+        return len(self.prompt) + len(self.tokens)
+
+
+# general.file_type of files with 16-bit float weights (llama.cpp's LLAMA_FTYPE_MOSTLY_F16 and
+# _BF16): their matrix products take another CPU kernel for several rows than for one, and a
+# tiny F16 model's batched reply differed from its reply alone (1 of 11; F32, Q8_0, Q4_1 and
+# Q4_K_M files gave the same replies at every width).
+HALF_FLOAT_FILE_TYPES = {"1", "32"}
+
+
+def decodes_exactly_batched(llm) -> bool:
+    return str(llm.metadata.get("general.file_type")) not in HALF_FLOAT_FILE_TYPES
+
+
+def chat_formatter(llm):
+    """The formatter create_chat_completion uses for `llm` when it is the GGUF's own chat
+    template (llama-cpp-python builds it the same way), or None for a named chat format."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    if llm.chat_format != "chat_template.default" or llm.chat_handler is not None:
+        return None
+    vocab = lc.llama_model_get_vocab(llm.model)
+
+    def text(token: int) -> str:
+        return lc.llama_vocab_get_text(vocab, token).decode() if token != -1 else ""
+
+    eos, bos = llm.token_eos(), llm.token_bos()
+    return Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"],
+                               eos_token=text(eos), bos_token=text(bos), stop_token_ids=[eos])
+
+
+def prompt_tokens(llm, formatter, messages: list[dict]) -> tuple[list[int], int, list[bytes]]:
+    """The prompt's tokens and stop strings, as create_chat_completion builds them, and how many
+    leading tokens it shares with the conversation before its last message (the system prompt
+    and a template's worked examples: the same for every row). Both decoding paths evaluate
+    those shared tokens first and the rest after them, so both evaluate a prompt in the same
+    pieces (how a prompt is split changes some greedy replies) and its reply does not depend
+    on which prompt came before it."""
+
+    def tokens(messages):
+        result = formatter(messages=messages)
+        ids = llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
+                           special=True)
+        stop = result.stop if isinstance(result.stop, list) else [result.stop]
+        return ids, [s.encode("utf-8") for s in stop if s]
+
+    ids, stop = tokens(messages)
+    before, _ = tokens(messages[:-1])
+    shared = 0
+    for a, b in zip(ids, before):
+        if a != b:
+            break
+        shared += 1
+    return ids, min(shared, len(ids) - 1), stop
+
+
+class BatchedDecoder:
+    """A second llama.cpp context on `llm`'s already loaded weights, with `width` KV streams of
+    `llm`'s context size each."""
+
+    def __init__(self, llm, width: int, threads: int):
+        self.llm = llm
+        self.width = width
+        self.n_ctx_seq = llm.n_ctx()
+        self.formatter = chat_formatter(llm)
+        if self.formatter is None:
+            raise ValueError(f"{llm.model_path}: chat format {llm.chat_format!r} is not the "
+                             "file's own template; decode it one conversation at a time")
+        params = lc.llama_context_default_params()
+        # One KV stream per slot, and one more holding the shared prefix (PREFIX_STREAM).
+        params.n_ctx = (width + 1) * self.n_ctx_seq
+        params.n_seq_max = width + 1
+        params.kv_unified = False
+        params.n_batch = params.n_ubatch = CHUNK  # Llama's defaults
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as in Llama; see above
+        params.no_perf = True
+        self.ctx = lc.llama_init_from_model(llm.model, params)
+        if not self.ctx:
+            raise RuntimeError(f"llama.cpp could not open a {width}-sequence context")
+        self.memory = lc.llama_get_memory(self.ctx)
+        self.vocab = lc.llama_model_get_vocab(llm.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.batch = lc.llama_batch_init(params.n_batch, 0, 1)
+        self.prefix_stream = width
+        self.prefix: list[int] = []  # the tokens the prefix stream holds
+
+    def generate(self, conversations: list[list[dict]],
+                 max_new_tokens: int) -> tuple[list[str], list[int]]:
+        """Each conversation's greedy reply text and completion-token count."""
+        pending = deque()
+        stops = []
+        for i, messages in enumerate(conversations):
+            prompt, shared, stop = prompt_tokens(self.llm, self.formatter, messages)
+            if len(prompt) >= self.n_ctx_seq:
+                raise ValueError(f"conversation {i}: its prompt is {len(prompt)} tokens, more than "
+                                 f"the context window of {self.n_ctx_seq}")
+            # create_completion's clamp: the reply fits the context window.
+            room = (max_new_tokens if max_new_tokens + len(prompt) < self.n_ctx_seq
+                    else self.n_ctx_seq - len(prompt))
+            pending.append(_Sequence(i, prompt, shared, room))
+            stops.append(stop)
+        done: list[_Sequence] = []
+        slots: dict[int, _Sequence] = {}
+        next_token: dict[int, int] = {}
+        while pending or slots:
+            for slot, seq in self._admit(pending, slots):
+                next_token[slot] = self._prefill(slot, seq)
+            # Sample results first, then feed the tokens of those still going in one decode.
+            going = []
+            for slot in sorted(slots):
+                seq = slots[slot]
+                if self._step(seq, next_token.pop(slot), stops[seq.index]):
+                    going.append(slot)
+                else:
+                    done.append(slots.pop(slot))
+                    lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
+            if going:
+                self._decode([(slots[s].tokens[-1], slots[s].position - 1, s, True)
+                              for s in going])
+                next_token.update({s: self._argmax(k) for k, s in enumerate(going)})
+        done.sort(key=lambda s: s.index)
+        return ([s.text.decode("utf-8", errors="ignore") for s in done],
+                [len(s.tokens) for s in done])
+
+    def _admit(self, pending: deque, slots: dict) -> list[tuple[int, _Sequence]]:
+        """Free slots take waiting prompts."""
+        admitted = []
+        for slot in range(self.width):
+            if slot not in slots and pending:
+                slots[slot] = pending.popleft()
+                admitted.append((slot, slots[slot]))
+        return admitted
+
+    def _prefill(self, slot: int, seq: _Sequence) -> int:
+        """Evaluate a prompt in its slot and return its first greedy token: its shared prefix
+        is copied from the prefix stream (evaluated once, alone), the rest is evaluated alone
+        from there, in Llama.eval's chunks. Alone because prompt-sized batches are not
+        row-independent here: two prompts prefilled in one call moved a last-token logit by
+        0.58 against either alone (decode steps are exact), so a reply would depend on which
+        prompts arrived with it. The same split in every width keeps replies identical."""
+        prefix = seq.prompt[:seq.shared]
+        if prefix:
+            if prefix != self.prefix:
+                lc.llama_memory_seq_rm(self.memory, self.prefix_stream, -1, -1)
+                self._evaluate(self.prefix_stream, prefix, 0)
+                self.prefix = prefix
+            # A copy between streams copies the whole stream, bit for bit (applied at the
+            # next llama_decode).
+            lc.llama_memory_seq_cp(self.memory, self.prefix_stream, slot, -1, -1)
+        return self._argmax(self._evaluate(slot, seq.prompt[seq.shared:], seq.shared))
+
+    def _evaluate(self, slot: int, tokens: list[int], start: int) -> int:
+        """Feed tokens at positions start.. in CHUNK-sized calls; the last one's batch index."""
+        for c in range(0, len(tokens), CHUNK):
+            asked = self._decode([(tok, start + c + k, slot, c + k == len(tokens) - 1)
+                                  for k, tok in enumerate(tokens[c:c + CHUNK])])
+        return asked[-1]
+
+    def _step(self, seq: _Sequence, token: int, stop: list[bytes]) -> bool:
+        """Take the sampled token as create_completion does; False once the reply is finished
+        (end-of-generation token, a stop string, or max tokens). Mirrors its quirks: a reply
+        ending inside a multi-byte character is not checked for stops or length until the
+        character completes."""
+        if lc.llama_vocab_is_eog(self.vocab, token):
+            seq.text = self.llm.detokenize(seq.tokens, prev_tokens=seq.prompt)
+            return False
+        seq.tokens.append(token)
+        text = self.llm.detokenize(seq.tokens, prev_tokens=seq.prompt)
+        for k, char in enumerate(text[-3:]):
+            k = 3 - k
+            for num, pattern in [(2, 192), (3, 224), (4, 240)]:
+                if num > k and pattern & char == pattern:
+                    seq.multibyte_fix = num - k
+        if seq.multibyte_fix > 0:
+            seq.multibyte_fix -= 1
+            return self._has_room(seq, text)
+        hits = [s for s in stop if s in text]
+        if hits:
+            seq.text = text[: text.index(hits[0])]
+            return False
+        if len(seq.tokens) >= seq.max_tokens:
+            seq.text = text
+            return False
+        return self._has_room(seq, text)
+
+    def _has_room(self, seq: _Sequence, text: bytes) -> bool:
+        # A full KV stream ends the reply (create_completion's clamp keeps within it).
+        if seq.position >= self.n_ctx_seq:
+            seq.text = text
+            return False
+        return True
+
+    def _decode(self, items: list[tuple[int, int, int, bool]]) -> list[int]:
+        """items: (token, position, sequence id, wants logits); the batch indices that asked."""
+        b = self.batch
+        asked = []
+        for i, (tok, pos, seq, logits) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i] = tok, pos, 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = logits
+            if logits:
+                asked.append(i)
+        b.n_tokens = len(items)
+        status = lc.llama_decode(self.ctx, b)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed ({status}) on {len(items)} tokens")
+        return asked
+
+    def _argmax(self, i: int) -> int:
+        ptr = lc.llama_get_logits_ith(self.ctx, i)
+        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+                                       shape=(self.n_vocab,))
+        return int(logits.argmax())
+
+    def close(self) -> None:
+        if self.ctx:
+            lc.llama_batch_free(self.batch)
+            lc.llama_free(self.ctx)
+            self.ctx = None
