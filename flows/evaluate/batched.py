@@ -9,13 +9,15 @@ weights, so W sequences per step cost little more than one (bench/embedded_throu
 1.5-1.9x at 4-16 sequences on 2 cores). The low-level llama_batch / llama_decode calls are
 llama-cpp-python's own bindings.
 
-Identical tokens need three things, each found by probing logits on the embedded teacher:
-each sequence its own KV stream (`kv_unified` off; with one shared cache greedy tokens diverged
-within tens of tokens); each prompt prefilled alone, in Llama.eval's chunks (see _prefill); and
-flash attention off, as in llama-cpp-python's Llama. With it on, a sequence decoded beside
-others past 256 cached tokens moved its logits by up to 1.05 against decoding it alone on 2
-threads (not on one: the kernel splits a lone query's cache across threads); with it off, decode
-steps of 2 to 16 sequences gave the same logits, bit for bit, as one.
+Identical tokens need four things, each found by probing logits on the embedded teacher
+(docs/benchmarks.md): each sequence its own KV stream (`kv_unified` off; with one shared cache
+greedy tokens diverged within tens of tokens); each prompt prefilled alone (see _prefill); both
+paths evaluating a prompt in the same pieces (see prompt_tokens); and flash attention off, as
+in llama-cpp-python's Llama. With it on, a sequence decoded beside others past 256 cached
+tokens moved its logits by up to 1.05 against decoding it alone on 2 threads (not on one: the
+kernel splits a lone query's cache across threads); with it off, decode steps of 2 to 8
+sequences gave the same logits, bit for bit, as one. Files with 16-bit float weights are the
+exception (see HALF_FLOAT_FILE_TYPES).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import ctypes
 from collections import deque
 from dataclasses import dataclass, field
 
+import jinja2
 import llama_cpp as lc
 import numpy as np
 
@@ -93,7 +96,10 @@ def prompt_tokens(llm, formatter, messages: list[dict]) -> tuple[list[int], int,
         return ids, [s.encode("utf-8") for s in stop if s]
 
     ids, stop = tokens(messages)
-    before, _ = tokens(messages[:-1])
+    try:
+        before, _ = tokens(messages[:-1])
+    except (jinja2.TemplateError, ValueError):  # a template that needs a message (messages[0])
+        before = []
     shared = 0
     for a, b in zip(ids, before):
         if a != b:
@@ -115,7 +121,7 @@ class BatchedDecoder:
             raise ValueError(f"{llm.model_path}: chat format {llm.chat_format!r} is not the "
                              "file's own template; decode it one conversation at a time")
         params = lc.llama_context_default_params()
-        # One KV stream per slot, and one more holding the shared prefix (PREFIX_STREAM).
+        # One KV stream per slot, and one more holding the shared prefix (prefix_stream).
         params.n_ctx = (width + 1) * self.n_ctx_seq
         params.n_seq_max = width + 1
         params.kv_unified = False

@@ -14,8 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-# Conversations decoded together by GGUFEngine: 8 gained the most with identical tokens in
-# bench/embedded_throughput.py on 2 cores (1.77x one at a time; 16 gave no more).
+# Conversations decoded together by GGUFEngine: in bench/gguf_eval_speed.py on 2 cores 8 was as
+# fast as 16 (prefill, alone per prompt, is a large share of evaluation) with half the KV memory.
 BATCH_WIDTH = 8
 
 
@@ -81,20 +81,27 @@ class GGUFEngine:
 
     def generate_one_at_a_time(self, conversations, max_new_tokens):
         """llama-cpp-python's create_chat_completion per conversation, its prompt evaluated in
-        the batched path's pieces: the prefix it shares with every row first, then the rest
-        (create_chat_completion reuses that cached prefix). Not whatever prefix the previous
-        row left cached: that made a row's reply depend on the row before it."""
+        the batched path's pieces: the prefix it shares with every row first (kept from the
+        row before when it is the same), then the rest (create_chat_completion reuses the
+        cached prefix). Not whatever prefix the previous row left cached: that made a row's
+        reply depend on the row before it."""
         from flows.evaluate.batched import prompt_tokens
 
+        llm = self.llm
         texts, generated = [], 0
         for messages in conversations:
-            self.llm.reset()
+            prompt, shared = [], 0
             if self.formatter is not None:
-                prompt, shared, _ = prompt_tokens(self.llm, self.formatter, messages)
+                prompt, shared, _ = prompt_tokens(llm, self.formatter, messages)
+            kept = llm.input_ids[:min(shared, llm.n_tokens)].tolist()
+            if shared and kept == prompt[:shared]:
+                llm.n_tokens = shared  # the cache beyond it is dropped when the prompt is fed
+            else:
+                llm.reset()
                 if shared:
-                    self.llm.eval(prompt[:shared])
-            reply = self.llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1,
-                                                    max_tokens=max_new_tokens, seed=0)
+                    llm.eval(prompt[:shared])
+            reply = llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1,
+                                               max_tokens=max_new_tokens, seed=0)
             texts.append(reply["choices"][0]["message"]["content"] or "")
             generated += reply["usage"]["completion_tokens"]
         return texts, generated

@@ -55,8 +55,9 @@ def test_batched_replies_are_create_chat_completions_token_for_token(tiny_gguf, 
         assert batched._batched is not None
         assert got == expected and tokens == expected_tokens
         assert batched.generate(convs, 5)[0] == short
-        # A reply does not depend on which rows share its calls.
+        # A reply does not depend on which rows share its calls, or which row came before.
         assert batched.generate(convs[::-1], 24)[0] == expected[::-1]
+        assert alone.generate_one_at_a_time(convs[::-1], 24)[0] == expected[::-1]
     finally:
         alone.close()
         batched.close()
