@@ -44,6 +44,7 @@ class GGUFEngine:
                  width: int = BATCH_WIDTH):
         from llama_cpp import Llama
 
+        from flows.evaluate.batched import chat_formatter, decodes_exactly_batched
         from flows.settings import cpu_threads
 
         self.path = Path(path)
@@ -52,10 +53,8 @@ class GGUFEngine:
                         verbose=False)
         self.llm = Llama(str(self.path), seed=0, **self._kw)
         self.width = width
-        from flows.evaluate.batched import chat_formatter, decodes_exactly_batched
-
         self.formatter = chat_formatter(self.llm)  # None: a named chat format, one at a time
-        self.batched = self.formatter is not None and decodes_exactly_batched(self.llm)
+        self.batchable = self.formatter is not None and decodes_exactly_batched(self.llm)
         self._batched = None
         self._scorer = None
 
@@ -70,7 +69,7 @@ class GGUFEngine:
         return self._scorer
 
     def generate(self, conversations, max_new_tokens):
-        if self.width > 1 and len(conversations) > 1 and self.batched:
+        if self.width > 1 and len(conversations) > 1 and self.batchable:
             if self._batched is None:
                 from flows.evaluate.batched import BatchedDecoder
 
