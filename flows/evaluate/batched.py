@@ -43,6 +43,7 @@ class _Sequence:
     prompt: list[int]
     shared: int  # leading prompt tokens that come from the shared-prefix stream
     max_tokens: int
+    stop: list[bytes]
     tokens: list[int] = field(default_factory=list)
     multibyte_fix: int = 0
     text: bytes | None = None  # set when finished
@@ -110,16 +111,13 @@ def prompt_tokens(llm, formatter, messages: list[dict]) -> tuple[list[int], int,
 
 class BatchedDecoder:
     """A second llama.cpp context on `llm`'s already loaded weights, with `width` KV streams of
-    `llm`'s context size each."""
+    `llm`'s context size each; `formatter` is chat_formatter(llm)."""
 
-    def __init__(self, llm, width: int, threads: int):
+    def __init__(self, llm, formatter, width: int, threads: int):
         self.llm = llm
+        self.formatter = formatter
         self.width = width
         self.n_ctx_seq = llm.n_ctx()
-        self.formatter = chat_formatter(llm)
-        if self.formatter is None:
-            raise ValueError(f"{llm.model_path}: chat format {llm.chat_format!r} is not the "
-                             "file's own template; decode it one conversation at a time")
         params = lc.llama_context_default_params()
         # One KV stream per slot, and one more holding the shared prefix (prefix_stream).
         params.n_ctx = (width + 1) * self.n_ctx_seq
@@ -143,7 +141,6 @@ class BatchedDecoder:
                  max_new_tokens: int) -> tuple[list[str], list[int]]:
         """Each conversation's greedy reply text and completion-token count."""
         pending = deque()
-        stops = []
         for i, messages in enumerate(conversations):
             prompt, shared, stop = prompt_tokens(self.llm, self.formatter, messages)
             if len(prompt) >= self.n_ctx_seq:
@@ -152,8 +149,7 @@ class BatchedDecoder:
             # create_completion's clamp: the reply fits the context window.
             room = (max_new_tokens if max_new_tokens + len(prompt) < self.n_ctx_seq
                     else self.n_ctx_seq - len(prompt))
-            pending.append(_Sequence(i, prompt, shared, room))
-            stops.append(stop)
+            pending.append(_Sequence(i, prompt, shared, room, stop))
         done: list[_Sequence] = []
         slots: dict[int, _Sequence] = {}
         next_token: dict[int, int] = {}
@@ -164,7 +160,7 @@ class BatchedDecoder:
             going = []
             for slot in sorted(slots):
                 seq = slots[slot]
-                if self._step(seq, next_token.pop(slot), stops[seq.index]):
+                if self._step(seq, next_token.pop(slot)):
                     going.append(slot)
                 else:
                     done.append(slots.pop(slot))
@@ -211,7 +207,7 @@ class BatchedDecoder:
                                   for k, tok in enumerate(tokens[c:c + CHUNK])])
         return asked[-1]
 
-    def _step(self, seq: _Sequence, token: int, stop: list[bytes]) -> bool:
+    def _step(self, seq: _Sequence, token: int) -> bool:
         """Take the sampled token as create_completion does; False once the reply is finished
         (end-of-generation token, a stop string, or max tokens). Mirrors its quirks: a reply
         ending inside a multi-byte character is not checked for stops or length until the
@@ -229,7 +225,7 @@ class BatchedDecoder:
         if seq.multibyte_fix > 0:
             seq.multibyte_fix -= 1
             return self._has_room(seq, text)
-        hits = [s for s in stop if s in text]
+        hits = [s for s in seq.stop if s in text]
         if hits:
             seq.text = text[: text.index(hits[0])]
             return False

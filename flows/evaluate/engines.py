@@ -73,7 +73,8 @@ class GGUFEngine:
             if self._batched is None:
                 from flows.evaluate.batched import BatchedDecoder
 
-                self._batched = BatchedDecoder(self.llm, self.width, self.threads)
+                self._batched = BatchedDecoder(self.llm, self.formatter, self.width,
+                                               self.threads)
             texts, counts = self._batched.generate(conversations, max_new_tokens)
             return texts, sum(counts)
         return self.generate_one_at_a_time(conversations, max_new_tokens)
