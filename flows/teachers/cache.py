@@ -16,6 +16,11 @@ from flows.teachers.base import Reply
 from storage.tables import ResponseCache, utcnow
 
 LOOKUP_CHUNK = 500  # keys per IN (...) query: well under SQLite's variable limit
+_COLUMNS = ("key", "backend", "model", "response_json", "created_at", "prompt_tokens",
+            "completion_tokens")
+_SQLITE_INSERT = (f"INSERT OR IGNORE INTO {ResponseCache.__tablename__} ({', '.join(_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(_COLUMNS))})")
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class ResponseCacheStore:
@@ -51,31 +56,49 @@ class ResponseCacheStore:
 
     def put(self, backend: str, model: str, answers: list[tuple[str, Reply]]) -> None:
         """Store answers that arrived together, in one transaction, committed before the next
-        batch is handled: a kill loses nothing that arrived."""
+        batch is handled: a kill loses nothing that arrived. A key already stored (another run
+        answered the same content first) is left as it is."""
         now = utcnow()
-        rows = [{"key": key, "backend": backend, "model": model,
-                 "response_json": reply.to_json(), "created_at": now,
-                 "prompt_tokens": reply.prompt_tokens,
-                 "completion_tokens": reply.completion_tokens}
-                for key, reply in answers if reply.error is None]
+        rows = [(key, backend, model, reply.to_json(), now, reply.prompt_tokens,
+                 reply.completion_tokens) for key, reply in answers if reply.error is None]
         if not rows:
             return
         if self._conn is None:
             self._conn = self.engine.connect()
+        if self.engine.dialect.name == "sqlite":
+            self._put_sqlite(rows)
+        else:
+            self._put_core(rows)
+        self.written += len(rows)
+
+    def _put_sqlite(self, rows: list[tuple]) -> None:
+        """Straight to the sqlite3 driver: at 20 ms latency the loop commits ~1,000 small
+        batches per 4,000 answers, and SQLAlchemy's statement handling was much of each put's
+        CPU (median 62 against 106 ms per 4,000 rows in batches of 14, 5 alternating runs).
+        created_at is written in the text form SQLAlchemy's SQLite DateTime reads back."""
+        raw = self._conn.connection.driver_connection
+        stamp = rows[0][4].strftime(_SQLITE_DATETIME)  # one `now` per put
         try:
-            self._conn.execute(self._insert, rows)
+            raw.executemany(_SQLITE_INSERT, [(*row[:4], stamp, *row[5:]) for row in rows])
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+
+    def _put_core(self, rows: list[tuple]) -> None:
+        records = [dict(zip(_COLUMNS, row)) for row in rows]
+        try:
+            self._conn.execute(self._insert, records)
             self._conn.commit()
         except IntegrityError:
             # Another run answered one of these first (same content): store the rest singly.
             self._conn.rollback()
-            for row in rows:
+            for record in records:
                 try:
-                    self._conn.execute(self._insert, row)
+                    self._conn.execute(self._insert, record)
                     self._conn.commit()
                 except IntegrityError:
                     self._conn.rollback()
-                    continue
-        self.written += len(rows)
 
     def evict(self, keys: list[str]) -> None:
         """Delete answers that can no longer be used (cached unchecked by an older version)."""

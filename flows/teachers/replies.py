@@ -89,6 +89,12 @@ def check(reply: Reply) -> Reply:
             storable(json.dumps(reply.logprobs, ensure_ascii=False), "logprobs")
     except Unusable as e:
         return bad(str(e), prompt, completion)  # the tokens were paid for all the same
+    if text is reply.text and prompt == reply.prompt_tokens \
+            and completion == reply.completion_tokens:
+        # Already normal (almost every reply, and every reply checked before: the dispatcher
+        # checks again what a backend checked): no copy. dataclasses.replace was a quarter of
+        # this function's time at 20 ms latency (8,000 calls per 4,000 answers).
+        return reply
     return replace(reply, text=text, prompt_tokens=prompt, completion_tokens=completion)
 
 
