@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import jinja2
 import llama_cpp as lc
@@ -47,10 +48,16 @@ class _Sequence:
     tokens: list[int] = field(default_factory=list)
     multibyte_fix: int = 0
     text: bytes | None = None  # set when finished
+    finish_reason: str = "stop"  # "length" when max_tokens or the context window ended it
+    tag: Any = None  # the caller's handle (a teacher's Request)
 
     @property
     def position(self) -> int:
         return len(self.prompt) + len(self.tokens)
+
+    @property
+    def reply(self) -> str:
+        return self.text.decode("utf-8", errors="ignore")
 
 
 # general.file_type of files with 16-bit float weights (llama.cpp's LLAMA_FTYPE_MOSTLY_F16 and
@@ -140,47 +147,60 @@ class BatchedDecoder:
     def generate(self, conversations: list[list[dict]],
                  max_new_tokens: int) -> tuple[list[str], list[int]]:
         """Each conversation's greedy reply text and completion-token count."""
-        pending = deque()
-        for i, messages in enumerate(conversations):
-            prompt, shared, stop = prompt_tokens(self.llm, self.formatter, messages)
-            if len(prompt) >= self.n_ctx_seq:
-                raise ValueError(f"conversation {i}: its prompt is {len(prompt)} tokens, more than "
-                                 f"the context window of {self.n_ctx_seq}")
-            # create_completion's clamp: the reply fits the context window.
-            room = (max_new_tokens if max_new_tokens + len(prompt) < self.n_ctx_seq
-                    else self.n_ctx_seq - len(prompt))
-            pending.append(_Sequence(i, prompt, shared, room, stop))
-        done: list[_Sequence] = []
+        pending = deque(self.sequence(i, messages, max_new_tokens)
+                        for i, messages in enumerate(conversations))
+        done = sorted(self.replies(lambda: pending.popleft() if pending else None),
+                      key=lambda s: s.index)
+        return [s.reply for s in done], [len(s.tokens) for s in done]
+
+    def sequence(self, index: int, messages: list[dict], max_new_tokens: int) -> _Sequence:
+        """A conversation ready to take a slot; ValueError when its prompt does not fit."""
+        prompt, shared, stop = prompt_tokens(self.llm, self.formatter, messages)
+        if len(prompt) >= self.n_ctx_seq:
+            raise ValueError(f"conversation {index}: its prompt is {len(prompt)} tokens, more "
+                             f"than the context window of {self.n_ctx_seq}")
+        # create_completion's clamp: the reply fits the context window.
+        room = (max_new_tokens if max_new_tokens + len(prompt) < self.n_ctx_seq
+                else self.n_ctx_seq - len(prompt))
+        return _Sequence(index, prompt, shared, room, stop)
+
+    def replies(self, take: Callable[[], _Sequence | None],
+                closing: Callable[[], bool] | None = None) -> Iterator[_Sequence]:
+        """Finished sequences, as each finishes. `take()` hands the next sequence to a free slot
+        (None: nothing more), so a caller can decide at each admission whether to go on.
+        `closing()` True: stop at the next step, dropping what is in the slots."""
         slots: dict[int, _Sequence] = {}
         next_token: dict[int, int] = {}
-        while pending or slots:
-            for slot, seq in self._admit(pending, slots):
-                next_token[slot] = self._prefill(slot, seq)
-            # Sample results first, then feed the tokens of those still going in one decode.
-            going = []
-            for slot in sorted(slots):
-                seq = slots[slot]
-                if self._step(seq, next_token.pop(slot)):
-                    going.append(slot)
-                else:
-                    done.append(slots.pop(slot))
-                    lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
-            if going:
-                self._decode([(slots[s].tokens[-1], slots[s].position - 1, s, True)
-                              for s in going])
-                next_token.update({s: self._argmax(k) for k, s in enumerate(going)})
-        done.sort(key=lambda s: s.index)
-        return ([s.text.decode("utf-8", errors="ignore") for s in done],
-                [len(s.tokens) for s in done])
-
-    def _admit(self, pending: deque, slots: dict) -> list[tuple[int, _Sequence]]:
-        """Free slots take waiting prompts."""
-        admitted = []
-        for slot in range(self.width):
-            if slot not in slots and pending:
-                slots[slot] = pending.popleft()
-                admitted.append((slot, slots[slot]))
-        return admitted
+        more = True
+        try:
+            while True:
+                while more and len(slots) < self.width:
+                    seq = take()
+                    if seq is None:
+                        more = False
+                        break
+                    slot = min(set(range(self.width)) - set(slots))
+                    slots[slot] = seq
+                    next_token[slot] = self._prefill(slot, seq)
+                if not slots or (closing is not None and closing()):
+                    return
+                # Sample results first, then feed the tokens of those still going in one decode.
+                going = []
+                for slot in sorted(slots):
+                    seq = slots[slot]
+                    if self._step(seq, next_token.pop(slot)):
+                        going.append(slot)
+                    else:
+                        del slots[slot]
+                        lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
+                        yield seq
+                if going:
+                    self._decode([(slots[s].tokens[-1], slots[s].position - 1, s, True)
+                                  for s in going])
+                    next_token.update({s: self._argmax(k) for k, s in enumerate(going)})
+        finally:
+            for slot in slots:  # stopped early: the next call starts from empty streams
+                lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
 
     def _prefill(self, slot: int, seq: _Sequence) -> int:
         """Evaluate a prompt in its slot and return its first greedy token: its shared prefix
@@ -230,14 +250,14 @@ class BatchedDecoder:
             seq.text = text[: text.index(hits[0])]
             return False
         if len(seq.tokens) >= seq.max_tokens:
-            seq.text = text
+            seq.text, seq.finish_reason = text, "length"
             return False
         return self._has_room(seq, text)
 
     def _has_room(self, seq: _Sequence, text: bytes) -> bool:
         # A full KV stream ends the reply (create_completion's clamp keeps within it).
         if seq.position >= self.n_ctx_seq:
-            seq.text = text
+            seq.text, seq.finish_reason = text, "length"
             return False
         return True
 

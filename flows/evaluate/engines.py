@@ -70,14 +70,21 @@ class GGUFEngine:
 
     def generate(self, conversations, max_new_tokens):
         if self.width > 1 and len(conversations) > 1 and self.batchable:
-            if self._batched is None:
-                from flows.evaluate.batched import BatchedDecoder
-
-                self._batched = BatchedDecoder(self.llm, self.formatter, self.width,
-                                               self.threads)
-            texts, counts = self._batched.generate(conversations, max_new_tokens)
+            texts, counts = self.batched_decoder().generate(conversations, max_new_tokens)
             return texts, sum(counts)
         return self.generate_one_at_a_time(conversations, max_new_tokens)
+
+    def batched_decoder(self):
+        """The BatchedDecoder on this file (opened once): `width` sequences per step, one for
+        16-bit float weights (exact only alone); None for a named chat format."""
+        if self.formatter is None:
+            return None
+        if self._batched is None:
+            from flows.evaluate.batched import BatchedDecoder
+
+            self._batched = BatchedDecoder(self.llm, self.formatter,
+                                           self.width if self.batchable else 1, self.threads)
+        return self._batched
 
     def generate_one_at_a_time(self, conversations, max_new_tokens):
         """llama-cpp-python's create_chat_completion per conversation, its prompt evaluated in

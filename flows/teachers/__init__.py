@@ -28,6 +28,11 @@ BACKENDS: dict[str, str] = {
 def make_teacher(spec, *, base_dir: Path | None = None) -> Teacher:
     module, _, cls = BACKENDS[spec.backend].partition(":")
     factory = getattr(importlib.import_module(module), cls)
+    if spec.backend == "llamacpp":
+        from flows.teachers.llamacpp_batched import BatchedLlamaTeacher, answers_in_process
+
+        if answers_in_process(spec):
+            return BatchedLlamaTeacher(spec, base_dir=base_dir)
     if spec.backend == "openai":
         if spec.batch_api:
             from flows.teachers.batch_api import OpenAIBatchTeacher

@@ -81,3 +81,32 @@ def test_llamacpp_server_dies_with_a_killed_stairs_process(tmp_path):
     proc.wait()
     gone, alive = psutil.wait_procs(server, timeout=15)
     assert not alive, "the llama.cpp server outlived a kill -9 of its parent"
+
+
+def test_a_greedy_embedded_teacher_answers_in_process_as_its_server_does(workspace):
+    """Greedy text requests skip the server (flows/teachers/llamacpp_batched.py): the rows hold,
+    token for token, what llama.cpp's server answers the same prompts."""
+    from flows.teachers import Request, Sampling, running
+    from flows.teachers.aio import run_coroutine
+    from flows.teachers.llamacpp import LlamaCppTeacher
+
+    spec = _spec({"backend": "llamacpp", "model": "smollm2-135m", "temperature": 0.0}, rows=10)
+    run_id = workspace.start_run(spec, "generate").id
+    summary = generate(spec, workspace, run_id, progress_bar=False)
+    stage = workspace.latest_stage("generate", run_id=run_id, round_index=0)
+    df = workspace.store.scan(workspace.shards(stage, "generated")).collect()
+    assert summary.complete and df.height == 10 and summary.concurrency_min == 8
+    sampling = Sampling(0.0, 1.0, 96, None, 0)
+    requests = [Request(str(i), json.loads(m), sampling, 0)
+                for i, m in enumerate(df["messages"].to_list())]
+    server, replies = LlamaCppTeacher(spec.teacher), {}
+
+    async def ask():
+        async for answers in server.stream(requests):
+            replies.update({req.key: reply for req, reply in answers})
+
+    with running(server):
+        run_coroutine(ask())
+    assert df["response"].to_list() == [replies[str(i)].text for i in range(10)]
+    assert df["completion_tokens"].to_list() == [replies[str(i)].completion_tokens
+                                                 for i in range(10)]
