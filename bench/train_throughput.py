@@ -50,25 +50,30 @@ def measure(which: str, args) -> dict:
 
     from flows import models
     from flows.train import examples
-    from flows.train.trainer import TrainConfig, fit, pick_device, prepare
+    from flows.train.trainer import TrainConfig, cpu_bf16, fit, pick_device, prepare
 
     device = pick_device("auto")
     model, tok, _ = models.load(args.model, device=device)
+    # Both trainers in the same precision: bf16 autocast on a GPU, and on a CPU where
+    # --cpu-bf16 (auto: the CPU has native bfloat16) says so, as the train stage decides.
+    bf16 = device == "cuda" or cpu_bf16({"auto": "auto", "on": True, "off": False}[args.cpu_bf16])
     cfg = TrainConfig(objective="cot", max_steps=args.steps, batch_size=args.batch_size,
-                      learning_rate=5e-5, warmup_ratio=0.0, max_length=args.max_length, seed=0)
+                      learning_rate=5e-5, warmup_ratio=0.0, max_length=args.max_length, seed=0,
+                      cpu_bf16=bf16)
     groups = examples.build(demo_rows(args.rows), tok, "cot", cfg.max_length).groups
     if which == "ours":
         model = prepare(model, cfg)
         result = fit(model, groups, cfg, pad_id=tok.pad_token_id, device=device, progress=False)
         tokens, seconds = result.tokens, result.seconds
     else:
-        tokens, seconds = run_hf_trainer(model, tok, groups, cfg, device)
-    return {"trainer": which, "tokens": tokens, "seconds": seconds,
+        tokens, seconds = run_hf_trainer(model, tok, groups, cfg, device, bf16)
+    return {"trainer": which, "precision": "bf16" if bf16 else "fp32", "tokens": tokens,
+            "seconds": seconds,
             "tokens_per_s": tokens / seconds, "peak_mb": peak_memory_mb(device),
             "device": device, "threads": torch.get_num_threads()}
 
 
-def run_hf_trainer(model, tok, groups, cfg, device) -> tuple[int, float]:
+def run_hf_trainer(model, tok, groups, cfg, device, bf16: bool) -> tuple[int, float]:
     import tempfile
 
     import torch
@@ -92,7 +97,7 @@ def run_hf_trainer(model, tok, groups, cfg, device) -> tuple[int, float]:
             weight_decay=0.0, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
             train_sampling_strategy="group_by_length", save_strategy="no", report_to=[],
             logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
-            bf16=device == "cuda", use_cpu=device == "cpu", remove_unused_columns=False)
+            bf16=bf16, use_cpu=device == "cpu", remove_unused_columns=False)
         trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collate)
         t0 = time.perf_counter()
         trainer.train()
@@ -109,6 +114,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cpu-bf16", choices=["auto", "on", "off"], default="auto",
+                   help="bf16 autocast on CPU for both trainers (default: the train stage's)")
     p.add_argument("--one", choices=["ours", "hf-trainer"], help=argparse.SUPPRESS)
     args = p.parse_args()
     # Exactly one epoch for both: every row is seen once, so both trainers process the same
@@ -124,7 +131,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {"ours": [], "hf-trainer": []}
     passthrough = ["--model", args.model, "--steps", str(args.steps), "--batch-size",
                    str(args.batch_size), "--max-length",
-                   str(args.max_length)]
+                   str(args.max_length), "--cpu-bf16", args.cpu_bf16]
     for _ in range(args.repeats):
         for which in ("ours", "hf-trainer"):
             out = subprocess.run([sys.executable, __file__, "--one", which, *passthrough],
@@ -135,6 +142,7 @@ def main() -> None:
            for k, v in results.items()}
     r = results["ours"][0]
     print(f"model {args.model}, device {r['device']} ({r['threads']} torch threads), "
+          f"{r['precision']}, "
           f"{args.steps} steps x batch {args.batch_size}, {args.rows} demo rows, cot, full "
           f"fine-tune, medians of {args.repeats}")
     print("| trainer | tokens/s | peak memory (MiB) |\n|---|---|---|")

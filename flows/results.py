@@ -163,6 +163,8 @@ class TrainResult(StageResult):
     loss_terms: dict[str, list[float]] = Field(
         {}, description="Each loss term (ce, kd, label_loss, ...): [first step, last step].")
     train_tokens_per_s: float | None = None
+    precision: str | None = Field(None, description="What forward and backward ran in: fp32, or "
+                                  "bf16 autocast (student.cpu_bf16 on CPU; always on a GPU).")
     student_model_id: int | None = None
     base_model_id: int | None = None
     base_accuracy: float | None = None

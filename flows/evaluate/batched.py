@@ -1,7 +1,8 @@
-"""Greedy decoding of many chat prompts at once on one llama.cpp model: up to `width` sequences
-share every llama_decode call (continuous batching: a finished sequence's slot takes the next
-prompt at once), and each returns the text and token count that llama-cpp-python's
-create_chat_completion returns for it alone.
+"""Decoding of many chat prompts at once on one llama.cpp model: up to `width` sequences share
+every llama_decode call (continuous batching: a finished sequence's slot takes the next prompt at
+once), and each returns the text and token count that llama-cpp-python's create_chat_completion
+(or its server) returns for it alone: greedy, or sampled with a seed through the same sampler
+chain (sampler_chain).
 
 Why our own loop: llama-cpp-python's high-level calls decode one sequence at a time, and its
 server answers one request at a time. A small model decoding one token is bound by reading its
@@ -50,6 +51,7 @@ class _Sequence:
     text: bytes | None = None  # set when finished
     finish_reason: str = "stop"  # "length" when max_tokens or the context window ended it
     tag: Any = None  # the caller's handle (a teacher's Request)
+    sampler: Any = None  # a seeded sampler chain (sampler_chain); None: greedy
 
     @property
     def position(self) -> int:
@@ -69,6 +71,30 @@ HALF_FLOAT_FILE_TYPES = {"1", "32"}
 
 def decodes_exactly_batched(llm) -> bool:
     return str(llm.metadata.get("general.file_type")) not in HALF_FLOAT_FILE_TYPES
+
+
+# llama-cpp-python's server defaults for what stairs does not send (server/types.py); stairs
+# sends temperature, top_p, seed and repeat_penalty 1.0 (flows/teachers/llamacpp.py).
+SERVER_TOP_K, SERVER_MIN_P, SERVER_TYPICAL_P, PENALTY_LAST_N = 40, 0.05, 1.0, 64
+
+
+def sampler_chain(n_vocab: int, temperature: float, top_p: float, seed: int):
+    """The sampler Llama._init_sampler builds for a sampled request to llama-cpp-python's server
+    with stairs' parameters, in its order: penalties (neutral at repeat_penalty 1.0), top-k,
+    typical, top-p, min-p, temperature, then a draw from the request's seed. A sequence's
+    logits are bit for bit those it gets alone, so with its own chain its sampled reply is the
+    server's reply to the same request."""
+    from llama_cpp._internals import LlamaSampler
+
+    chain = LlamaSampler()
+    chain.add_penalties(n_vocab, PENALTY_LAST_N, 1.0, 0.0, 0.0)
+    chain.add_top_k(SERVER_TOP_K)
+    chain.add_typical(SERVER_TYPICAL_P, 1)
+    chain.add_top_p(top_p, 1)
+    chain.add_min_p(SERVER_MIN_P, 1)
+    chain.add_temp(temperature)
+    chain.add_dist(seed)
+    return chain
 
 
 def chat_formatter(llm):
@@ -153,16 +179,25 @@ class BatchedDecoder:
                       key=lambda s: s.index)
         return [s.reply for s in done], [len(s.tokens) for s in done]
 
-    def sequence(self, index: int, messages: list[dict], max_new_tokens: int) -> _Sequence:
-        """A conversation ready to take a slot; ValueError when its prompt does not fit."""
+    def sequence(self, index: int, messages: list[dict], max_new_tokens: int, *,
+                 temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None) -> _Sequence:
+        """A conversation ready to take a slot, greedy at temperature 0, else sampled from
+        `seed`; ValueError when its prompt does not fit (or a sampled one has no seed)."""
         prompt, shared, stop = prompt_tokens(self.llm, self.formatter, messages)
         if len(prompt) >= self.n_ctx_seq:
             raise ValueError(f"conversation {index}: its prompt is {len(prompt)} tokens, more "
                              f"than the context window of {self.n_ctx_seq}")
+        if temperature > 0 and seed is None:
+            # The server draws an unrecorded seed then: no reply to reproduce.
+            raise ValueError(f"conversation {index}: sampled (temperature {temperature}) "
+                             "without a seed")
         # create_completion's clamp: the reply fits the context window.
         room = (max_new_tokens if max_new_tokens + len(prompt) < self.n_ctx_seq
                 else self.n_ctx_seq - len(prompt))
-        return _Sequence(index, prompt, shared, room, stop)
+        chain = (sampler_chain(self.n_vocab, temperature, top_p, seed) if temperature > 0
+                 else None)
+        return _Sequence(index, prompt, shared, room, stop, sampler=chain)
 
     def replies(self, take: Callable[[], _Sequence | None],
                 closing: Callable[[], bool] | None = None) -> Iterator[_Sequence]:
@@ -181,7 +216,7 @@ class BatchedDecoder:
                         break
                     slot = min(set(range(self.width)) - set(slots))
                     slots[slot] = seq
-                    next_token[slot] = self._prefill(slot, seq)
+                    next_token[slot] = self._pick(seq, self._prefill(slot, seq))
                 if not slots or (closing is not None and closing()):
                     return
                 # Sample results first, then feed the tokens of those still going in one decode.
@@ -192,18 +227,24 @@ class BatchedDecoder:
                         going.append(slot)
                     else:
                         del slots[slot]
-                        lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
+                        self._release(slot, seq)
                         yield seq
                 if going:
                     self._decode([(slots[s].tokens[-1], slots[s].position - 1, s, True)
                                   for s in going])
-                    next_token.update({s: self._argmax(k) for k, s in enumerate(going)})
+                    next_token.update({s: self._pick(slots[s], k) for k, s in enumerate(going)})
         finally:
-            for slot in slots:  # stopped early: the next call starts from empty streams
-                lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
+            for slot, seq in slots.items():  # stopped early: the next call starts from empty
+                self._release(slot, seq)
+
+    def _release(self, slot: int, seq: _Sequence) -> None:
+        lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
 
     def _prefill(self, slot: int, seq: _Sequence) -> int:
-        """Evaluate a prompt in its slot and return its first greedy token: its shared prefix
+        """Evaluate a prompt in its slot; the batch index of its last logits. Its shared prefix
         is copied from the prefix stream (evaluated once, alone), the rest is evaluated alone
         from there, in Llama.eval's chunks. Alone because prompt-sized batches are not
         row-independent here: two prompts prefilled in one call moved a last-token logit by
@@ -218,7 +259,7 @@ class BatchedDecoder:
             # A copy between streams copies the whole stream, bit for bit (applied at the
             # next llama_decode).
             lc.llama_memory_seq_cp(self.memory, self.prefix_stream, slot, -1, -1)
-        return self._argmax(self._evaluate(slot, seq.prompt[seq.shared:], seq.shared))
+        return self._evaluate(slot, seq.prompt[seq.shared:], seq.shared)
 
     def _evaluate(self, slot: int, tokens: list[int], start: int) -> int:
         """Feed tokens at positions start.. in CHUNK-sized calls; the last one's batch index."""
@@ -276,6 +317,14 @@ class BatchedDecoder:
         if status != 0:
             raise RuntimeError(f"llama_decode failed ({status}) on {len(items)} tokens")
         return asked
+
+    def _pick(self, seq: _Sequence, i: int) -> int:
+        """The sequence's next token from the logits at batch index i: its sampler's draw
+        (llama_sampler_sample also records the token in the chain, as create_completion's
+        sampling does), or the most likely token."""
+        if seq.sampler is not None:
+            return lc.llama_sampler_sample(seq.sampler.sampler, self.ctx, i)
+        return self._argmax(i)
 
     def _argmax(self, i: int) -> int:
         ptr = lc.llama_get_logits_ith(self.ctx, i)

@@ -26,7 +26,6 @@ class Engine(Protocol):
 
     def generate(self, conversations: list[list[dict]],
                  max_new_tokens: int) -> tuple[list[str], int]: ...
-    def nll(self, ids: list[int]) -> float: ...
     def logits(self, ids: list[int]) -> np.ndarray: ...
     def decode_speed(self, messages: list[dict], tokens: int) -> float: ...
     def close(self) -> None: ...
@@ -119,9 +118,6 @@ class GGUFEngine:
         self.scorer.eval(ids)
         return np.asarray(self.scorer.scores[: len(ids) - 1], dtype=np.float64)
 
-    def nll(self, ids):
-        return nll_from_logits(self.logits(ids), np.asarray(ids[1:]))
-
     def decode_speed(self, messages, tokens):
         eos = self.llm.token_eos()
         t_first = t_end = None
@@ -205,9 +201,6 @@ class TorchEngine:
         with torch.no_grad():
             return self.model(torch.tensor([ids], device=device)).logits[0, :-1].double().cpu().numpy()
 
-    def nll(self, ids):
-        return nll_from_logits(self.logits(ids), np.asarray(ids[1:]))
-
     def decode_speed(self, messages, tokens):
         import torch
 
@@ -290,13 +283,6 @@ class EndpointEngine:
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     top = logits.max(axis=-1, keepdims=True)
     return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
-
-
-def nll_from_logits(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Summed negative log-likelihood of targets under row-wise softmax(logits)."""
-    top = logits.max(axis=1, keepdims=True)
-    logz = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    return float((logz - logits[np.arange(len(targets)), targets]).sum())
 
 
 def open_engine(ref: str, *, catalog=None, threads: int | None = None, batch_size: int = 8,

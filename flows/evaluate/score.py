@@ -84,38 +84,37 @@ def perplexity_text(row: dict) -> str:
     return f"{row['passage']}\n{row['question']}\nAnswer: {row['answer']}"
 
 
-def perplexity(engine, rows: list[dict], tokenizer) -> float:
-    """Perplexity of the eval rows' text with their gold answers (same token ids in every
-    engine: the student's tokenizer)."""
-    total_nll, total_tokens = 0.0, 0
-    for r in rows:
-        ids = tokenizer(perplexity_text(r))["input_ids"]
-        total_nll += engine.nll(ids)
-        total_tokens += len(ids) - 1
-    return float(np.exp(total_nll / total_tokens)) if total_tokens else float("nan")
-
-
-def fidelity(reference, engine, rows: list[dict], tokenizer) -> dict:
-    """How closely `engine` (a quantized file) reproduces `reference` (the float file): the mean
-    KL(reference || engine) of the next-token distributions and the share of positions where both
-    rank the same token first, over the eval rows' text (llama.cpp's `perplexity
-    --kl-divergence` idea; same token ids for both). Accuracy on 60 rows moves in steps of 1.7
-    points; this sees every position of every row."""
+def logit_scores(engine, rows: list[dict], tokenizer, *, reference=None) -> dict:
+    """Perplexity of `engine` on the eval rows' text with their gold answers (same token ids in
+    every engine: the student's tokenizer) and, with `reference` (the float file), how closely
+    `engine` (a quantized file) reproduces it: the mean KL(reference || engine) of the next-token
+    distributions and the share of positions where both rank the same token first (llama.cpp's
+    `perplexity --kl-divergence` idea). Accuracy on 60 rows moves in steps of 1.7 points; this
+    sees every position of every row. One pass of each model's logits per row: perplexity and
+    fidelity computed apart took the quantized file's logits twice (about 9 s of each quickstart
+    file's measurement)."""
     from flows.evaluate.engines import log_softmax
 
-    kl_sum, same, n = 0.0, 0, 0
+    nll, kl_sum, same, n = 0.0, 0.0, 0, 0
     for r in rows:
         ids = tokenizer(perplexity_text(r))["input_ids"]
-        log_p = log_softmax(reference.logits(ids))
+        targets = np.asarray(ids[1:])
         log_q = log_softmax(engine.logits(ids))
+        nll -= float(log_q[np.arange(len(targets)), targets].sum())
+        n += len(targets)
+        if reference is None:
+            continue
+        log_p = log_softmax(reference.logits(ids))
         if log_p.shape != log_q.shape:
             raise ValueError(f"fidelity: vocabularies differ ({log_p.shape[-1]} vs "
                              f"{log_q.shape[-1]} logits): not the same model")
         kl_sum += float((np.exp(log_p) * (log_p - log_q)).sum())
         same += int((log_p.argmax(-1) == log_q.argmax(-1)).sum())
-        n += len(ids) - 1
-    return {"kl_divergence": kl_sum / n if n else float("nan"),
-            "same_top_token": same / n if n else float("nan"), "kl_tokens": n}
+    scores = {"perplexity": float(np.exp(nll / n)) if n else float("nan")}
+    if reference is not None:
+        scores.update({"kl_divergence": kl_sum / n if n else float("nan"),
+                       "same_top_token": same / n if n else float("nan"), "kl_tokens": n})
+    return scores
 
 
 def target_loss(model, tokenizer, rows: list[dict], template, *, max_length: int = 512,
@@ -159,9 +158,11 @@ def target_loss(model, tokenizer, rows: list[dict], template, *, max_length: int
 
 
 def measure(engine, rows: list[dict], template, *, tokenizer, max_new_tokens: int,
-            speed_tokens: int, speed_repeats: int = 3, description: str = "measure") -> dict:
+            speed_tokens: int, speed_repeats: int = 3, description: str = "measure",
+            reference=None) -> dict:
     """What every quantized artifact gets: accuracy (answer_accuracy, as the student was trained:
-    no worked examples), perplexity and median decode tokens/s, on the same eval rows."""
+    no worked examples), perplexity and median decode tokens/s, on the same eval rows; with
+    `reference` (the float file's engine), its fidelity to it (see `fidelity`)."""
     import statistics
 
     scored = answer_accuracy(engine, rows, template, few_shot=False,
@@ -170,7 +171,7 @@ def measure(engine, rows: list[dict], template, *, tokenizer, max_new_tokens: in
     speeds = [engine.decode_speed(messages, speed_tokens) for _ in range(speed_repeats)]
     return {
         "accuracy": scored.accuracy, "eval_rows": scored.n,
-        "perplexity": perplexity(engine, rows, tokenizer),
+        **logit_scores(engine, rows, tokenizer, reference=reference),
         "tokens_per_s": statistics.median(speeds),
         "samples": [{"id": p["id"], "gold": p["gold"], "reply": p["output"][:300],
                      "correct": p["correct"]} for p in scored.predictions[:3]],

@@ -21,7 +21,7 @@ from prefect import flow
 
 from flows.evaluate import eval_template, held_out_rows
 from flows.evaluate.engines import GGUFEngine, TorchEngine
-from flows.evaluate.score import fidelity, measure
+from flows.evaluate.score import measure
 from flows.models import (
     folder_bytes,
     load_folder,
@@ -145,18 +145,15 @@ def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, templat
         params = sum(p.numel() for p in model.parameters())
         weights = [p for p in path.iterdir() if p.suffix == ".safetensors"]
         bits = 8 * sum(p.stat().st_size for p in weights) / params
+    ref = GGUFEngine(reference, threads=threads) if reference is not None else None
     try:
         result = measure(engine, rows, template, tokenizer=tok,
                          max_new_tokens=q.max_new_tokens, speed_tokens=q.speed_tokens,
-                         description=f"measure {path.name}")
-        if reference is not None:
-            ref = GGUFEngine(reference, threads=threads)
-            try:
-                result.update(fidelity(ref, engine, rows, tok))
-            finally:
-                ref.close()
+                         description=f"measure {path.name}", reference=ref)
     finally:
         engine.close()
+        if ref is not None:
+            ref.close()
     return {**result, "bits_per_weight": bits, "bytes": folder_bytes(path),
             "engine": "llama.cpp" if artifact["format"] == "gguf" else "torch"}
 

@@ -1,12 +1,14 @@
-"""A GGUF teacher answering greedy requests in this process, several sequences per llama.cpp
-decode step (flows/evaluate/batched.py), instead of through llama-cpp-python's server, which
-answers one request at a time however many are sent.
+"""A GGUF teacher answering in this process, several sequences per llama.cpp decode step
+(flows/evaluate/batched.py), instead of through llama-cpp-python's server, which answers one
+request at a time however many are sent.
 
-make_teacher picks it for `backend: llamacpp` when every request is greedy and wants only text
-(temperature 0, no top-k logprobs, no JSON schema): the quickstart's embedded teacher and every
-promoted student in it. Sampled, logprob and schema requests keep the server (LlamaCppTeacher).
-A reply is the text create_chat_completion gives the conversation alone, so the cache identity
-is the server path's: answers cached by either are served to both.
+make_teacher picks it for `backend: llamacpp` when every request wants only text (no top-k
+logprobs, no JSON schema) and is greedy or sampled with a seed: the quickstart's embedded
+teacher, every promoted student, and the climb's 4 samples per problem. Logprob and schema
+requests, and sampled ones without a seed, keep the server (LlamaCppTeacher). A reply is the one
+the server gives the same request (a sampled one through the server's sampler chain, seeded by
+the request), so the cache identity is the server path's: answers cached by either are served
+to both.
 
 Crash safety matches the HTTP path: a request is taken only when a slot is free, and each reply
 goes to the caller (who caches it before its rows are written) as it finishes, so a kill loses
@@ -25,9 +27,9 @@ from flows.teachers.base import Reply, Request, TeacherUnreachable, Usage
 
 
 def answers_in_process(spec) -> bool:
-    """True when this teacher's requests are all greedy and text-only."""
-    return (spec.backend == "llamacpp" and spec.temperature == 0.0 and not spec.top_logprobs
-            and not spec.structured_output)
+    """True when this teacher's requests are text-only and reproducible (greedy, or seeded)."""
+    return (spec.backend == "llamacpp" and not spec.top_logprobs and not spec.structured_output
+            and (spec.temperature == 0.0 or spec.seed is not None))
 
 
 class BatchedLlamaTeacher:
@@ -38,7 +40,7 @@ class BatchedLlamaTeacher:
         self.spec = spec
         self.gguf = resolve_model(spec.model, base_dir=base_dir)
         self.name = f"llamacpp:{spec.model}"
-        # The same identity as LlamaCppTeacher's: the same model, the same greedy replies.
+        # The same identity as LlamaCppTeacher's: the same model, the same replies.
         self.identity = f"llamacpp:{file_identity(self.gguf)}:repeat_penalty=1.0"
         self.n_ctx = n_ctx
         self.base_dir = base_dir
@@ -93,7 +95,10 @@ class BatchedLlamaTeacher:
                     return None
                 self.usage.requests += 1
                 try:
-                    seq = self.decoder.sequence(0, req.messages, req.sampling.max_tokens)
+                    s = req.sampling
+                    seq = self.decoder.sequence(0, req.messages, s.max_tokens,
+                                                temperature=s.temperature, top_p=s.top_p,
+                                                seed=s.seed)
                 except ValueError as e:  # the server answers http 400: a row with the error
                     rejected.append((req, Reply(error=f"request_failed: {e}")))
                     continue

@@ -197,7 +197,7 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
             "resumed_from": result.resumed_from, "order": s.order, "kd_rows": sparse,
             "stage_runs": result.stage_runs, "first_loss": result.losses[0]["loss"],
             "final_loss": result.losses[-1]["loss"], "loss_terms": loss_terms(result.losses),
-            "train_tokens_per_s": result.tokens_per_s,
+            "train_tokens_per_s": result.tokens_per_s, "precision": result.precision,
             "student_model_id": student.id, "base_model_id": base_row.id})
         if evals:
             res = evaluate_and_record(ws, TorchEngine(model, tokenizer), student.id, evals, spec,

@@ -55,10 +55,21 @@ class FitResult:
     seconds: float
     stage_runs: list[dict] = field(default_factory=list)  # the order it trained in
     output: Path | None = None
+    precision: str = "fp32"  # what forward and backward ran in: "fp32" or "bf16" (autocast)
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def cpu_bf16(setting: bool | str) -> bool:
+    """Whether training on CPU runs under bfloat16 autocast: `auto` where the CPU has native
+    bfloat16 instructions (on others torch emulates them, which is not expected to pay)."""
+    if setting != "auto":
+        return bool(setting)
+    native = (getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+              getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in native)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -396,7 +407,8 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
     if ckpts:
         start, history = load_checkpoint(ckpts[-1], model, optimizer)
         resumed = start
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
+    precision = "bf16" if device == "cuda" or cpu_bf16(cfg.cpu_bf16) else "fp32"
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else None
     tokens, t0 = 0, time.perf_counter()
     # The bar's own rule decides whether it shows (a terminal, or STAIRS_PROGRESS=1).
     bar = flows.progress.bar(description, steps, start=start,
@@ -442,7 +454,8 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
                     on_checkpoint(checkpoint_dir)
     return FitResult(steps=steps, resumed_from=resumed, losses=history, tokens=tokens,
                      seconds=time.perf_counter() - t0, stage_runs=stage_runs(plan, steps,
-                                                                             cfg.grad_accum))
+                                                                             cfg.grad_accum),
+                     precision=precision)
 
 
 def config_dict(cfg: TrainConfig) -> dict:

@@ -1,7 +1,8 @@
-"""A greedy llama.cpp teacher answers in process, several sequences per decode step
+"""A llama.cpp teacher answers in process, several sequences per decode step
 (flows/teachers/llamacpp_batched.py), through the real generate stage: its rows hold the replies
-create_chat_completion gives each prompt alone, budgets and resumes stop and continue it, and a
-prompt that does not fit is one row with a named error. On the tiny random model (replies run to
+create_chat_completion gives each prompt alone (greedy, or sampled from the request's seed),
+budgets and resumes stop and continue it, and a prompt that does not fit is one row with a named
+error. On the tiny random model (replies run to
 max tokens through odd bytes); tests/generate/test_generate_slow.py compares the embedded
 teacher's replies with its server's."""
 
@@ -40,7 +41,7 @@ def _rows(workspace, run_id):
     return workspace.store.scan(workspace.shards(stage, "generated")).collect()
 
 
-def test_only_greedy_text_requests_leave_the_server(tiny_gguf):
+def test_only_reproducible_text_requests_leave_the_server(tiny_gguf):
     def kind(**kw):
         return type(make_teacher(TeacherSpec(backend="llamacpp", model=str(tiny_gguf), **kw)))
 
@@ -48,7 +49,8 @@ def test_only_greedy_text_requests_leave_the_server(tiny_gguf):
     # The server's identity: what either path cached is served to both.
     greedy = TeacherSpec(backend="llamacpp", model=str(tiny_gguf), temperature=0.0)
     assert make_teacher(greedy).identity == LlamaCppTeacher(greedy).identity
-    assert kind(temperature=0.7) is LlamaCppTeacher  # sampled: the server's samplers
+    assert kind(temperature=0.7) is BatchedLlamaTeacher  # seeded: the server's sampler chain
+    assert kind(temperature=0.7, seed=None) is LlamaCppTeacher  # the server's own random seed
     assert kind(temperature=0.0, top_logprobs=2) is LlamaCppTeacher
     assert kind(temperature=0.0, structured_output=True) is LlamaCppTeacher
 
@@ -109,3 +111,40 @@ def test_a_prompt_longer_than_the_context_is_a_row_with_the_reason(tiny_gguf):
     assert got["long"].error.startswith("request_failed: ") and "context window" in \
         got["long"].error
     assert got["short"].error is None and got["short"].completion_tokens > 0
+
+
+def test_sampled_rows_hold_each_requests_seeded_reply_alone(workspace, tiny_gguf):
+    """Two samples per problem at temperature 1: each row is create_chat_completion's reply to
+    its messages with its own seed (seed + sample index) and the server's sampler defaults."""
+    import json
+
+    import polars as pl
+
+    from flows.evaluate.batched import prompt_tokens
+
+    spec = _spec(tiny_gguf, rows=6, temperature=1.0, top_p=0.9, samples=2, seed=7)
+    run_id = workspace.start_run(spec, "generate").id
+    summary = generate(spec, workspace, run_id, progress_bar=False)
+    df = _rows(workspace, run_id).sort("request_hash")
+    assert summary.complete and summary.sent == 12 == df.height
+    assert summary.concurrency_min == 8
+    alone = GGUFEngine(tiny_gguf, width=1)
+    llm = alone.llm
+    expected = []
+    try:
+        for messages, sample in zip(df["messages"].to_list(), df["sample_index"].to_list()):
+            messages = json.loads(messages)
+            prompt, shared, _ = prompt_tokens(llm, alone.formatter, messages)
+            llm.reset()  # each prompt evaluated in the decoder's pieces (shared prefix first)
+            if shared:
+                llm.eval(prompt[:shared])
+            reply = llm.create_chat_completion(messages=messages, temperature=1.0, top_p=0.9,
+                                               seed=7 + sample, max_tokens=12,
+                                               repeat_penalty=1.0)
+            expected.append(reply["choices"][0]["message"]["content"])
+    finally:
+        alone.close()
+    assert df["response"].to_list() == expected
+    # Sampling is in effect: a problem's two samples differ.
+    replies = df.group_by("source_id").agg(pl.col("response"))["response"].to_list()
+    assert len(replies) == 6 and all(len(set(r)) == 2 for r in replies)

@@ -67,9 +67,10 @@ def test_llamacpp_server_dies_with_a_killed_stairs_process(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
+    # top_logprobs: a request only the server answers (the in-process path gives text only).
     code = ("from flows.spec import TeacherSpec; from flows.teachers import make_teacher; "
-            "import time; t = make_teacher(TeacherSpec()); t.start(); print('up', flush=True); "
-            "time.sleep(600)")
+            "import time; t = make_teacher(TeacherSpec(top_logprobs=1)); t.start(); "
+            "print('up', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(root),
                                  "STAIRS_HOME": str(tmp_path)})
@@ -83,22 +84,26 @@ def test_llamacpp_server_dies_with_a_killed_stairs_process(tmp_path):
     assert not alive, "the llama.cpp server outlived a kill -9 of its parent"
 
 
-def test_a_greedy_embedded_teacher_answers_in_process_as_its_server_does(workspace):
-    """Greedy text requests skip the server (flows/teachers/llamacpp_batched.py): the rows hold,
-    token for token, what llama.cpp's server answers the same prompts."""
+@pytest.mark.parametrize("sampling", [
+    {"temperature": 0.0},
+    {"temperature": 0.7, "top_p": 0.95, "samples": 2, "seed": 3},  # the climb's kind of request
+], ids=["greedy", "sampled"])
+def test_the_embedded_teacher_answers_in_process_as_its_server_does(workspace, sampling):
+    """Greedy and seeded text requests skip the server (flows/teachers/llamacpp_batched.py): the
+    rows hold, token for token, what llama.cpp's server answers the same requests."""
     from flows.teachers import Request, Sampling, running
     from flows.teachers.aio import run_coroutine
     from flows.teachers.llamacpp import LlamaCppTeacher
 
-    spec = _spec({"backend": "llamacpp", "model": "smollm2-135m", "temperature": 0.0}, rows=10)
+    rows = 10 // sampling.get("samples", 1)
+    spec = _spec({"backend": "llamacpp", "model": "smollm2-135m", **sampling}, rows=rows)
     run_id = workspace.start_run(spec, "generate").id
     summary = generate(spec, workspace, run_id, progress_bar=False)
     stage = workspace.latest_stage("generate", run_id=run_id, round_index=0)
     df = workspace.store.scan(workspace.shards(stage, "generated")).collect()
     assert summary.complete and df.height == 10 and summary.concurrency_min == 8
-    sampling = Sampling(0.0, 1.0, 96, None, 0)
-    requests = [Request(str(i), json.loads(m), sampling, 0)
-                for i, m in enumerate(df["messages"].to_list())]
+    requests = [Request(str(i), json.loads(m), Sampling(**json.loads(p)), 0)
+                for i, (m, p) in enumerate(zip(df["messages"], df["sampling"]))]
     server, replies = LlamaCppTeacher(spec.teacher), {}
 
     async def ask():

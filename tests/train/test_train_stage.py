@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pyarrow as pa
 import pytest
@@ -148,6 +149,7 @@ def test_train_stage_keeps_the_curriculum_order_and_records_it(workspace, tok, t
     from flows.models import model_path, read_meta
     from flows.spec import Curriculum
     from flows.train import train
+    from flows.train.trainer import cpu_bf16
     from storage.tables import Model
 
     base = _tiny_base(tok, tmp_path / "base")
@@ -163,6 +165,7 @@ def test_train_stage_keeps_the_curriculum_order_and_records_it(workspace, tok, t
     result = train(spec, workspace, run_id)
     # 12 rows / batch 2 = 6 steps per epoch: epoch 1 is stages 0, 1, 2; epoch 2 starts over.
     assert result.order == "curriculum"
+    assert result.precision == ("bf16" if cpu_bf16("auto") else "fp32")  # cpu_bf16: auto
     assert result.stage_runs == [
         {"stage": 0, "steps": [1, 2]}, {"stage": 1, "steps": [3, 4]}, {"stage": 2, "steps": [5, 6]},
         {"stage": 0, "steps": [7, 8]}, {"stage": 1, "steps": [9, 10]},
@@ -200,3 +203,25 @@ def test_batch_plan_shuffles_inside_stages_and_replays_earlier_ones():
     assert sorted(i for i in by_stage[1] if stages[i] == 1) == list(range(8, 16))
     assert sum(stages[i] == 0 for i in by_stage[1]) == 4
     assert sum(stages[i] < 2 for i in by_stage[2]) == 4 and len(by_stage[2]) == 12
+
+
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_cpu_bf16_runs_the_steps_in_bfloat16_and_keeps_float32_weights(tok, cpu_bf16):
+    import torch
+
+    template = load_template("rationale")
+    train = [{"id": f"t{i}", "messages": json.dumps(template.render(r)), "answer": r["answer"]}
+             for i, r in enumerate(_eval_rows())]
+    groups = ex_mod.build(train, tok, "label", 512).groups
+    model = tiny_llama(tok, seed=0)
+    seen = set()
+    model.lm_head.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
+    cfg = TrainConfig(objective="label", max_steps=4, batch_size=2, learning_rate=2e-2,
+                      warmup_ratio=0.0, cpu_bf16=cpu_bf16, device="cpu")
+    result = fit(model, groups, cfg, pad_id=tok.pad_token_id, progress=False, device="cpu")
+    assert seen == ({torch.bfloat16} if cpu_bf16 else {torch.float32})
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert result.steps == 4 and result.losses
+    assert result.precision == ("bf16" if cpu_bf16 else "fp32")
+    assert all(math.isfinite(v) for entry in result.losses for k, v in entry.items()
+               if k.startswith("loss"))
