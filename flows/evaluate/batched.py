@@ -82,8 +82,9 @@ def sampler_chain(n_vocab: int, temperature: float, top_p: float, seed: int):
     """The sampler Llama._init_sampler builds for a sampled request to llama-cpp-python's server
     with stairs' parameters, in its order: penalties (neutral at repeat_penalty 1.0), top-k,
     typical, top-p, min-p, temperature, then a draw from the request's seed. A sequence's
-    logits are bit for bit those it gets alone, so with its own chain its sampled reply is the
-    server's reply to the same request."""
+    logits are bit for bit those it gets alone, so with its own chain its sampled reply is
+    create_chat_completion's with the prompt evaluated in the same pieces (the server's, unless
+    the request before it had the same prompt: docs/teachers.md)."""
     from llama_cpp._internals import LlamaSampler
 
     chain = LlamaSampler()

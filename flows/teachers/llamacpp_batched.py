@@ -7,8 +7,9 @@ logprobs, no JSON schema) and is greedy or sampled with a seed: the quickstart's
 teacher, every promoted student, and the climb's 4 samples per problem. Logprob and schema
 requests, and sampled ones without a seed, keep the server (LlamaCppTeacher). A reply is the one
 the server gives the same request (a sampled one through the server's sampler chain, seeded by
-the request), so the cache identity is the server path's: answers cached by either are served
-to both.
+the request; the server's can differ right after another sample of the same prompt, whose cache
+it reuses: docs/teachers.md), so the cache identity is the server path's: answers cached by
+either are served to both.
 
 Crash safety matches the HTTP path: a request is taken only when a slot is free, and each reply
 goes to the caller (who caches it before its rows are written) as it finishes, so a kill loses

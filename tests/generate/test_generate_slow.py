@@ -102,6 +102,10 @@ def test_the_embedded_teacher_answers_in_process_as_its_server_does(workspace, s
     stage = workspace.latest_stage("generate", run_id=run_id, round_index=0)
     df = workspace.store.scan(workspace.shards(stage, "generated")).collect()
     assert summary.complete and df.height == 10 and summary.concurrency_min == 8
+    # All first samples, then all second ones: the server keeps the previous request's cache,
+    # and after another sample of the same prompt it evaluates only the prompt's last token
+    # again, which moves its logits and so some sampled tokens (docs/teachers.md).
+    df = df.sort(["sample_index", "source_id"])
     requests = [Request(str(i), json.loads(m), Sampling(**json.loads(p)), 0)
                 for i, (m, p) in enumerate(zip(df["messages"], df["sampling"]))]
     server, replies = LlamaCppTeacher(spec.teacher), {}

@@ -149,7 +149,6 @@ def test_train_stage_keeps_the_curriculum_order_and_records_it(workspace, tok, t
     from flows.models import model_path, read_meta
     from flows.spec import Curriculum
     from flows.train import train
-    from flows.train.trainer import cpu_bf16
     from storage.tables import Model
 
     base = _tiny_base(tok, tmp_path / "base")
@@ -165,7 +164,7 @@ def test_train_stage_keeps_the_curriculum_order_and_records_it(workspace, tok, t
     result = train(spec, workspace, run_id)
     # 12 rows / batch 2 = 6 steps per epoch: epoch 1 is stages 0, 1, 2; epoch 2 starts over.
     assert result.order == "curriculum"
-    assert result.precision == ("bf16" if cpu_bf16("auto") else "fp32")  # cpu_bf16: auto
+    assert result.precision == "fp32"  # cpu_bf16 is off unless asked for
     assert result.stage_runs == [
         {"stage": 0, "steps": [1, 2]}, {"stage": 1, "steps": [3, 4]}, {"stage": 2, "steps": [5, 6]},
         {"stage": 0, "steps": [7, 8]}, {"stage": 1, "steps": [9, 10]},
