@@ -25,10 +25,12 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def make_teacher(spec, *, base_dir: Path | None = None) -> Teacher:
+def make_teacher(spec, *, base_dir: Path | None = None, endpoint: bool = False) -> Teacher:
+    """The teacher for `spec`. endpoint=True: one reachable over HTTP at `base_url` (a llamacpp
+    teacher as llama.cpp's server, never in process), for callers that speak to it directly."""
     module, _, cls = BACKENDS[spec.backend].partition(":")
     factory = getattr(importlib.import_module(module), cls)
-    if spec.backend == "llamacpp":
+    if spec.backend == "llamacpp" and not endpoint:
         from flows.teachers.llamacpp_batched import BatchedLlamaTeacher, answers_in_process
 
         if answers_in_process(spec):

@@ -253,7 +253,7 @@ def served_teacher(spec: Curriculum, tspec: TeacherSpec, tokenizer, built, rows:
         finally:
             scorer.close()
         return
-    with running(make_teacher(tspec, base_dir=spec.base_dir)) as teacher:
+    with running(make_teacher(tspec, base_dir=spec.base_dir, endpoint=True)) as teacher:
         scorer = CompletionsScorer(teacher.base_url or "https://api.openai.com/v1", tspec.model,
                                    api_key(tspec.api_key_env), s.kd_top_k, tspec.timeout)
         try:

@@ -51,6 +51,8 @@ def test_only_reproducible_text_requests_leave_the_server(tiny_gguf):
     assert make_teacher(greedy).identity == LlamaCppTeacher(greedy).identity
     assert kind(temperature=0.7) is BatchedLlamaTeacher  # seeded: the server's sampler chain
     assert kind(temperature=0.7, seed=None) is LlamaCppTeacher  # the server's own random seed
+    # A caller that talks HTTP to it (on-policy scoring) gets the server whatever it asks.
+    assert type(make_teacher(greedy, endpoint=True)) is LlamaCppTeacher
     assert kind(temperature=0.0, top_logprobs=2) is LlamaCppTeacher
     assert kind(temperature=0.0, structured_output=True) is LlamaCppTeacher
 

@@ -116,7 +116,7 @@ def test_on_policy_through_the_real_llamacpp_server(workspace):
               "<|im_end|>\n<|im_start|>assistant\n")
     ids = tok("3 + 5 = 8.\nAnswer: 8", add_special_tokens=False)["input_ids"]
     sample = Sample(ids, [tok.decode([i]) for i in ids], tok.decode(ids))
-    with running(make_teacher(spec.teacher)) as teacher:
+    with running(make_teacher(spec.teacher, endpoint=True)) as teacher:
         served = CompletionsScorer(teacher.base_url, "smollm2-135m", "none", 5)
         from_server = served.score(prompt, sample)
         served.close()
