@@ -159,19 +159,25 @@ def target_loss(model, tokenizer, rows: list[dict], template, *, max_length: int
 
 def measure(engine, rows: list[dict], template, *, tokenizer, max_new_tokens: int,
             speed_tokens: int, speed_repeats: int = 3, description: str = "measure",
-            reference=None) -> dict:
+            open_reference=None) -> dict:
     """What every quantized artifact gets: accuracy (answer_accuracy, as the student was trained:
     no worked examples), perplexity and median decode tokens/s, on the same eval rows; with
-    `reference` (the float file's engine), its fidelity to it (see `fidelity`)."""
+    `open_reference` (opens the float file's engine), its fidelity to that file (logit_scores).
+    The reference is opened for the logits pass only, so it is not held while replies decode."""
     import statistics
 
     scored = answer_accuracy(engine, rows, template, few_shot=False,
                              max_new_tokens=max_new_tokens, description=description)
     messages = template.render(rows[0], few_shot=False)
     speeds = [engine.decode_speed(messages, speed_tokens) for _ in range(speed_repeats)]
+    reference = open_reference() if open_reference is not None else None
+    try:
+        scores = logit_scores(engine, rows, tokenizer, reference=reference)
+    finally:
+        if reference is not None:
+            reference.close()
     return {
-        "accuracy": scored.accuracy, "eval_rows": scored.n,
-        **logit_scores(engine, rows, tokenizer, reference=reference),
+        "accuracy": scored.accuracy, "eval_rows": scored.n, **scores,
         "tokens_per_s": statistics.median(speeds),
         "samples": [{"id": p["id"], "gold": p["gold"], "reply": p["output"][:300],
                      "correct": p["correct"]} for p in scored.predictions[:3]],

@@ -145,15 +145,14 @@ def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, templat
         params = sum(p.numel() for p in model.parameters())
         weights = [p for p in path.iterdir() if p.suffix == ".safetensors"]
         bits = 8 * sum(p.stat().st_size for p in weights) / params
-    ref = GGUFEngine(reference, threads=threads) if reference is not None else None
     try:
         result = measure(engine, rows, template, tokenizer=tok,
                          max_new_tokens=q.max_new_tokens, speed_tokens=q.speed_tokens,
-                         description=f"measure {path.name}", reference=ref)
+                         description=f"measure {path.name}",
+                         open_reference=None if reference is None else
+                         lambda: GGUFEngine(reference, threads=threads))
     finally:
         engine.close()
-        if ref is not None:
-            ref.close()
     return {**result, "bits_per_weight": bits, "bytes": folder_bytes(path),
             "engine": "llama.cpp" if artifact["format"] == "gguf" else "torch"}
 
