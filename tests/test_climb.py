@@ -115,6 +115,15 @@ def test_three_rounds_climb_the_schedule_through_the_real_flows(workspace, tmp_p
         # New problems are new: none was asked in an earlier round.
         assert not fresh & earlier
 
+    # The pairwise templates (prompts/pairwise/) gave each problem worked examples of its own
+    # shape: three colors added two at a time for the mid level's three-color passages, two
+    # colors for the easy level's; the students train under the same system message.
+    for index, shape, other in ((0, "4 + 5 = 9.", "9 + 5 = 14."), (1, "9 + 5 = 14.", "4 + 5 = 9.")):
+        fresh = [json.loads(r["messages"]) for r in generated(index)[1] if level[r["source_id"]]
+                 == ("easy", "mid")[index]]
+        assert fresh and all(shape in m[2]["content"] and other not in json.dumps(m)
+                             for m in fresh)
+
     # Round 2: no sample solved a lookup, so each hard problem was asked once with its answer
     # (the mid ones, sums, were solved).
     summary, rows = generated(2)
@@ -139,6 +148,10 @@ def test_three_rounds_climb_the_schedule_through_the_real_flows(workspace, tmp_p
         text = tok.decode(example.input_ids)
         assert "Correct answer" not in text and row["question"] in text
         assert row["rationale"].strip() in text  # trained on the rationale, without the hint
+    # Every trained row, hinted or not, is taught under the pairwise system message.
+    for row in train:
+        (example,) = row_examples(row, tok, "cot", 512)
+        assert "add two numbers at a time" in tok.decode(example.input_ids)
 
     # Every round scored teacher and student on the same held-out rows of every level.
     scores = [m for m in ws.catalog.metrics(run_id=run_id) if m.name == "level_accuracy"]

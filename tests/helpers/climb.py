@@ -5,6 +5,8 @@ from __future__ import annotations
 
 
 def climb_doc(base_url: str, base: str, **staircase) -> dict:
+    from flows.prompting import default_prompts_dir
+
     return {
         "name": "tiny-climb",
         "corpus": {"format": "demo", "eval_fraction": 0.25, "eval_max_rows": 3, "demo": {
@@ -15,6 +17,9 @@ def climb_doc(base_url: str, base: str, **staircase) -> dict:
                          "tasks": ["lookup"]}}}},
         "teacher": {"backend": "openai", "model": "fake", "base_url": base_url,
                     "temperature": 0.0, "max_tokens": 64},
+        # The shipped climb's templates (curricula/climb.yaml): worked examples shaped like the
+        # question, sums added two at a time.
+        "generate": {"prompts_dir": str(default_prompts_dir() / "pairwise")},
         "student": {"base": base, "max_steps": 2, "batch_size": 2, "eval_rows": 2,
                     "eval_max_new_tokens": 4, "evaluate_base": False},
         "quantization": {"gguf_types": ["Q8_0"], "int8_absmax": None, "int4_group_size": None,
