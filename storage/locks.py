@@ -8,7 +8,8 @@ naming the holder (RunLocked).
 The lock is a plain row (insert to take, delete to give back), so it works the same on SQLite
 and PostgreSQL, for processes on one machine or many sharing a catalog. A holder that dies
 without giving the lock back does not block forever:
-- on the same host, the row's process is gone (or its pid now belongs to another process);
+- on the same host, the row's process is gone (or its pid now belongs to a process started
+  after the holder last renewed the row);
 - on any host, the holder renews `heartbeat` every HEARTBEAT_S seconds, and a row not renewed
   for LEASE_S seconds is stale (hosts' clocks must agree to well within the lease).
 A stale row is deleted (only the very row seen, by its token) and taken over.
@@ -52,15 +53,26 @@ def command_line() -> str:
                      *sys.argv[1:]])[:200]
 
 
+# A process's start time as psutil reads it is the boot time the kernel reports now plus the
+# ticks since boot, and that boot time moves whenever the clock is stepped (NTP, a VM syncing
+# with its host). Measured on a build VM: a live run's start read 3.0 s later than the value
+# it had recorded an hour before, so a 1 s comparison took it for a reused pid and the next
+# `stairs show` marked the live run failed. Readings this far apart count as the same process.
+CLOCK_SLACK_S = 30.0
+
+
 def alive(lock: RunLock, now: float | None = None) -> bool:
     """Could the holder still be working?"""
     if (now or time.time()) - lock.heartbeat > LEASE_S:
         return False
     if lock.host == socket.gethostname():
         try:
-            return abs(psutil.Process(lock.pid).create_time() - lock.process_started) < 1.0
+            started = psutil.Process(lock.pid).create_time()
         except psutil.NoSuchProcess:
             return False
+        # The pid is the holder's unless a process started after the holder's last
+        # heartbeat took it (the holder was alive, with that pid, when it beat): a reused pid.
+        return started <= lock.heartbeat + CLOCK_SLACK_S
     return True
 
 

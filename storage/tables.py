@@ -149,7 +149,8 @@ class RunLock(SQLModel, table=True):
     token: str  # this acquisition: only its holder renews or deletes the row
     host: str
     pid: int
-    process_started: float  # the holder's start time: tells a reused pid apart
+    process_started: float  # the holder's start time when it took the lock (for reading; liveness
+    # compares the pid's start with `heartbeat`, storage/locks.py)
     command: str
     acquired: float  # epoch seconds
     heartbeat: float

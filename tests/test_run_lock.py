@@ -100,6 +100,39 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(workspace):
     workspace.catalog.locks.release("r2")
 
 
+def test_a_live_holder_whose_start_time_reads_later_after_a_clock_step_is_still_alive(workspace):
+    """psutil reads a process's start as the kernel's boot time now + ticks since boot, and the
+    boot time moves when the clock is stepped: a build VM read a live run's start 3.0 s later
+    than it had recorded, and `stairs show` marked the live run failed."""
+    catalog = workspace.catalog
+    run = catalog.create_run(curriculum="c", path="c.yaml", spec_json="{}", spec_hash="h",
+                             command="run")
+    me = psutil.Process().create_time()
+    catalog.add(lock_row(run.id, host=socket.gethostname(), pid=os.getpid(),
+                         process_started=me - 3.0, acquired=time.time() - 3600))
+    assert workspace.mark_abandoned() == []  # what the next command's Workspace.open() does
+    assert catalog.runs()[0].status == "running"
+    with pytest.raises(RunLocked, match=f"is in use by pid {os.getpid()} "):
+        catalog.locks.acquire(run.id)
+
+
+def test_a_pid_taken_by_a_process_started_after_the_last_heartbeat_is_not_the_holder(workspace):
+    reused = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = psutil.Process(reused.pid).create_time()
+        # The holder last beat 45 s before this process started (still inside the 60 s lease),
+        # then died; its pid now belongs to `reused`.
+        row = lock_row("r5", host=socket.gethostname(), pid=reused.pid,
+                       process_started=started - 100, heartbeat=started - 45)
+        assert not locks.alive(row, now=started)
+        assert locks.alive(lock_row("r5", host=socket.gethostname(), pid=reused.pid,
+                                    process_started=started - 100, heartbeat=started + 1),
+                           now=started + 2)
+    finally:
+        reused.kill()
+        reused.wait()
+
+
 def test_the_lock_is_reentrant_in_its_process_and_renewed_while_held(workspace, monkeypatch):
     monkeypatch.setattr(locks, "HEARTBEAT_S", 0.05)
     held = workspace.catalog.locks
