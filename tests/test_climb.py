@@ -475,3 +475,21 @@ def test_a_round_rehearses_a_seeded_share_of_the_rows_earlier_rounds_kept(worksp
     assert [r["rows_rehearsed"] for r in report] == [0, len(half)]
     page = write_report(ws, run_id, report)["html"].read_text()
     assert f"(+{len(half)} rehearsed)" in page
+
+
+def test_sum_errors_sorts_a_students_misses_by_what_went_wrong():
+    from bench.sum_errors import classify
+
+    row = {"passage": "Mira has 3 green pens, 6 black pens and 5 white pens. Dano has 7 green "
+                      "pens, 2 black pens and 4 white pens.",
+           "question": "How many pens does Mira have in total?"}
+
+    def kind(output, correct=False):
+        return classify(row, {"output": output, "correct": correct})
+
+    assert kind("3 + 6 = 9.\n9 + 5 = 14.\nAnswer: 14", correct=True) == "right"
+    assert kind("3 + 6 + 5 = 15.\nAnswer: 15") == "right operands, wrong total"
+    assert kind("3 + 6 = 9.\n9 + 5 = 15.\nAnswer: 15") == "right operands, wrong total"
+    assert kind("3 + 6 = 9.\n9 + 4 = 13.\nAnswer: 13") == "wrong operands"  # Dano's white pens
+    assert kind("3 + 6 + 5 = 14.\nAnswer: 9") == "right operands, other answer"
+    assert kind("Mira has many pens.\nAnswer: 12") == "no step"
