@@ -4,6 +4,8 @@ counts only if it is right AND parseable by the template's parser (what curation
 
     PYTHONPATH=. python bench/prompt_accuracy.py                         # prompts/rationale.yaml
     PYTHONPATH=. python bench/prompt_accuracy.py --templates rationale bench/prompt_variants/*.yaml
+    PYTHONPATH=. python bench/prompt_accuracy.py --model STUDENT.gguf --zero-shot \
+        --templates prompts/pairwise/rationale.yaml --colors 4     # a student as the next teacher
 
 Right = answers_match(extract_answer(reply), gold): the same rule curation and evaluation use.
 Runs llama.cpp in-process (no server) on CPU; prompt prefixes are reused between the samples of
@@ -33,8 +35,8 @@ def template_arg(ref: str):
 
 
 def run_problem(llm, template, row: dict, *, samples: int, temperature: float,
-                max_tokens: int) -> dict:
-    messages = template.render(row)
+                max_tokens: int, few_shot: bool = True) -> dict:
+    messages = template.render(row, few_shot=few_shot)
 
     def ask(temp: float, seed: int) -> dict:
         t0 = time.perf_counter()
@@ -90,13 +92,17 @@ def main() -> None:
     # One thread: on a shared, oversubscribed CPU llama.cpp's threads spin-wait on each other;
     # measured here 1 thread ran ~10x faster per generation than 2 (load average 12 on 2 cores).
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", type=Path, help="A GGUF file to ask instead of the embedded "
+                    "teacher (a promoted student: what it would teach).")
+    ap.add_argument("--zero-shot", action="store_true", help="Drop the template's worked "
+                    "examples, as students are asked.")
     ap.add_argument("--show", type=int, default=0, help="Print this many greedy replies per run.")
     ap.add_argument("--json", type=Path, help="Also write all replies and numbers here.")
     args = ap.parse_args()
 
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(embedded_gguf()), n_ctx=2048, n_threads=args.threads,
+    llm = Llama(model_path=str(args.model or embedded_gguf()), n_ctx=2048, n_threads=args.threads,
                 verbose=False)
     report = []
     print("| template | task | greedy right | greedy parseable | sample right | "
@@ -109,7 +115,8 @@ def main() -> None:
                     for i, r in enumerate(demo.generate(args.n, tasks=[task], people=args.people,
                                                                colors=args.colors))]
             results = [run_problem(llm, template, r, samples=args.samples,
-                                   temperature=args.temperature, max_tokens=args.max_tokens)
+                                   temperature=args.temperature, max_tokens=args.max_tokens,
+                                   few_shot=not args.zero_shot)
                        for r in rows]
             s = summarize(results)
             report.append({"template": ref, "hash": template.content_hash[:12], "task": task,
