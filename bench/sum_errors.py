@@ -5,11 +5,12 @@ asks a student (zero-shot, the curriculum's student template, greedy), sorted by
         --level two-three [--few-shot] [--show 5]
 
 MODEL: a .gguf file, a model folder or `catalog:<id>` (what `stairs show RUN` lists).
-Classes, from the reply's last arithmetic step (flows/curate/arithmetic.py's STEP) against the
-numbers of the asked person's sentence in the passage:
+Classes, from the reply's arithmetic steps (flows/curate/arithmetic.py's STEP: one step
+"a + b + c = s", or a chain "a + b = t", "t + c = s") against the numbers of the asked person's
+sentence in the passage:
 - right: the answer matches the gold one (the shared rule of evaluation and curation);
-- right operands, wrong total: the step adds exactly that person's numbers and gets the sum wrong;
-- right operands, other answer: the step holds, the answer line says something else;
+- right operands, wrong total: the steps add exactly that person's numbers and one is wrong;
+- right operands, other answer: every step holds, the answer line says something else;
 - wrong operands: some other numbers (the other person's, or too few);
 - no step: no arithmetic at all.
 Docs: docs/results.md, *Climb* (run 5's round-0 student on two-three: 55 of 80 rows were right
@@ -41,12 +42,11 @@ def classify(row: dict, prediction: dict) -> str:
     steps = re.findall(STEP, prediction["output"] or "")
     if not steps:
         return "no step"
-    holds, operands, _ = evaluate(steps[-1])
-    # A pairwise chain's last step adds the running total to the last number: count the first
-    # step's operands and every later step's last operand.
-    if len(steps) > 1:
-        operands = evaluate(steps[0])[1] + [evaluate(s)[1][-1] for s in steps[1:]]
-        holds = all(evaluate(s)[0] for s in steps)
+    parsed = [evaluate(s) for s in steps]
+    holds = all(ok for ok, _, _ in parsed)
+    # In a pairwise chain each later step adds the running total to one more number: the
+    # numbers added are the first step's operands and every later step's last operand.
+    operands = parsed[0][1] + [values[-1] for _, values, _ in parsed[1:]]
     if sorted(operands) != wanted:
         return "wrong operands"
     return "right operands, wrong total" if not holds else "right operands, other answer"
