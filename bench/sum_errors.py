@@ -67,7 +67,11 @@ def main() -> None:
     ws = Workspace.open()
     # The rows the staircase scores per level: the first level_eval_rows held-out rows by id.
     held, _ = held_out_rows(ws, args.run_id, None)
-    rows = by_level(held)[args.level][:spec.staircase.level_eval_rows]
+    levels = by_level(held)
+    if args.level not in levels:
+        raise SystemExit(f"run {args.run_id}: no held-out rows of level {args.level!r} "
+                         f"(levels: {', '.join(sorted(levels)) or 'none'})")
+    rows = levels[args.level][:spec.staircase.level_eval_rows]
     scored = evaluate_model(args.model, rows, student_template(spec), few_shot=args.few_shot,
                             max_new_tokens=spec.quantization.max_new_tokens, catalog=ws.catalog)
     classes = Counter()
