@@ -122,7 +122,11 @@ def export_gguf(model, tokenizer, out_path: Path, *, float_type: FloatType = "F1
 
     fields = tokenizer_fields(tokenizer, config.vocab_size)
     w = gguf.GGUFWriter(str(tmp), "llama")
-    w.add_name(name or getattr(config, "_name_or_path", "") or "stairs-student")
+    # The file's name, never the folder it was loaded from: that path carries the run id, so two
+    # runs that trained the same weights wrote different files, and the response cache (keyed
+    # by the file's content hash) re-asked a rerun's promoted student everything (climb run 7's
+    # round 1: 960 requests for the weights run 6 had already asked).
+    w.add_name(name or out_path.stem.removesuffix(f"-{float_type}") or "stairs-student")
     w.add_block_count(config.num_hidden_layers)
     w.add_context_length(config.max_position_embeddings)
     w.add_embedding_length(config.hidden_size)
