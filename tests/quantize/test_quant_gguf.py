@@ -57,21 +57,22 @@ def _both_logits(model, tok, path):
     return got, want, llama_ids
 
 
-def test_the_same_weights_from_two_folders_export_to_the_same_bytes(tiny, tmp_path):
+def test_the_same_weights_from_two_folders_export_to_the_same_bytes(tiny, tmp_path, monkeypatch):
     """A file's content hash is its response-cache identity as a teacher: a rerun that trains the
     same student in another run's folder must write the same file, or its teacher is re-asked."""
+    from gguf import GGUFReader
+
     from flows.models import file_identity
 
     model, tok = tiny
     paths = []
     for run in ("run-a", "run-b"):
-        model.config._name_or_path = str(tmp_path / "students" / run / "model")
+        # The module's shared tiny model: monkeypatch puts its folder back afterwards.
+        monkeypatch.setattr(model.config, "_name_or_path", str(tmp_path / "students" / run))
         paths.append(export_gguf(model, tok, tmp_path / run / "climb-r0-cot-F32.gguf",
                                  float_type="F32"))
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert file_identity(paths[0]) == file_identity(paths[1])
-    from gguf import GGUFReader
-
     field = GGUFReader(str(paths[0])).fields["general.name"]
     assert bytes(field.parts[field.data[0]]).decode() == "climb-r0-cot"
 
