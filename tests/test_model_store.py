@@ -138,7 +138,7 @@ def staircase_curriculum(tmp_path: Path, base_url: str, base: Path) -> Path:
         "corpus": {"format": "demo", "demo": {"rows": 24, "seed": 3}, "eval_fraction": 0.25},
         "teacher": {"backend": "openai", "model": "fake", "base_url": base_url,
                     "temperature": 0.0},
-        "student": {"base": str(base), "max_steps": 4, "batch_size": 2, "checkpoint_every": 2,
+        "student": {"base": str(base), "max_steps": 5, "batch_size": 2, "checkpoint_every": 2,
                     "eval_rows": 2, "eval_max_new_tokens": 4, "evaluate_base": False},
         "quantization": {"gguf_types": ["Q8_0"], "int8_absmax": None, "int4_group_size": None,
                          "eval_rows": 3, "max_new_tokens": 4, "speed_tokens": 2,

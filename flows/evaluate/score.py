@@ -159,23 +159,20 @@ def target_loss(model, tokenizer, rows: list[dict], template, *, max_length: int
 
 def measure(engine, rows: list[dict], template, *, tokenizer, max_new_tokens: int,
             speed_tokens: int, speed_repeats: int = 3, description: str = "measure",
-            open_reference=None) -> dict:
+            reference=None, record=None) -> dict:
     """What every quantized artifact gets: accuracy (answer_accuracy, as the student was trained:
     no worked examples), perplexity and median decode tokens/s, on the same eval rows; with
-    `open_reference` (opens the float file's engine), its fidelity to that file (logit_scores).
-    The reference is opened for the logits pass only, so it is not held while replies decode."""
+    `reference` (the float file's logits: a saved_logits.SavedLogits), its fidelity to that
+    file (logit_scores). `record` (a SavedLogits): save this engine's logits there, for the
+    files measured against it next."""
     import statistics
 
     scored = answer_accuracy(engine, rows, template, few_shot=False,
                              max_new_tokens=max_new_tokens, description=description)
     messages = template.render(rows[0], few_shot=False)
     speeds = [engine.decode_speed(messages, speed_tokens) for _ in range(speed_repeats)]
-    reference = open_reference() if open_reference is not None else None
-    try:
-        scores = logit_scores(engine, rows, tokenizer, reference=reference)
-    finally:
-        if reference is not None:
-            reference.close()
+    scoring = record.recording(engine) if record is not None else engine
+    scores = logit_scores(scoring, rows, tokenizer, reference=reference)
     return {
         "accuracy": scored.accuracy, "eval_rows": scored.n, **scores,
         "tokens_per_s": statistics.median(speeds),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ from prefect import flow
 
 from flows.evaluate import eval_template, held_out_rows
 from flows.evaluate.engines import GGUFEngine, TorchEngine
+from flows.evaluate.saved_logits import SavedLogits
 from flows.evaluate.score import measure
 from flows.models import (
     folder_bytes,
@@ -32,7 +34,7 @@ from flows.models import (
 from flows.orchestration import in_flow_run, step, task_runner
 from flows.params import RoundParams
 from flows.quantize import absmax
-from flows.quantize.gguf_export import export_gguf, gguf_weight_stats, llama_quantize
+from flows.quantize.gguf_export import export_gguf, llama_quantize
 from flows.quantize.imatrix import Imatrix, compute_imatrix
 from flows.results import QuantizeResult
 from flows.spec import Curriculum
@@ -120,9 +122,10 @@ def absmax_step(student_dir: Path, out: Path, scheme: absmax.Scheme,
 
 @step(name="measure")
 def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, template,
-                 reference: Path | None = None) -> dict:
-    """Accuracy, perplexity, speed and size of one artifact; with `reference` (the float GGUF),
-    also its fidelity to it (KL divergence, same top token)."""
+                 float_logits: SavedLogits, is_float: bool = False) -> dict:
+    """Accuracy, perplexity, speed and size of one artifact. The float GGUF (`is_float`) saves
+    its logits in `float_logits`; every other artifact is also measured for its fidelity to
+    them (KL divergence, same top token)."""
     from transformers import AutoTokenizer
 
     from flows.settings import cpu_threads
@@ -132,8 +135,7 @@ def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, templat
     threads = q.threads or cpu_threads()
     if artifact["format"] == "gguf":
         engine = GGUFEngine(path, threads=threads)
-        stats = gguf_weight_stats(path)
-        bits = stats["bits_per_weight"]
+        bits = engine.bits_per_weight()
     else:
         if artifact["format"] == "gptq":
             from flows.quantize.gptq import load_gptq
@@ -149,10 +151,11 @@ def measure_step(artifact: dict, rows: list[dict], student_dir: Path, q, templat
         result = measure(engine, rows, template, tokenizer=tok,
                          max_new_tokens=q.max_new_tokens, speed_tokens=q.speed_tokens,
                          description=f"measure {path.name}",
-                         open_reference=None if reference is None else
-                         lambda: GGUFEngine(reference, threads=threads))
+                         reference=None if is_float else float_logits,
+                         record=float_logits if is_float else None)
     finally:
         engine.close()
+        float_logits.close()  # the float file, if a miss had to open it
     return {**result, "bits_per_weight": bits, "bytes": folder_bytes(path),
             "engine": "llama.cpp" if artifact["format"] == "gguf" else "torch"}
 
@@ -193,7 +196,7 @@ def plan_artifacts(spec: Curriculum, student: Model, out: Path) -> list[dict]:
 def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
              student: Model | None = None) -> QuantizeResult:
     """Make, register and measure every configured artifact of this round's student."""
-    from flows.settings import models_root
+    from flows.settings import cpu_threads, models_root
 
     q = spec.quantization
     stand_in = False
@@ -227,52 +230,61 @@ def quantize(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
             st.summary.update({"imatrix_tokens": imatrix.tokens,
                                "imatrix_dataset": imatrix.dataset})
         table = []
-        for art in artifacts:
-            if art is artifacts[0]:
-                export_step(student_dir, art["path"], q.gguf_float)
-            elif art["format"] == "gguf":
-                llama_quantize_step(float_gguf, art["path"], art["quant"], q.threads,
-                                    _imatrix_for(art, imatrix))
-            elif art["format"] == "gptq":
-                from flows.quantize.gptq import gptq_quantize
+        # The float file's logits, saved by its own measurement for the fidelity of the others.
+        # A fixed folder, emptied first: a killed stage's leftovers go with the rerun.
+        logits_dir = out / ".float-logits"
+        shutil.rmtree(logits_dir, ignore_errors=True)
+        float_logits = SavedLogits(logits_dir, lambda: GGUFEngine(
+            float_gguf, threads=q.threads or cpu_threads()))
+        try:
+            for art in artifacts:
+                if art is artifacts[0]:
+                    export_step(student_dir, art["path"], q.gguf_float)
+                elif art["format"] == "gguf":
+                    llama_quantize_step(float_gguf, art["path"], art["quant"], q.threads,
+                                        _imatrix_for(art, imatrix))
+                elif art["format"] == "gptq":
+                    from flows.quantize.gptq import gptq_quantize
 
-                gptq_quantize(student_dir, art["path"], bits=q.gptq_bits,
-                              group_size=q.gptq_group_size,
-                              calibration=calibration_texts(ws, run_id, q.gptq_calibration_rows))
-            else:
-                report = absmax_step(student_dir, art["path"], art["scheme"], q.quantize_embeddings)
-                art["worst_layer_rel_error"] = max(r["rel_error"] for r in report)
-            result = measure_step(art, rows, student_dir, q, template,
-                                  None if art is artifacts[0] else float_gguf)
-            publish_model(art["path"])  # onto the shared model store, when there is one
-            model = ws.catalog.add_model(Model(
-                run_id=run_id, stage_id=st.id, round_index=round_index, name=art["name"],
-                kind="quantized", format=art["format"], quant=art["quant"],
-                path=Path(art["path"]).relative_to(models_root()).as_posix(),
-                bytes=result["bytes"], parent_id=student.id,
-                params_json=json.dumps({"bits_per_weight": result["bits_per_weight"],
-                                        "engine": result["engine"],
-                                        "imatrix_tokens": getattr(_imatrix_for(art, imatrix),
-                                                                  "tokens", None)})))
-            row = {"artifact": art["name"], "format": art["format"], "quant": art["quant"],
-                   "engine": result["engine"], "size_mb": round(result["bytes"] / 2**20, 2),
-                   "bits_per_weight": round(result["bits_per_weight"], 3),
-                   "accuracy": result["accuracy"], "perplexity": round(result["perplexity"], 4),
-                   "kl_divergence": _rounded(result.get("kl_divergence"), 6),
-                   "same_top_token": _rounded(result.get("same_top_token"), 4),
-                   "tokens_per_s": round(result["tokens_per_s"], 1), "model_id": model.id}
-            measured = ("accuracy", "perplexity", "tokens_per_s", "bits_per_weight",
-                        *(("kl_divergence", "same_top_token") if "kl_divergence" in result else ()))
-            for name in measured:
-                ws.catalog.log_metric(name, result[name], run_id=run_id, stage_id=st.id,
-                                      model_id=model.id, round_index=round_index, split="eval",
-                                      meta={"table": "quantization", "artifact": art["name"],
-                                            "eval_rows": result["eval_rows"]})
-            ws.catalog.log_metric("size_bytes", result["bytes"], run_id=run_id, stage_id=st.id,
-                                  model_id=model.id, round_index=round_index,
-                                  meta={"table": "quantization", "artifact": art["name"]})
-            table.append(row)
-            st.summary.update({"artifacts": len(table), "table": table})  # kept if a later one fails
+                    gptq_quantize(student_dir, art["path"], bits=q.gptq_bits,
+                                  group_size=q.gptq_group_size,
+                                  calibration=calibration_texts(ws, run_id, q.gptq_calibration_rows))
+                else:
+                    report = absmax_step(student_dir, art["path"], art["scheme"], q.quantize_embeddings)
+                    art["worst_layer_rel_error"] = max(r["rel_error"] for r in report)
+                result = measure_step(art, rows, student_dir, q, template, float_logits,
+                                      is_float=art is artifacts[0])
+                publish_model(art["path"])  # onto the shared model store, when there is one
+                model = ws.catalog.add_model(Model(
+                    run_id=run_id, stage_id=st.id, round_index=round_index, name=art["name"],
+                    kind="quantized", format=art["format"], quant=art["quant"],
+                    path=Path(art["path"]).relative_to(models_root()).as_posix(),
+                    bytes=result["bytes"], parent_id=student.id,
+                    params_json=json.dumps({"bits_per_weight": result["bits_per_weight"],
+                                            "engine": result["engine"],
+                                            "imatrix_tokens": getattr(_imatrix_for(art, imatrix),
+                                                                      "tokens", None)})))
+                row = {"artifact": art["name"], "format": art["format"], "quant": art["quant"],
+                       "engine": result["engine"], "size_mb": round(result["bytes"] / 2**20, 2),
+                       "bits_per_weight": round(result["bits_per_weight"], 3),
+                       "accuracy": result["accuracy"], "perplexity": round(result["perplexity"], 4),
+                       "kl_divergence": _rounded(result.get("kl_divergence"), 6),
+                       "same_top_token": _rounded(result.get("same_top_token"), 4),
+                       "tokens_per_s": round(result["tokens_per_s"], 1), "model_id": model.id}
+                measured = ("accuracy", "perplexity", "tokens_per_s", "bits_per_weight",
+                            *(("kl_divergence", "same_top_token") if "kl_divergence" in result else ()))
+                for name in measured:
+                    ws.catalog.log_metric(name, result[name], run_id=run_id, stage_id=st.id,
+                                          model_id=model.id, round_index=round_index, split="eval",
+                                          meta={"table": "quantization", "artifact": art["name"],
+                                                "eval_rows": result["eval_rows"]})
+                ws.catalog.log_metric("size_bytes", result["bytes"], run_id=run_id, stage_id=st.id,
+                                      model_id=model.id, round_index=round_index,
+                                      meta={"table": "quantization", "artifact": art["name"]})
+                table.append(row)
+                st.summary.update({"artifacts": len(table), "table": table})  # kept if a later one fails
+        finally:
+            shutil.rmtree(logits_dir, ignore_errors=True)
         ws.store.write(pa.Table.from_pylist(table), stage=st.stage, kind="quantization-table")
         st.summary.update({"round": round_index, "student_id": student.id, "student": student.name,
                            "student_is_base_stand_in": stand_in, "eval_rows": len(rows)})

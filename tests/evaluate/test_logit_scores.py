@@ -43,3 +43,25 @@ def test_perplexity_is_torch_loss_and_fidelity_sees_another_model():
     against = logit_scores(engine, ROWS, tok, reference=reference)
     assert against["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-9)
     assert against["kl_divergence"] > 0.05 and against["same_top_token"] < 1.0
+
+
+def test_saved_reference_logits_give_the_same_fidelity_as_the_reference(tmp_path):
+    """The quantize stage saves the float file's logits in its own pass (SavedLogits) and
+    compares the other files with them: the same numbers as asking the float model again."""
+    from flows.evaluate.saved_logits import SavedLogits
+
+    tok = tiny_tokenizer()
+    engine, reference = TorchEngine(tiny_llama(tok, seed=0), tok), TorchEngine(tiny_llama(tok, seed=1), tok)
+    opened = []
+    saved = SavedLogits(tmp_path / "logits", lambda: opened.append(1) or reference)
+    own = logit_scores(saved.recording(reference), ROWS, tok)
+    assert own == logit_scores(reference, ROWS, tok)
+    assert len(list((tmp_path / "logits").glob("*.npy"))) == len(ROWS)
+    assert logit_scores(engine, ROWS, tok, reference=saved) == logit_scores(
+        engine, ROWS, tok, reference=reference)
+    assert saved.hits == len(ROWS) and not opened  # read back, the reference never asked
+    # A sequence nobody saved: the fallback opens the reference once and answers.
+    more = [{**ROWS[0], "answer": "10"}]
+    assert logit_scores(engine, more, tok, reference=saved) == logit_scores(
+        engine, more, tok, reference=reference)
+    assert saved.misses == 1 and opened == [1]

@@ -133,6 +133,16 @@ def test_llama_cpp_quantizer_makes_q8_0(tiny, tmp_path):
     assert stats["bits_per_weight"] < gguf_weight_stats(f16)["bits_per_weight"]
     assert q8.stat().st_size < f16.stat().st_size
     assert not list(tmp_path.glob(".tmp-*"))
+    # What the quantize stage reports, read from the open model, is the reader's number.
+    from flows.evaluate.engines import GGUFEngine
+
+    for path in (f16, q8):
+        engine = GGUFEngine(path, threads=1)
+        try:
+            assert engine.bits_per_weight() == pytest.approx(
+                gguf_weight_stats(path)["bits_per_weight"], rel=1e-12)
+        finally:
+            engine.close()
 
 
 def test_unknown_quant_type_and_unsupported_models_are_named(tiny, tmp_path):

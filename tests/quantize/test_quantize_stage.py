@@ -37,9 +37,24 @@ def run_with_student(workspace, tmp_path):
     return spec, run_id, student
 
 
-def test_quantize_makes_registers_and_measures_every_artifact(workspace, run_with_student):
+def test_quantize_makes_registers_and_measures_every_artifact(workspace, run_with_student,
+                                                              monkeypatch):
+    import flows.quantize.flow as stage
+
     spec, run_id, student = run_with_student
+    opened = []
+
+    class Recorded(stage.GGUFEngine):
+        def __init__(self, path, *args, **kwargs):
+            opened.append(path.name)
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "GGUFEngine", Recorded)
     summary = quantize(spec, workspace, run_id)
+    # The float file is run once: the others' fidelity reads the logits it saved then.
+    assert sorted(opened) == ["tiny-F16.gguf", "tiny-Q8_0.gguf"]
+    f16 = next(m for m in workspace.catalog.models(run_id) if m.quant == "F16")
+    assert not list(model_path(f16.path).parent.glob(".float-logits*"))  # removed when done
 
     assert summary.student_id == student.id and not summary.student_is_base_stand_in
     quants = [r.quant for r in summary.table]

@@ -10,7 +10,15 @@ import torch
 
 from flows.train import examples as ex_mod
 from flows.train import losses
-from flows.train.trainer import TrainConfig, checkpoints, collate, compute_loss, fit, prepare
+from flows.train.trainer import (
+    TrainConfig,
+    checkpoints,
+    collate,
+    compute_loss,
+    fit,
+    keep_target_logits,
+    prepare,
+)
 from tests.helpers.tiny_student import tiny_llama, tiny_tokenizer, train_rows
 
 
@@ -224,3 +232,62 @@ def test_keep_layers_cuts_a_smaller_student(tok):
     assert out.logits.shape == (1, 3, len(tok))
     with pytest.raises(ValueError, match="keep_layers"):
         keep_layers(tiny_llama(tok, layers=2), [0, 5])
+
+
+def _loss_and_grads(model, batch, cfg, teacher=None):
+    model.zero_grad(set_to_none=True)
+    loss, parts = compute_loss(model, batch, cfg, teacher)
+    loss.backward()
+    return parts, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("objective,packing", [("cot", False), ("step_by_step", False),
+                                               ("step_by_step", True), ("kd", False),
+                                               ("kd-teacher", False)])
+def test_target_logits_only_give_the_full_loss_and_gradients(tok, monkeypatch, objective,
+                                                             packing):
+    """The vocabulary projection runs only where a loss reads it (trainer.keep_target_logits):
+    every loss term and every gradient are those of the full logits."""
+    import flows.train.trainer as trainer
+    from flows.teachers.openai_compat import logprobs_of
+
+    rows = train_rows(3)
+    top_k = 0
+    if objective == "kd":  # rows with an endpoint's top-k logprobs: the sparse kd loss
+        top_k = 2
+        for row in rows:
+            pieces = [tok.decode([i]) for i in tok(f"{row['rationale']}\nAnswer: {row['answer']}",
+                                                   add_special_tokens=False)["input_ids"]]
+            row["logprobs"] = json.dumps(logprobs_of({"logprobs": {"content": [
+                {"token": p, "logprob": -0.2, "bytes": None,
+                 "top_logprobs": [{"token": p, "logprob": -0.2, "bytes": None},
+                                  {"token": q, "logprob": -1.8, "bytes": None}]}
+                for p, q in zip(pieces, pieces[1:] + pieces[:1])]}}, top_k))
+    kind = "kd" if objective.startswith("kd") else objective
+    groups = ex_mod.build(rows, tok, kind, 512, top_k=top_k).groups
+    examples = [e for g in groups for e in g]
+    batch = collate(examples, tok.pad_token_id, packing=packing, max_length=1024)
+    cfg = TrainConfig(objective=kind)
+    torch.manual_seed(0)
+    model = tiny_llama(tok)
+    teacher = tiny_llama(tok) if objective == "kd-teacher" else None  # another random init
+    assert trainer.keeps_logits(model)
+    kept, grads_kept = _loss_and_grads(model, batch, cfg, teacher)
+    monkeypatch.setattr(trainer, "keeps_logits", lambda model: False)
+    full, grads_full = _loss_and_grads(model, batch, cfg, teacher)
+    assert kept.keys() == full.keys() and ({"kd", "label_loss"} & kept.keys() or kind == "cot")
+    for key in full:
+        assert kept[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
+    assert grads_kept.keys() == grads_full.keys()
+    for name in grads_full:
+        torch.testing.assert_close(grads_kept[name], grads_full[name], rtol=1e-4, atol=1e-6)
+
+
+def test_only_positions_before_a_target_are_kept():
+    labels = torch.tensor([[-100, -100, 5, 6, -100, -100], [-100, -100, -100, 7, 8, -100]])
+    task = torch.tensor([[0] * 6, [1] * 6])
+    keep, compact = keep_target_logits({"labels": labels, "task": task, "input_ids": labels.clamp(0)})
+    assert keep.tolist() == [1, 2, 3, 5]  # predicting positions 2, 3, 4, and the last
+    assert compact["labels"].tolist() == [[-100, 5, 6, -100], [-100, -100, 7, 8]]
+    assert compact["task"].tolist() == [[0] * 4, [1] * 4]
+    assert compact["input_ids"].shape == (2, 6)  # the model still reads every token
