@@ -17,6 +17,9 @@ import numpy as np
 # Conversations decoded together by GGUFEngine: in bench/gguf_eval_speed.py on 2 cores 8 was as
 # fast as 16 (prefill, alone per prompt, is a large share of evaluation) with half the KV memory.
 BATCH_WIDTH = 8
+# Rows per batch in TorchEngine: score.CHUNK, so an evaluation of up to 32 rows is one batch. On
+# a 135M student 20 rows took 12.5 s in one batch against 21 s in batches of 8, same replies.
+TORCH_BATCH = 32
 
 
 class Engine(Protocol):
@@ -156,9 +159,8 @@ class GGUFEngine:
 class TorchEngine:
     name = "torch"
 
-    # 32 is score.CHUNK, so an evaluation of up to 32 rows is one batch: on a 135M student,
-    # 20 rows took 12.5 s in one batch against 21 s in batches of 8, with the same replies.
-    def __init__(self, model, tokenizer, threads: int | None = None, batch_size: int = 32):
+    def __init__(self, model, tokenizer, threads: int | None = None,
+                 batch_size: int = TORCH_BATCH):
         import torch
 
         if threads:
@@ -296,7 +298,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
 
 
-def open_engine(ref: str, *, catalog=None, threads: int | None = None, batch_size: int = 32,
+def open_engine(ref: str, *, catalog=None, threads: int | None = None,
+                batch_size: int = TORCH_BATCH,
                 device: str = "cpu") -> Engine:
     """The engine for a model reference: llama.cpp for a GGUF file, torch for an HF folder."""
     from flows.models import load, resolve
