@@ -33,7 +33,10 @@ import numpy as np
 from llama_cpp import Llama
 
 from flows.embedded import embedded_gguf
+from flows.llama_cpu import guard
 from flows.settings import cpu_threads
+
+guard()  # llama.cpp's AMX kernels crash on some CPUs (flows/llama_cpu.py)
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",

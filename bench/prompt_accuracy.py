@@ -102,6 +102,9 @@ def main() -> None:
 
     from llama_cpp import Llama
 
+    from flows.llama_cpu import guard
+
+    guard()
     llm = Llama(model_path=str(args.model or embedded_gguf()), n_ctx=2048, n_threads=args.threads,
                 verbose=False)
     report = []

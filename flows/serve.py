@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,8 +82,10 @@ def start_server(model: str | Path, *, host: str = LOOPBACK, port: int | None = 
         log_dir = stairs_home() / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", host,
-           "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", path.stem]
+    from flows.llama_cpu import server_command
+
+    cmd = server_command("--model", str(path), "--host", host, "--port", str(port),
+                         "--n_ctx", str(n_ctx), "--model_alias", path.stem)
     from flows.settings import cpu_threads
 
     threads = threads or cpu_threads()

@@ -47,7 +47,10 @@ class GGUFEngine:
         from llama_cpp import Llama
 
         from flows.evaluate.batched import chat_formatter, decodes_exactly_batched
+        from flows.llama_cpu import guard
         from flows.settings import cpu_threads
+
+        guard()  # llama.cpp's AMX kernels crash on some CPUs (flows/llama_cpu.py)
 
         self.path = Path(path)
         self.threads = threads or cpu_threads()

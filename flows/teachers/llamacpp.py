@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from flows.children import die_with_parent
+from flows.llama_cpu import server_command
 from flows.models import file_identity, resolve_model
 from flows.teachers.base import TeacherUnreachable
 from flows.teachers.openai_compat import OpenAITeacher
@@ -60,9 +60,9 @@ class LlamaCppTeacher(OpenAITeacher):
         logs = stairs_home() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.log_path = logs / f"llamacpp-{port}.log"
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf),
-               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(self.n_ctx),
-               "--n_threads", threads, "--n_threads_batch", threads]
+        cmd = server_command("--model", str(self.gguf), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", str(self.n_ctx),
+                             "--n_threads", threads, "--n_threads_batch", threads)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)

@@ -90,7 +90,10 @@ class GGUFScorer:
     def __init__(self, path, k: int, n_ctx: int = 2048, threads: int | None = None):
         from llama_cpp import Llama
 
+        from flows.llama_cpu import guard
         from flows.settings import cpu_threads
+
+        guard()  # llama.cpp's AMX kernels crash on some CPUs (flows/llama_cpu.py)
 
         threads = threads or cpu_threads()
         self.llm = Llama(str(path), logits_all=True, n_ctx=n_ctx, n_threads=threads,

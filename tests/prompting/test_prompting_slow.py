@@ -15,6 +15,9 @@ pytestmark = pytest.mark.slow
 def test_embedded_teacher_follows_the_rationale_format():
     from llama_cpp import Llama
 
+    from flows.llama_cpu import guard
+
+    guard()
     llm = Llama(model_path=str(embedded_gguf()), n_ctx=2048, n_threads=1, verbose=False)
     template = load_template("rationale")
     parsed = []
