@@ -58,7 +58,7 @@ def guard() -> None:
     import llama_cpp.llama_cpp as bindings
 
     plain = bindings.llama_model_default_params
-    if getattr(plain, "stairs_guarded", False):
+    if hasattr(plain, "stairs_plain"):
         return
 
     def without_extra_buffers():
@@ -66,7 +66,7 @@ def guard() -> None:
         params.use_extra_bufts = False
         return params
 
-    without_extra_buffers.stairs_guarded = True
+    without_extra_buffers.stairs_plain = plain  # llama-cpp-python's own
     # Llama.__init__ reads it from the bindings module; `llama_cpp.<name>` is another binding
     # of the same function.
     bindings.llama_model_default_params = without_extra_buffers
