@@ -124,3 +124,21 @@ def test_the_per_question_cap_keeps_own_samples_first_then_the_most_agreeing():
                                             None, None]
     assert cap(df, 2)["drop_reason"].to_list() == ["extra_sample", None, None, "duplicate",
                                                    None, None]
+
+
+@pytest.mark.parametrize("passage,rationale,unsupported", [
+    # GSM8K writes numbers as words; a right solution computes with them in digits.
+    ("She eats three for breakfast and bakes with four. She lays 16 eggs.",
+     "16 - 3 - 4 = 9 eggs.", False),
+    ("A robe takes 2 bolts of blue fiber and half that much white fiber.", "2 / 2 = 1. 2 + 1 = 3.",
+     False),
+    ("He walks Twice a day for 30 minutes.", "30 x 2 = 60", False),
+    ("Three dozen eggs cost $6.", "3 x 12 = 36. 6 / 36 = 0.17", False),
+    # A number neither written nor spelled out is still from nowhere.
+    ("She eats three eggs.", "3 x 7 = 21", True),
+    ("Someone who wrote none of it.", "1 + 1 = 2", True),
+])
+def test_numbers_written_as_words_support_a_step(passage, rationale, unsupported):
+    df = pl.DataFrame({"rationale": [rationale], "passage": [passage], "question": [None]},
+                      schema={c: pl.String for c in ("rationale", "passage", "question")})
+    assert unsupported_numbers(df).to_list() == [unsupported]
