@@ -100,13 +100,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="Also write all replies and numbers here.")
     args = ap.parse_args()
 
-    from llama_cpp import Llama
+    from flows.llama_cpu import open_llama
 
-    from flows.llama_cpu import guard
-
-    guard()
-    llm = Llama(model_path=str(args.model or embedded_gguf()), n_ctx=2048, n_threads=args.threads,
-                verbose=False)
+    llm = open_llama(args.model or embedded_gguf(), n_ctx=2048, n_threads=args.threads,
+                     verbose=False)
     report = []
     print("| template | task | greedy right | greedy parseable | sample right | "
           f"pass@{args.samples} (right+parseable) | parser agrees | median tokens | s/gen |")

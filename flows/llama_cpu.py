@@ -14,8 +14,8 @@ default model parameters carry use_extra_bufts=False: the plain CPU kernels, no 
 Every other CPU is left exactly as it was. STAIRS_LLAMA_AMX=1 keeps the AMX kernels (for a
 machine where they work); STAIRS_LLAMA_AMX=0 turns extra buffer types off on any CPU.
 
-The teacher's server is another process: `python -m flows.llama_cpu llama_cpp.server ...`
-runs llama-cpp-python's server with the same guard.
+open_llama() loads a GGUF file in process after the guard. The teacher's server is another
+process: `python -m flows.llama_cpu llama_cpp.server ...` runs it with the same guard.
 """
 
 from __future__ import annotations
@@ -71,6 +71,15 @@ def guard() -> None:
     # of the same function.
     bindings.llama_model_default_params = without_extra_buffers
     llama_cpp.llama_model_default_params = without_extra_buffers
+
+
+def open_llama(path, **kwargs):
+    """llama-cpp-python's `Llama(path, **kwargs)`, loaded after guard(): how stairs opens a
+    GGUF file in process."""
+    guard()
+    from llama_cpp import Llama
+
+    return Llama(str(path), **kwargs)
 
 
 def server_command(*args: str) -> list[str]:

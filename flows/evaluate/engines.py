@@ -44,19 +44,15 @@ class GGUFEngine:
 
     def __init__(self, path: Path, threads: int | None = None, n_ctx: int = 2048,
                  width: int = BATCH_WIDTH):
-        from llama_cpp import Llama
-
         from flows.evaluate.batched import chat_formatter, decodes_exactly_batched
-        from flows.llama_cpu import guard
+        from flows.llama_cpu import open_llama
         from flows.settings import cpu_threads
-
-        guard()  # llama.cpp's AMX kernels crash on some CPUs (flows/llama_cpu.py)
 
         self.path = Path(path)
         self.threads = threads or cpu_threads()
         self._kw = dict(n_ctx=n_ctx, n_threads=self.threads, n_threads_batch=self.threads,
                         verbose=False)
-        self.llm = Llama(str(self.path), seed=0, **self._kw)
+        self.llm = open_llama(self.path, seed=0, **self._kw)
         self.width = width
         self.formatter = chat_formatter(self.llm)  # None: a named chat format, one at a time
         self.batchable = self.formatter is not None and decodes_exactly_batched(self.llm)
@@ -68,9 +64,9 @@ class GGUFEngine:
         # A second context with logits for every position, for perplexity only (computing them
         # for every prompt token would slow generation down); opened when first needed.
         if self._scorer is None:
-            from llama_cpp import Llama
+            from flows.llama_cpu import open_llama
 
-            self._scorer = Llama(str(self.path), logits_all=True, **self._kw)
+            self._scorer = open_llama(self.path, logits_all=True, **self._kw)
         return self._scorer
 
     def generate(self, conversations, max_new_tokens):

@@ -88,16 +88,12 @@ class GGUFScorer:
     the worked-examples prefix shared by consecutive requests stays in the KV cache."""
 
     def __init__(self, path, k: int, n_ctx: int = 2048, threads: int | None = None):
-        from llama_cpp import Llama
-
-        from flows.llama_cpu import guard
+        from flows.llama_cpu import open_llama
         from flows.settings import cpu_threads
 
-        guard()  # llama.cpp's AMX kernels crash on some CPUs (flows/llama_cpu.py)
-
         threads = threads or cpu_threads()
-        self.llm = Llama(str(path), logits_all=True, n_ctx=n_ctx, n_threads=threads,
-                         n_threads_batch=threads, verbose=False)
+        self.llm = open_llama(path, logits_all=True, n_ctx=n_ctx, n_threads=threads,
+                              n_threads_batch=threads, verbose=False)
         self.k = k
         self.prompt_tokens = self.requests = 0
 

@@ -13,12 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_embedded_teacher_follows_the_rationale_format():
-    from llama_cpp import Llama
+    from flows.llama_cpu import open_llama
 
-    from flows.llama_cpu import guard
-
-    guard()
-    llm = Llama(model_path=str(embedded_gguf()), n_ctx=2048, n_threads=1, verbose=False)
+    llm = open_llama(embedded_gguf(), n_ctx=2048, n_threads=1, verbose=False)
     template = load_template("rationale")
     parsed = []
     for i, row in enumerate(demo.generate(4, tasks=["sum", "lookup"])):

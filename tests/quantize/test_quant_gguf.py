@@ -29,14 +29,11 @@ def tiny():
 
 
 def _llama(path, **kw):
-    from llama_cpp import Llama
+    from flows.llama_cpu import open_llama
 
-    from flows.llama_cpu import guard
-
-    guard()
     # type_k/type_v 0 = GGML_TYPE_F32: the default F16 cache alone costs ~1e-2 in logits.
-    return Llama(str(path), n_ctx=256, logits_all=True, verbose=False, type_k=0, type_v=0,
-                 n_threads=1, **kw)
+    return open_llama(path, n_ctx=256, logits_all=True, verbose=False, type_k=0, type_v=0,
+                      n_threads=1, **kw)
 
 
 def _logits(llm, ids):
