@@ -128,3 +128,34 @@ def test_bad_generated_rows_name_the_problem(setup, workspace):
     assert stage.status == "failed" and "repeat id" in stage.error
     assert check_curation(spec) == []
     json.dumps(run_details(workspace, run_id), default=str)
+
+
+def test_numbers_a_passage_writes_as_words_support_a_rationale_through_curate(tmp_path,
+                                                                                workspace):
+    """Through the curate stage: a right rationale computing with numbers its passage wrote as
+    words is kept; one computing with a number from nowhere is still `unsupported_number`."""
+    from tests.helpers.curation_fixtures import generated_row
+
+    (tmp_path / "bench.txt").write_text("an unrelated benchmark item\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(CURRICULUM)
+    spec = spec_mod.load(path)
+    run_id = workspace.start_run(spec, "run").id
+    ingest(spec, workspace, run_id)
+    st = workspace.latest_stage("ingest", run_id=run_id)
+    corpus = workspace.store.scan(workspace.shards(st, "corpus")).collect().to_dicts()
+    words = dict(corpus[1], passage="Vorla has three red kites and five blue kites.",
+                 question="How many kites does Vorla have in total?", answer="8")
+    nowhere = dict(corpus[2], passage="Kesi has two cats and four dogs.",
+                   question="How many pets does Kesi have?", answer="6")
+    rows = [generated_row(words, sample_index=0, answer="8",
+                          rationale="Vorla has three red and five blue kites. 3 + 5 = 8."),
+            generated_row(nowhere, sample_index=0, answer="6",
+                          rationale="Kesi has two cats and four dogs. 2 + 4 + 3 = 9. 9 - 3 = 6.")]
+    write_generate_stage(workspace, run_id, rows)
+    curate(spec, workspace, run_id)
+    stage = workspace.latest_stage("curate", run_id=run_id, round_index=0)
+    kept = workspace.store.scan(workspace.shards(stage, "kept")).collect()
+    dropped = workspace.store.scan(workspace.shards(stage, "dropped")).collect()
+    assert kept["id"].to_list() == [rows[0]["id"]]
+    assert dropped.select("id", "drop_reason").rows() == [(rows[1]["id"], "unsupported_number")]
