@@ -133,10 +133,10 @@ def _send(teacher, misses, rows_for, record, stop, cache) -> None:
                                     else ([], None))) for req, reply in answers]
             # Cache first (what will be written, nothing else): from here on a crash costs
             # nothing for these answers. The stream sends nothing new until this returns, so a
-            # kill -9 re-sends at most `concurrency` requests (those in flight). One transaction
-            # per batch that arrived together, on this thread: handing the batches to a cache
-            # thread cost more CPU in GIL hand-offs than the commits it moved (1.7-1.9 s against
-            # 1.4-1.5 s of CPU per 4,000 answers, alternate runs), and a WAL commit does not fsync.
+            # kill -9 re-sends at most `concurrency` requests (those in flight). On this thread:
+            # handing the batches to a cache thread cost more CPU in GIL hand-offs than the
+            # commits it moved (1.7-1.9 s against 1.4-1.5 s of CPU per 4,000 answers, alternate
+            # runs). A generate batch's cache journals them (one write) instead of committing.
             cache.put(teacher.backend, teacher.identity,
                       [(req.key, usable) for req, _, _, usable in built if usable is not None])
             record([(req, reply, rows) for req, reply, rows, _ in built], cached=False)

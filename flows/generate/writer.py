@@ -4,7 +4,9 @@ were not yet flushed when a process is killed are still in the response cache, s
 attempt rebuilds them without asking the teacher again.
 
 Shards are written by one background thread, in order: a write (Arrow file, fsync, rename,
-catalog row) takes ~50-150 ms here, during which the request loop keeps answering.
+catalog row) takes ~50-150 ms here, during which the request loop keeps answering. `before_write`
+runs in that thread before each shard (generate folds its journaled answers into the response
+cache there, so the catalog holds a shard's answers before the shard itself).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from flows.generate.rows import GENERATED_SCHEMA
 
 class ShardWriter:
     def __init__(self, store, stage, parents, *, batch_rows: int, flush_seconds: float,
-                 schema: pa.Schema = GENERATED_SCHEMA, kind: str = "generated"):
+                 schema: pa.Schema = GENERATED_SCHEMA, kind: str = "generated",
+                 before_write=None):
         self.store, self.stage, self.parents = store, stage, list(parents)
+        self.before_write = before_write
         self.schema, self.kind = schema, kind
         self.batch_rows, self.flush_seconds = batch_rows, flush_seconds
         self.buffer: list[dict] = []
@@ -44,6 +48,8 @@ class ShardWriter:
             self._pending.append(self._pool.submit(self._write, rows))
 
     def _write(self, rows: list[dict]) -> int:
+        if self.before_write is not None:
+            self.before_write()
         table = pa.Table.from_pylist(rows, self.schema)
         self.store.write(table, stage=self.stage, kind=self.kind, parents=self.parents)
         return len(rows)

@@ -1,6 +1,9 @@
 """The response cache: teacher answers in the catalog's `responsecache` table, keyed by
-request_key() (content, not run), so every run shares it. An answer is written the moment it
-arrives, which is what bounds a crash's loss to the requests in flight.
+request_key() (content, not run), so every run shares it. An answer is recorded the moment it
+arrives, which is what bounds a crash's loss to the requests in flight: committed to the catalog,
+or, for a generate batch over a SQLite catalog, appended to its answer journal and folded into
+the catalog a shard at a time (flows/teachers/journal.py). Lookups read the catalog and every
+journal, so a journal's answers are found exactly as committed ones are.
 
 Only answers that became rows are stored (flows/generate/dispatch.py checks them first): a
 failed request must be sent again next time, and a reply no row can hold must not be served
@@ -9,9 +12,12 @@ again to every later run.
 
 from __future__ import annotations
 
+from collections import deque
+
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from flows.teachers import journal as journals
 from flows.teachers.base import Reply
 from storage.tables import ResponseCache, utcnow
 
@@ -24,16 +30,34 @@ _SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class ResponseCacheStore:
-    def __init__(self, catalog):
+    def __init__(self, catalog, *, journal: bool = False):
+        """journal=True: put() appends to an answer journal instead of committing, and fold()
+        (the shard writer calls it before each shard) moves the answers into the catalog; only
+        for a SQLite file catalog, others commit per put() as before."""
         self.engine = catalog.engine
         self.hits = 0
         self.misses = 0
         self.written = 0
         self._conn = None
         self._insert = insert(ResponseCache.__table__)
+        self._journals = journals.folder_for(self.engine)
+        self._journaling = journal and self._journals is not None
+        self._journal: journals.Journal | None = None
+        self._unfolded: deque[tuple] = deque()  # journaled, not yet in the catalog
+        self._fold_failed = False
+
+    def _journaled(self, keys: list[str]) -> dict[str, str]:
+        """key -> response_json of the wanted keys in live journals (dead ones are folded into
+        the catalog first, so the catalog query that follows finds those)."""
+        live = journals.read_all(self._journals, self._fold_dead)
+        if not live:
+            return {}
+        wanted = set(keys)
+        return {row[0]: row[3] for row in live if row[0] in wanted}
 
     def lookup(self, keys: list[str]) -> dict[str, Reply]:
         found: dict[str, Reply] = {}
+        journaled = self._journaled(keys)
         table = ResponseCache.__table__
         with self.engine.connect() as conn:
             for i in range(0, len(keys), LOOKUP_CHUNK):
@@ -42,12 +66,15 @@ class ResponseCacheStore:
                                     .where(table.c.key.in_(chunk)))
                 for key, blob in rows:
                     found[key] = Reply.from_json(blob)
+        for key, blob in journaled.items():
+            if key not in found:  # the catalog's copy, when there is one, came first
+                found[key] = Reply.from_json(blob)
         return found
 
     def present(self, keys: list[str]) -> set[str]:
         """Which of the keys have a cached answer (keys only: nothing is loaded)."""
         table = ResponseCache.__table__
-        found: set[str] = set()
+        found: set[str] = set(self._journaled(keys))
         with self.engine.connect() as conn:
             for i in range(0, len(keys), LOOKUP_CHUNK):
                 found.update(conn.execute(select(table.c.key).where(
@@ -55,37 +82,67 @@ class ResponseCacheStore:
         return found
 
     def put(self, backend: str, model: str, answers: list[tuple[str, Reply]]) -> None:
-        """Store answers that arrived together, in one transaction, committed before the next
-        batch is handled: a kill loses nothing that arrived. A key already stored (another run
-        answered the same content first) is left as it is."""
+        """Record answers that arrived together before the next batch is handled: a kill loses
+        nothing that arrived. In the journal (one write) or in one committed transaction. A key
+        already stored (another run answered the same content first) is left as it is."""
         now = utcnow()
         rows = [(key, backend, model, reply.to_json(), now, reply.prompt_tokens,
                  reply.completion_tokens) for key, reply in answers if reply.error is None]
         if not rows:
             return
-        if self._conn is None:
-            self._conn = self.engine.connect()
-        if self.engine.dialect.name == "sqlite":
+        if self._journaling:
+            stamp = now.strftime(_SQLITE_DATETIME)
+            rows = [(*row[:4], stamp, *row[5:]) for row in rows]
+            if self._journal is None:
+                self._journal = journals.Journal(self._journals)
+            self._journal.append(rows)
+            self._unfolded.extend(rows)
+        elif self.engine.dialect.name == "sqlite":
             self._put_sqlite(rows)
         else:
             self._put_core(rows)
         self.written += len(rows)
+
+    def fold(self) -> None:
+        """Move the journaled answers into the catalog, in one transaction. Called from the
+        shard writer's thread while put() appends on the loop's: a deque is safe for that."""
+        rows = [self._unfolded.popleft() for _ in range(len(self._unfolded))]
+        if not rows:
+            return
+        try:
+            with self.engine.connect() as conn:
+                self._insert_sqlite(conn.connection.driver_connection, rows)
+        except BaseException:
+            self._fold_failed = True  # the journal file keeps them: close() must not remove it
+            raise
+
+    def _fold_dead(self, rows: list[tuple]) -> None:
+        with self.engine.connect() as conn:
+            self._insert_sqlite(conn.connection.driver_connection, rows)
 
     def _put_sqlite(self, rows: list[tuple]) -> None:
         """Straight to the sqlite3 driver: at 20 ms latency the loop commits ~1,000 small
         batches per 4,000 answers, and SQLAlchemy's statement handling was much of each put's
         CPU (median 62 against 106 ms per 4,000 rows in batches of 14, 5 alternating runs).
         created_at is written in the text form SQLAlchemy's SQLite DateTime reads back."""
-        raw = self._conn.connection.driver_connection
+        if self._conn is None:
+            self._conn = self.engine.connect()
         stamp = rows[0][4].strftime(_SQLITE_DATETIME)  # one `now` per put
+        self._insert_sqlite(self._conn.connection.driver_connection,
+                            [(*row[:4], stamp, *row[5:]) for row in rows])
+
+    @staticmethod
+    def _insert_sqlite(raw, rows: list[tuple]) -> None:
         try:
-            raw.executemany(_SQLITE_INSERT, [(*row[:4], stamp, *row[5:]) for row in rows])
+            raw.executemany(_SQLITE_INSERT, rows)
             raw.commit()
         except BaseException:
             raw.rollback()
             raise
 
     def _put_core(self, rows: list[tuple]) -> None:
+        if self._conn is None:
+            self._conn = self.engine.connect()
         records = [dict(zip(_COLUMNS, row)) for row in rows]
         try:
             self._conn.execute(self._insert, records)
@@ -108,6 +165,14 @@ class ResponseCacheStore:
                 conn.execute(delete(table).where(table.c.key.in_(keys[i:i + LOOKUP_CHUNK])))
 
     def close(self) -> None:
+        """Fold what is left; the journal is removed only once all of it is in the catalog
+        (otherwise the next lookup, anywhere, folds it)."""
+        if self._journal is not None:
+            try:
+                self.fold()
+            finally:
+                self._journal.close(remove=not self._fold_failed and not self._unfolded)
+                self._journal = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None

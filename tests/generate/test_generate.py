@@ -199,11 +199,14 @@ def test_missing_api_key_variable_is_a_clear_error(tmp_path, monkeypatch):
             load_checked(path)
 
 
+# batch_rows 1000: no shard is written before the kill, so every answer the resume does not pay
+# for again comes back from the killed batch's answer journal (flows/teachers/journal.py).
+@pytest.mark.parametrize("batch_rows", [7, 1000])
 def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tmp_path, workspace,
-                                                                  stairs_home):
+                                                                  stairs_home, batch_rows):
     with FakeOpenAI(latency=0.03) as srv:
         path = write_curriculum(tmp_path, srv.base_url, rows=80,
-                                teacher={"concurrency": 4}, generate={"batch_rows": 7})
+                                teacher={"concurrency": 4}, generate={"batch_rows": batch_rows})
         code = ("import sys; from flows.generate import generate_flow; "
                 "from flows.params import StageParams; "
                 "generate_flow.fn(StageParams(curriculum=sys.argv[1]))")
@@ -217,8 +220,11 @@ def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tmp_path, worksp
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         received_at_kill = sum(srv.received.values())
+        journals = list((stairs_home / "catalog.db.answers").glob("*.jsonl"))
+        assert len(journals) == 1  # the killed batch's, left for the next lookup to fold
 
         result = generate_flow.fn(StageParams(curriculum=str(path)))  # resumes the killed run
+    assert not journals[0].exists()
     run_id = result.run_id
     assert result.complete
     df = generated(workspace, run_id)
@@ -229,6 +235,8 @@ def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tmp_path, worksp
     assert sum(srv.received.values()) == result.requests + resent
     assert received_at_kill >= 30
     assert result.resumed_requests + result.cache_hits >= 30 - 4
+    if batch_rows == 1000:  # nothing to adopt: all of it came from the journal
+        assert result.resumed_requests == 0 and result.cache_hits >= 30 - 4
 
 
 def test_ctrl_c_keeps_everything_answered(tmp_path, workspace, stairs_home):
