@@ -12,6 +12,7 @@ again to every later run.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 from sqlalchemy import delete, insert, select
@@ -45,6 +46,12 @@ class ResponseCacheStore:
         self._journal: journals.Journal | None = None
         self._unfolded: deque[tuple] = deque()  # journaled, not yet in the catalog
         self._fold_failed = False
+        # Journals are rotated at ROTATE_BYTES so a long stage does not keep a second copy of
+        # all its answers on disk: a full one is removed once every answer in it is folded.
+        self._journaled_rows = 0  # answers appended to any journal of this store
+        self._folded_rows = 0  # of those, folded into the catalog (in order: FIFO)
+        self._full: list[tuple[journals.Journal, int]] = []  # (journal, answers up to its end)
+        self._full_lock = threading.Lock()
 
     def _journaled(self, keys: list[str]) -> dict[str, str]:
         """key -> response_json of the wanted keys in live journals (dead ones are folded into
@@ -95,7 +102,12 @@ class ResponseCacheStore:
             rows = [(*row[:4], stamp, *row[5:]) for row in rows]
             if self._journal is None:
                 self._journal = journals.Journal(self._journals)
+            elif self._journal.size >= journals.ROTATE_BYTES:
+                with self._full_lock:
+                    self._full.append((self._journal, self._journaled_rows))
+                self._journal = journals.Journal(self._journals)
             self._journal.append(rows)
+            self._journaled_rows += len(rows)
             self._unfolded.extend(rows)
         elif self.engine.dialect.name == "sqlite":
             self._put_sqlite(rows)
@@ -115,6 +127,12 @@ class ResponseCacheStore:
         except BaseException:
             self._fold_failed = True  # the journal file keeps them: close() must not remove it
             raise
+        self._folded_rows += len(rows)
+        with self._full_lock:
+            done = [j for j, end in self._full if end <= self._folded_rows]
+            self._full = [(j, end) for j, end in self._full if end > self._folded_rows]
+        for j in done:
+            j.close(remove=True)
 
     def _fold_dead(self, rows: list[tuple]) -> None:
         with self.engine.connect() as conn:
@@ -171,7 +189,11 @@ class ResponseCacheStore:
             try:
                 self.fold()
             finally:
-                self._journal.close(remove=not self._fold_failed and not self._unfolded)
+                kept = self._fold_failed or bool(self._unfolded)
+                for j, _ in self._full:
+                    j.close(remove=not kept)
+                self._full = []
+                self._journal.close(remove=not kept)
                 self._journal = None
         if self._conn is not None:
             self._conn.close()

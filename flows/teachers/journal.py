@@ -25,6 +25,8 @@ from pathlib import Path
 import orjson
 
 SUFFIX = ".jsonl"
+# A writer starts a new journal past this size; the full one goes once all of it is folded.
+ROTATE_BYTES = 64 << 20
 
 
 def folder_for(engine) -> Path | None:
@@ -52,10 +54,14 @@ class Journal:
         self.fd = os.open(opening, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         os.rename(opening, self.path)
+        self.size = 0
 
     def append(self, rows: list[tuple]) -> None:
         """One write() for the answers that arrived together."""
-        os.write(self.fd, b"".join(orjson.dumps(row) + b"\n" for row in rows))
+        data = memoryview(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+        self.size += len(data)
+        while data:  # a regular file takes it all at once, short of a full disk
+            data = data[os.write(self.fd, data):]
 
     def close(self, *, remove: bool) -> None:
         """remove=False keeps the file (its answers not yet all in the catalog) for the next

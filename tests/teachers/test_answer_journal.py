@@ -83,3 +83,18 @@ def test_a_journal_whose_fold_failed_is_kept_for_the_next_lookup(workspace, monk
     assert len(list(folder(workspace).glob("*.jsonl"))) == 1
     assert ResponseCacheStore(workspace.catalog).lookup(["k1"])["k1"].text == "one"
     assert in_catalog(workspace) == {"k1"}  # folded by that lookup: its writer is closed
+
+
+def test_a_full_journal_is_replaced_and_removed_once_folded(workspace, monkeypatch):
+    monkeypatch.setattr(journals, "ROTATE_BYTES", 1)  # every put after the first rotates
+    writer = ResponseCacheStore(workspace.catalog, journal=True)
+    for k in ("a", "b", "c"):
+        writer.put("openai", "m", [(k, Reply(text=k.upper()))])
+    assert len(list(folder(workspace).glob("*.jsonl"))) == 3
+    found = ResponseCacheStore(workspace.catalog).lookup(["a", "b", "c"])
+    assert {k: r.text for k, r in found.items()} == {"a": "A", "b": "B", "c": "C"}
+    writer.fold()  # everything in the two full journals is in the catalog now: they go
+    assert len(list(folder(workspace).glob("*.jsonl"))) == 1
+    assert in_catalog(workspace) == {"a", "b", "c"}
+    writer.close()
+    assert list(folder(workspace).glob("*.jsonl")) == []
