@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, AsyncIterator, Iterable, Protocol
 
+import orjson
+
 
 class TeacherUnreachable(RuntimeError):
     """The teacher cannot be reached (at start, or it died midway); the message says where."""
@@ -73,10 +75,15 @@ class Reply:
     cached: bool = False
 
     def to_json(self) -> str:
-        return json.dumps({"text": self.text, "finish_reason": self.finish_reason,
-                           "prompt_tokens": self.prompt_tokens,
-                           "completion_tokens": self.completion_tokens,
-                           "logprobs": self.logprobs})
+        fields = {"text": self.text, "finish_reason": self.finish_reason,
+                  "prompt_tokens": self.prompt_tokens,
+                  "completion_tokens": self.completion_tokens, "logprobs": self.logprobs}
+        try:
+            # orjson: 0.3 against 2.1 us per reply, once per answer in the request loop. Its
+            # JSON reads back the same through json.loads (UTF-8 instead of \u escapes).
+            return orjson.dumps(fields).decode()
+        except (TypeError, orjson.JSONEncodeError):  # what only json writes (a lone surrogate)
+            return json.dumps(fields)
 
     @classmethod
     def from_json(cls, blob: str) -> "Reply":

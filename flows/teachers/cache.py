@@ -56,7 +56,7 @@ class ResponseCacheStore:
     def _journaled(self, keys: list[str]) -> dict[str, str]:
         """key -> response_json of the wanted keys in live journals (dead ones are folded into
         the catalog first, so the catalog query that follows finds those)."""
-        live = journals.read_all(self._journals, self._fold_dead)
+        live = journals.read_all(self._journals, self._store_journaled)
         if not live:
             return {}
         wanted = set(keys)
@@ -92,14 +92,26 @@ class ResponseCacheStore:
         """Record answers that arrived together before the next batch is handled: a kill loses
         nothing that arrived. In the journal (one write) or in one committed transaction. A key
         already stored (another run answered the same content first) is left as it is."""
+        if self._journaling:
+            self._put_journal([(key, backend, model, reply.to_json(), reply.prompt_tokens,
+                                reply.completion_tokens)
+                               for key, reply in answers if reply.error is None])
+            return
         now = utcnow()
         rows = [(key, backend, model, reply.to_json(), now, reply.prompt_tokens,
                  reply.completion_tokens) for key, reply in answers if reply.error is None]
         if not rows:
             return
-        if self._journaling:
-            stamp = now.strftime(_SQLITE_DATETIME)
-            rows = [(*row[:4], stamp, *row[5:]) for row in rows]
+        if self.engine.dialect.name == "sqlite":
+            self._put_sqlite(rows)
+        else:
+            self._put_core(rows)
+        self.written += len(rows)
+
+    def _put_journal(self, rows: list[tuple]) -> None:
+        """Rows without created_at (stamped when folded): per put, on the request loop's thread,
+        only what a kill must not lose."""
+        if rows:
             if self._journal is None:
                 self._journal = journals.Journal(self._journals)
             elif self._journal.size >= journals.ROTATE_BYTES:
@@ -109,11 +121,7 @@ class ResponseCacheStore:
             self._journal.append(rows)
             self._journaled_rows += len(rows)
             self._unfolded.extend(rows)
-        elif self.engine.dialect.name == "sqlite":
-            self._put_sqlite(rows)
-        else:
-            self._put_core(rows)
-        self.written += len(rows)
+            self.written += len(rows)
 
     def fold(self) -> None:
         """Move the journaled answers into the catalog, in one transaction. Called from the
@@ -122,8 +130,7 @@ class ResponseCacheStore:
         if not rows:
             return
         try:
-            with self.engine.connect() as conn:
-                self._insert_sqlite(conn.connection.driver_connection, rows)
+            self._store_journaled(rows)
         except BaseException:
             self._fold_failed = True  # the journal file keeps them: close() must not remove it
             raise
@@ -134,9 +141,12 @@ class ResponseCacheStore:
         for j in done:
             j.close(remove=True)
 
-    def _fold_dead(self, rows: list[tuple]) -> None:
+    def _store_journaled(self, rows: list[tuple]) -> None:
+        """Journaled rows into the catalog, in one transaction, stamped with this moment."""
+        stamp = utcnow().strftime(_SQLITE_DATETIME)
         with self.engine.connect() as conn:
-            self._insert_sqlite(conn.connection.driver_connection, rows)
+            self._insert_sqlite(conn.connection.driver_connection,
+                                [(*row[:4], stamp, *row[4:]) for row in rows])
 
     def _put_sqlite(self, rows: list[tuple]) -> None:
         """Straight to the sqlite3 driver: at 20 ms latency the loop commits ~1,000 small

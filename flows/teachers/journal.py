@@ -8,8 +8,9 @@ Why not commit each arrival to the catalog: at 20 ms latency answers arrive ~3.5
 microseconds. Durability is the same as the catalog's own (WAL, synchronous=NORMAL): what was
 written survives a kill -9 of the process (the page cache keeps it), not a power cut.
 
-One file per open journal, `<catalog.db>.answers/<host>-<pid>-<random>.jsonl`, one JSON array per
-answer (the responsecache columns). Its writer holds an exclusive flock on it for its whole life,
+One file per open journal, `<catalog.db>.answers/<host>-<pid>-<random>.jsonl`, one line per batch
+of answers that arrived together: a JSON list of [key, backend, model, response_json,
+prompt_tokens, completion_tokens] (the responsecache columns; created_at is the fold's time). Its writer holds an exclusive flock on it for its whole life,
 which is how readers tell a live journal (read its answers, leave it) from one whose process died
 (fold its answers into the catalog, then delete it). A partly written last line is ignored.
 """
@@ -57,8 +58,8 @@ class Journal:
         self.size = 0
 
     def append(self, rows: list[tuple]) -> None:
-        """One write() for the answers that arrived together."""
-        data = memoryview(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+        """One line, one write(), for the answers that arrived together."""
+        data = memoryview(orjson.dumps(rows) + b"\n")
         self.size += len(data)
         while data:  # a regular file takes it all at once, short of a full disk
             data = data[os.write(self.fd, data):]
@@ -78,11 +79,11 @@ def parse(data: bytes) -> list[tuple]:
     rows = []
     for line in data.split(b"\n"):
         try:
-            row = orjson.loads(line)
+            batch = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue  # the empty tail, or a line its writer was killed in the middle of
-        if isinstance(row, list) and len(row) == 7:
-            rows.append(tuple(row))
+        if isinstance(batch, list):
+            rows.extend(tuple(row) for row in batch if isinstance(row, list) and len(row) == 6)
     return rows
 
 
