@@ -39,12 +39,14 @@ def test_rows_carry_the_messages_and_sampling_that_were_sent(tmp_path, workspace
 
 
 def test_the_collector_is_unfrozen_when_the_loop_fails(tmp_path, workspace):
+    threshold = gc.get_threshold()
     with FakeOpenAI() as srv:
         srv.reject_auth = True
         path = write_curriculum(tmp_path, srv.base_url, rows=3)
         with pytest.raises(TeacherUnreachable):
             run_generate(path, workspace)
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold  # the loop's own threshold is put back
 
 
 def test_the_quick_row_check_agrees_with_arrow():
