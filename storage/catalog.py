@@ -218,13 +218,14 @@ class Catalog:
             return list(s.exec(select(Shard).where(Shard.run_id == run_id).order_by(Shard.id)))
 
     def register_shard(self, shard: Shard, parents: list[Shard] = ()) -> Shard:
+        # No refresh after the commit: every column is set here (the id by the flush), and the
+        # SELECT it costs was an eighth of a generated shard's write (0.55 of ~4.3 ms).
         with self.session() as s:
             s.add(shard)
             s.flush()
             for parent in parents:
                 s.add(ShardParent(shard_id=shard.id, parent_id=parent.id))
             s.commit()
-            s.refresh(shard)
             return shard
 
     def shard_parents(self, shard_id: int) -> list[Shard]:
