@@ -2,10 +2,10 @@
 when the catalog is a SQLite file. The answers reach the response cache table later, many per
 transaction (ResponseCacheStore.fold); the journal is what makes that safe.
 
-Why not commit each arrival to the catalog: at 20 ms latency answers arrive ~3.5 at a time, so a
-4,000-request run made ~1,100 SQLite commits, about a sixth of the request loop's CPU
+Why not commit each arrival to the catalog: at 20 ms latency answers arrive 2-4 at a time, so a
+4,000-request run made 1,100-2,000 SQLite commits, 13% of the request loop's py-spy samples
 (bench/teacher_throughput.py --regime cpu); one os.write() of the same answers costs a few
-microseconds. Durability is the same as the catalog's own (WAL, synchronous=NORMAL): what was
+microseconds, and the bench's stairs/bare-loop ratio rose ~3 points with it (docs/benchmarks.md). Durability is the same as the catalog's own (WAL, synchronous=NORMAL): what was
 written survives a kill -9 of the process (the page cache keeps it), not a power cut.
 
 One file per open journal, `<catalog.db>.answers/<host>-<pid>-<random>.jsonl`, one line per batch
