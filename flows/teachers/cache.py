@@ -12,11 +12,12 @@ again to every later run.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections import deque
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from flows.teachers import journal as journals
 from flows.teachers.base import Reply
@@ -164,8 +165,15 @@ class ResponseCacheStore:
         try:
             raw.executemany(_SQLITE_INSERT, rows)
             raw.commit()
-        except BaseException:
-            raw.rollback()
+        except BaseException as e:
+            try:
+                raw.rollback()
+            except sqlite3.Error:
+                pass  # a full disk can fail the rollback too; the first error is the one to say
+            if isinstance(e, sqlite3.Error):
+                # As SQLAlchemy reports the driver's errors everywhere else in the catalog, so
+                # a full disk here is the same one-line "catalog error" (flows/cli.py).
+                raise OperationalError(_SQLITE_INSERT, None, e) from e
             raise
 
     def _put_core(self, rows: list[tuple]) -> None:
