@@ -5,14 +5,16 @@ transaction (ResponseCacheStore.fold); the journal is what makes that safe.
 Why not commit each arrival to the catalog: at 20 ms latency answers arrive 2-4 at a time, so a
 4,000-request run made 1,100-2,000 SQLite commits, 13% of the request loop's py-spy samples
 (bench/teacher_throughput.py --regime cpu); one os.write() of the same answers costs a few
-microseconds, and the bench's stairs/bare-loop ratio rose ~3 points with it (docs/benchmarks.md). Durability is the same as the catalog's own (WAL, synchronous=NORMAL): what was
-written survives a kill -9 of the process (the page cache keeps it), not a power cut.
+microseconds, and the bench's stairs/bare-loop ratio rose ~3 points with it
+(docs/benchmarks.md). Durability is the same as the catalog's own (WAL, synchronous=NORMAL):
+what was written survives a kill -9 of the process (the page cache keeps it), not a power cut.
 
 One file per open journal, `<catalog.db>.answers/<host>-<pid>-<random>.jsonl`, one line per batch
 of answers that arrived together: a JSON list of [key, backend, model, response_json,
-prompt_tokens, completion_tokens] (the responsecache columns; created_at is the fold's time). Its writer holds an exclusive flock on it for its whole life,
-which is how readers tell a live journal (read its answers, leave it) from one whose process died
-(fold its answers into the catalog, then delete it). A partly written last line is ignored.
+prompt_tokens, completion_tokens] (the responsecache columns; created_at is the fold's time).
+Its writer holds an exclusive flock on it for its whole life, which is how readers tell a live
+journal (read its answers, leave it) from one whose process died (fold its answers into the
+catalog, then delete it). A partly written last line is ignored.
 """
 
 from __future__ import annotations

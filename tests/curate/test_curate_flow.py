@@ -27,10 +27,9 @@ curation:
 """
 
 
-@pytest.fixture
-def setup(tmp_path, workspace):
-    (tmp_path / "bench.txt").write_text(
-        "an unrelated benchmark item that is long enough to have thirteen words in it at least\n")
+def ingested(tmp_path, workspace, benchmark: str):
+    """CURRICULUM's corpus ingested in a new run: (spec, run id, corpus rows, eval rows)."""
+    (tmp_path / "bench.txt").write_text(benchmark + "\n")
     path = tmp_path / "c.yaml"
     path.write_text(CURRICULUM)
     spec = spec_mod.load(path)
@@ -39,6 +38,14 @@ def setup(tmp_path, workspace):
     st = workspace.latest_stage("ingest", run_id=run_id)
     corpus = workspace.store.scan(workspace.shards(st, "corpus")).collect().to_dicts()
     evals = workspace.store.scan(workspace.shards(st, "eval")).collect().to_dicts()
+    return spec, run_id, corpus, evals
+
+
+@pytest.fixture
+def setup(tmp_path, workspace):
+    spec, run_id, corpus, evals = ingested(
+        tmp_path, workspace,
+        "an unrelated benchmark item that is long enough to have thirteen words in it at least")
     rows = teacher_rows(corpus, samples=3, p_correct=0.7, seed=1)
     for bad in planted(corpus[0]).values():
         rows.append(bad)
@@ -136,14 +143,7 @@ def test_numbers_a_passage_writes_as_words_support_a_rationale_through_curate(tm
     words is kept; one computing with a number from nowhere is still `unsupported_number`."""
     from tests.helpers.curation_fixtures import generated_row
 
-    (tmp_path / "bench.txt").write_text("an unrelated benchmark item\n")
-    path = tmp_path / "c.yaml"
-    path.write_text(CURRICULUM)
-    spec = spec_mod.load(path)
-    run_id = workspace.start_run(spec, "run").id
-    ingest(spec, workspace, run_id)
-    st = workspace.latest_stage("ingest", run_id=run_id)
-    corpus = workspace.store.scan(workspace.shards(st, "corpus")).collect().to_dicts()
+    spec, run_id, corpus, _ = ingested(tmp_path, workspace, "an unrelated benchmark item")
     words = dict(corpus[1], passage="Vorla has three red kites and five blue kites.",
                  question="How many kites does Vorla have in total?", answer="8")
     nowhere = dict(corpus[2], passage="Kesi has two cats and four dogs.",
