@@ -35,6 +35,7 @@ from flows.generate.batches import BatchJob, run_batch, split, total
 from flows.generate.progress import Progress
 from flows.generate.resume import adopt, earlier_attempts
 from flows.generate.review import Pass, run_pass
+from flows.generate.writer import warm_up
 from flows.orchestration import in_flow_run, map_step, step, task_runner
 from flows.params import StageParams
 from flows.prompting.hints import RATIONALIZE_TEMPLATE
@@ -339,6 +340,7 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
     # rerun answered from the cache starts no server and loads no model.
     cached = ResponseCacheStore(ws.catalog).present([r.key for r in todo])
     needs_teacher = len(cached) < len(todo)
+    warm_up()
     started, cpu_started = time.monotonic(), time.process_time()
     before = {s.id for s in ws.catalog.shards(st.id, "generated")}  # adopted ones
     try:
