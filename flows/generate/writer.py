@@ -8,17 +8,12 @@ catalog row) takes ~50-150 ms here, during which the request loop keeps answerin
 runs in that thread before each shard (generate folds its journaled answers into the response
 cache there, so the catalog holds a shard's answers before the shard itself).
 
-That thread runs at the lowest CPU priority (on Linux, where a thread has its own nice value):
-its work can wait, the request loop's and a local teacher server's cannot. It takes CPU the
-moment they leave some, and a writer that falls behind by MAX_PENDING_WRITES shards makes the
-loop wait for it, so memory stays bounded.
+A writer that falls MAX_PENDING_WRITES shards behind makes the loop wait for the oldest, so
+rows cannot pile up in memory when the disk or the CPU is slower than the teacher.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -26,22 +21,8 @@ import pyarrow as pa
 
 from flows.generate.rows import GENERATED_SCHEMA
 
-# The writer thread's nice value. Measured with bench/teacher_throughput.py --regime cpu (2 cores
-# shared with the fake server; 3 alternating runs each, 2026-12-04): 92.7-93.4% of the bare
-# loop at 19, 87.8-91.5% at 0, 88.0-90.5% at 10: at 19 the scheduler gives the writer only
-# what the loop and the server leave.
-WRITER_NICE = 19
 # Shard writes queued at most; the next one waits for the oldest (backpressure on the loop).
 MAX_PENDING_WRITES = 4
-
-
-def _lower_priority() -> None:
-    """Runs in the writer thread as it starts: Linux's setpriority takes a thread id."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
-        except OSError:
-            pass  # not allowed here: write at the process's own priority
 
 
 def warm_up(schema: pa.Schema = GENERATED_SCHEMA) -> None:
@@ -64,8 +45,7 @@ class ShardWriter:
         self.rows_written = 0
         self.shards = 0
         self._last = time.monotonic()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stairs-shards",
-                                        initializer=_lower_priority)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stairs-shards")
         self._pending: list[Future] = []
 
     def add(self, rows: list[dict]) -> None:

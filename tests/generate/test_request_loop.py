@@ -1,15 +1,12 @@
 """What the request loop does for speed without changing what it writes: JSON columns
 serialized once before the first request, the garbage collector frozen while it runs, shards
-written by a low-priority thread that cannot fall far behind (flows/generate/dispatch.py,
+written by a thread that cannot fall far behind (flows/generate/dispatch.py,
 flows/generate/writer.py, docs/benchmarks.md)."""
 
 from __future__ import annotations
 
 import gc
 import json
-import os
-import sys
-import threading
 import time
 
 import pytest
@@ -71,34 +68,6 @@ def test_the_quick_row_check_agrees_with_arrow():
     for fine in ({"answer": b"8"}, {"round": 1.0}, {"answer": "é"}):
         check_rows([{**plain, **fine}])
         pa.Table.from_pylist([{**plain, **fine}], GENERATED_SCHEMA)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
-def test_shards_are_written_at_low_priority_and_the_loop_keeps_its_own(tmp_path, workspace,
-                                                                       monkeypatch):
-    from flows.generate import writer as writer_mod
-    from storage.shards import ShardStore
-
-    priorities = []
-    original = ShardStore.write
-
-    def write(self, *args, **kwargs):
-        if kwargs["kind"] == "generated":  # not ingest's shards, written before the loop
-            priorities.append((threading.current_thread().name,
-                               os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ShardStore, "write", write)
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    with FakeOpenAI() as srv:
-        path = write_curriculum(tmp_path, srv.base_url, rows=20)  # batch_rows 8: 3 shards
-        run_id, summary = run_generate(path, workspace)
-    assert summary.complete and summary.shards_written == 3
-    assert generated(workspace, run_id).height == 20
-    assert len(priorities) == 3
-    assert all(name.startswith("stairs-shards") and nice == max(own, writer_mod.WRITER_NICE)
-               for name, nice in priorities)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
 
 
 def test_a_writer_that_falls_behind_makes_the_loop_wait(tmp_path):
