@@ -15,6 +15,7 @@ rows cannot pile up in memory when the disk or the CPU is slower than the teache
 from __future__ import annotations
 
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
@@ -46,7 +47,7 @@ class ShardWriter:
         self.shards = 0
         self._last = time.monotonic()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stairs-shards")
-        self._pending: list[Future] = []
+        self._pending: deque[Future] = deque()
 
     def add(self, rows: list[dict]) -> None:
         self.buffer.extend(rows)
@@ -56,9 +57,7 @@ class ShardWriter:
 
     def _submit(self) -> None:
         self._last = time.monotonic()
-        self._collect(wait=False)
-        while len(self._pending) >= MAX_PENDING_WRITES:
-            self._collect_oldest()
+        self._collect(at_most=MAX_PENDING_WRITES - 1)
         if self.buffer:
             rows, self.buffer = self.buffer, []
             self._pending.append(self._pool.submit(self._write, rows))
@@ -70,26 +69,21 @@ class ShardWriter:
         self.store.write(table, stage=self.stage, kind=self.kind, parents=self.parents)
         return len(rows)
 
-    def _collect_oldest(self) -> None:
-        oldest = self._pending.pop(0)
-        self.rows_written += oldest.result()
-        self.shards += 1
-
-    def _collect(self, *, wait: bool) -> None:
-        """Count finished writes; re-raise the first failure (a full disk stops the run)."""
-        still = []
-        for f in self._pending:
-            if wait or f.done():
-                self.rows_written += f.result()
-                self.shards += 1
-            else:
-                still.append(f)
-        self._pending = still
+    def _collect(self, *, at_most: int | None = None) -> None:
+        """Count finished writes, oldest first (one thread writes them in order); with
+        `at_most`, first wait until no more than that many are pending. A failure is re-raised
+        and stays pending, so every later call raises it too (a full disk stops the run)."""
+        pending = self._pending
+        while pending and (pending[0].done() or (at_most is not None
+                                                 and len(pending) > at_most)):
+            self.rows_written += pending[0].result()
+            pending.popleft()
+            self.shards += 1
 
     def flush(self) -> None:
         """Write what is buffered and wait for every write: after this, all rows are shards."""
         self._submit()
         try:
-            self._collect(wait=True)
+            self._collect(at_most=0)
         finally:
             self._pool.shutdown(wait=True)

@@ -70,7 +70,7 @@ def test_the_quick_row_check_agrees_with_arrow():
         pa.Table.from_pylist([{**plain, **fine}], GENERATED_SCHEMA)
 
 
-def test_a_writer_that_falls_behind_makes_the_loop_wait(tmp_path):
+def test_a_writer_that_falls_behind_makes_the_loop_wait():
     """A starved writer must not let shards pile up in memory: the loop waits for the oldest
     write once MAX_PENDING_WRITES are queued, and every row still lands, in order."""
     from flows.generate.writer import MAX_PENDING_WRITES, ShardWriter
