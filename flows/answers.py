@@ -7,8 +7,10 @@ teacher rows it was trained on.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 ANSWER_MARKER = re.compile(r"(?:final\s+)?answer\s*(?:is)?\s*[:=]\s*", re.IGNORECASE)
+_MARKER_FROM_ANSWER = re.compile(r"answer\s*(?:is)?\s*[:=]\s*", re.IGNORECASE)
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
 _WORDS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -18,14 +20,42 @@ NUMBER_WORDS = {w: str(i) for i, w in enumerate(_WORDS)}
 _LEADING_NOISE = re.compile(r"^(?:the|a|an|about|approximately|exactly|total(?:\s+of)?)\s+")
 
 
+def answer_markers(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each ANSWER_MARKER match in `text`, in order: what
+    `ANSWER_MARKER.finditer(text)` finds, found faster. Every teacher reply is parsed in the
+    generate stage's request loop, and a case-insensitive pattern that may start with "final" or
+    "answer" gives `re` no literal to skip ahead to, so it tried a match at every character: 2.5
+    against 0.7 us for a 90-character demo reply (tests/test_answers.py checks they agree). Here
+    str.find jumps to each "answer" in the lowered text and the pattern is tried only there. Only
+    for ASCII text: there lower() keeps every position and folds case exactly as re's IGNORECASE
+    does (which also matches "ſ" to "s" and the Kelvin sign to "k")."""
+    if not text.isascii():
+        for m in ANSWER_MARKER.finditer(text):
+            yield m.start(), m.end()
+        return
+    lowered = text.lower()
+    at = lowered.find("answer")
+    while at >= 0:
+        m = _MARKER_FROM_ANSWER.match(text, at)
+        if m is None:
+            at = lowered.find("answer", at + 1)
+            continue
+        space = at  # "final", then at least one space, then "answer": the match starts at "final"
+        while space and text[space - 1].isspace():
+            space -= 1
+        final = space < at and lowered.endswith("final", 0, space)
+        yield (space - 5 if final else at), m.end()
+        at = lowered.find("answer", m.end())
+
+
 def extract_answer(text: str | None) -> str | None:
     """The text after the last 'Answer:' marker, up to the end of its line; None if absent."""
     if not text:
         return None
-    matches = list(ANSWER_MARKER.finditer(text))
-    if not matches:
+    ends = [end for _start, end in answer_markers(text)]
+    if not ends:
         return None
-    rest = text[matches[-1].end():].strip()
+    rest = text[ends[-1]:].strip()
     line = rest.splitlines()[0].strip() if rest else ""
     return line or None
 

@@ -1,6 +1,15 @@
+import random
+
 import pytest
 
-from flows.answers import answers_match, extract_answer, is_number, normalize_answer
+from flows.answers import (
+    ANSWER_MARKER,
+    answer_markers,
+    answers_match,
+    extract_answer,
+    is_number,
+    normalize_answer,
+)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -14,6 +23,20 @@ from flows.answers import answers_match, extract_answer, is_number, normalize_an
 ])
 def test_extract(text, expected):
     assert extract_answer(text) == expected
+
+
+def test_answer_markers_finds_what_the_pattern_finds():
+    # The fast search must agree with ANSWER_MARKER.finditer on every text: pieces that make
+    # near-misses ("answers:", "final\n answer", "is is:"), upper case, non-ASCII look-alikes
+    # (the long s and Kelvin sign match under IGNORECASE), odd whitespace.
+    pieces = ["answer", "Answer", "ANSWER", "answers", "final", "FINAL", "Final ", " ", "  ",
+              "\n", "\t", "\x1c", ":", "=", "is", " is", "x", "42", "ſ", "\u212a", "é", "an",
+              "swer", "fin", "al", "**"]
+    rng = random.Random(7)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert list(answer_markers(text)) == [(m.start(), m.end())
+                                              for m in ANSWER_MARKER.finditer(text)], repr(text)
 
 
 @pytest.mark.parametrize("raw,norm", [

@@ -21,7 +21,7 @@ import json
 import re
 from typing import Callable
 
-from flows.answers import ANSWER_MARKER
+from flows.answers import answer_markers
 
 Parser = Callable[[str | None, str | None], list[dict]]
 
@@ -59,12 +59,11 @@ def split_answer(text: str) -> tuple[str | None, str | None, bool]:
     The first complete answer is the teacher's answer: small models often go on after it with a
     new made-up problem, and that tail must not leak into the rationale or the answer.
     """
-    for m in ANSWER_MARKER.finditer(text):
-        rest = text[m.end():]
-        line, newline, _ = rest.partition("\n")
+    for start, end in answer_markers(text):
+        line, newline, _ = text[end:].partition("\n")
         line = line.strip().strip("*").strip()
         if line:
-            return _clean(text[:m.start()]), line, not newline
+            return _clean(text[:start]), line, not newline
     return None, None, False
 
 
