@@ -9,8 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-ANSWER_MARKER = re.compile(r"(?:final\s+)?answer\s*(?:is)?\s*[:=]\s*", re.IGNORECASE)
-_MARKER_FROM_ANSWER = re.compile(r"answer\s*(?:is)?\s*[:=]\s*", re.IGNORECASE)
+# The marker from its word "answer" on; ANSWER_MARKER adds the optional "final" before it, and
+# answer_markers() tries this part alone where it finds that word.
+_FROM_ANSWER = r"answer\s*(?:is)?\s*[:=]\s*"
+ANSWER_MARKER = re.compile(r"(?:final\s+)?" + _FROM_ANSWER, re.IGNORECASE)
+_MARKER_FROM_ANSWER = re.compile(_FROM_ANSWER, re.IGNORECASE)
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
 _WORDS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
