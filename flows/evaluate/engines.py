@@ -124,10 +124,11 @@ class GGUFEngine:
         return 8 * lc.llama_model_size(model) / lc.llama_model_n_params(model)
 
     def logits(self, ids):
-        """[len(ids) - 1, vocab]: row t is the next-token logits after ids[:t + 1]."""
+        """[len(ids) - 1, vocab] float32 (what llama.cpp computes): row t is the next-token
+        logits after ids[:t + 1]."""
         self.scorer.reset()
         self.scorer.eval(ids)
-        return np.asarray(self.scorer.scores[: len(ids) - 1], dtype=np.float64)
+        return np.array(self.scorer.scores[: len(ids) - 1], dtype=np.float32)  # a copy
 
     def decode_speed(self, messages, tokens):
         eos = self.llm.token_eos()
@@ -211,7 +212,7 @@ class TorchEngine:
 
         device = next(self.model.parameters()).device
         with torch.no_grad():
-            return self.model(torch.tensor([ids], device=device)).logits[0, :-1].double().cpu().numpy()
+            return self.model(torch.tensor([ids], device=device)).logits[0, :-1].float().cpu().numpy()
 
     def decode_speed(self, messages, tokens):
         import torch
@@ -290,11 +291,6 @@ class EndpointEngine:
 
     def close(self):
         self.cache.close()
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    top = logits.max(axis=-1, keepdims=True)
-    return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
 
 
 def open_engine(ref: str, *, catalog=None, threads: int | None = None,

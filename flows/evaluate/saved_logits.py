@@ -5,8 +5,8 @@ KL divergence and top-token agreement on every position of the eval rows). The f
 logits are computed once, in its own perplexity pass (`recording`), and each quantized file
 reads them back instead of running the float file again: in the quickstart that was 120 of a
 round's 300 logits passes, 0.13 s each. On disk rather than in memory because 60 rows of 100
-tokens over a 49k vocabulary are 1.2 GB. Stored as float32, which is what both engines compute
-(their float64 arrays are widened float32), so the numbers read back are the same bits.
+tokens over a 49k vocabulary are 1.2 GB. Stored as float32, which is what both engines return,
+so the numbers read back are the same bits.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ class SavedLogits:
         return _Recording(engine, self)
 
     def save(self, ids: list[int], logits: np.ndarray) -> None:
-        narrow = logits.astype(np.float32)
-        if not np.array_equal(narrow, logits):  # not widened float32: keep it exact, or not at all
-            return
+        narrow = np.asarray(logits, dtype=np.float32)
+        if narrow is not logits and not np.array_equal(narrow, logits):
+            return  # wider than float32: keep it exact, or not at all
         path = self.folder / f"{_key(ids)}.npy"
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, narrow)
@@ -50,7 +50,7 @@ class SavedLogits:
         path = self.folder / f"{_key(ids)}.npy"
         if path.exists():
             self.hits += 1
-            return np.load(path).astype(np.float64)
+            return np.load(path)
         if self._fallback is None:
             raise KeyError(f"no saved logits for a {len(ids)}-token sequence in {self.folder}")
         self.misses += 1
