@@ -10,9 +10,11 @@ import re
 from collections.abc import Iterator
 
 # The marker from its word "answer" on; ANSWER_MARKER adds the optional "final" before it, and
-# answer_markers() tries this part alone where it finds that word.
+# answer_markers() tries this part alone where it finds that word. ANSWER_MARKER_PATTERN is
+# the whole marker as text, for the curation filter's Polars regex (same syntax there).
 _FROM_ANSWER = r"answer\s*(?:is)?\s*[:=]\s*"
-ANSWER_MARKER = re.compile(r"(?:final\s+)?" + _FROM_ANSWER, re.IGNORECASE)
+ANSWER_MARKER_PATTERN = r"(?:final\s+)?" + _FROM_ANSWER
+ANSWER_MARKER = re.compile(ANSWER_MARKER_PATTERN, re.IGNORECASE)
 _MARKER_FROM_ANSWER = re.compile(_FROM_ANSWER, re.IGNORECASE)
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
 _WORDS = (

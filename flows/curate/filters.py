@@ -15,14 +15,16 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
+from flows.answers import ANSWER_MARKER_PATTERN
 from flows.curate import answers as ans
 from flows.curate import arithmetic
 from flows.curate.ngrams import ngram_hashes
 from flows.curate.reviews import VERIFY_MAJORITY
 from flows.prompting.hints import QUOTES_HINT, RATIONALIZE_TEMPLATE
 
-# Same marker `flows.answers.extract_answer` looks for: a question carrying it gives the answer away.
-_ANSWER_MARKER = r"(?i)(?:final\s+)?answer\s*(?:is)?\s*[:=]"
+# The marker `flows.answers.extract_answer` looks for: a question carrying it gives the answer
+# away. Case-insensitive, as there.
+_ANSWER_MARKER = "(?i)" + ANSWER_MARKER_PATTERN
 # Characters ordinary rationale text is made of: letters, digits, spaces, arithmetic and prose
 # punctuation. Anything else (control bytes, replacement chars, markup soup) counts as garbage.
 _TEXT_CHARS = r"[\p{L}\p{N}\s.,:;!?'\"()\[\]\-+=*/%$€£#&_<>]"

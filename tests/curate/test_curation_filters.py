@@ -145,3 +145,19 @@ def test_vectorized_matching_equals_answers_match(values):
                       schema={"p": pl.String, "g": pl.String})
     from flows.curate.answers import matches
     assert df.select(m=matches("p", "g"))["m"].to_list() == [answers_match(p, g) for p, g in pairs]
+
+
+def test_leak_marker_is_the_one_answers_are_read_after():
+    """A question drops as answer_leaked for carrying an answer marker exactly when
+    flows.answers finds one in it (the filter's Polars regex is built from the same pattern)."""
+    from flows.answers import answer_markers
+
+    src = SOURCES[3]
+    questions = ["How many? Answer: 8", "How many? final  answer is = 8", "ANSWER IS:8 kites",
+                 "How many answers: 8", "answer 8", "Is the answer= here?", "Answer\n: 8",
+                 "Final\tAnswer: 8", "What is the answer", "Réponse answer : 8"]
+    rows = [generated_row(src, sample_index=i, answer="zzz", rationale="It is zzz.",
+                          question=q) for i, q in enumerate(questions)]
+    expected = ["answer_leaked" if list(answer_markers(q)) else None for q in questions]
+    assert reasons(rows, only="answer_leaked") == expected
+    assert expected.count("answer_leaked") == 7
