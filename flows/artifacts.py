@@ -111,13 +111,15 @@ def run_report_markdown(details: dict) -> str:
              f"- status: **{run['status']}**"]
     if run.get("error"):
         lines.append(f"- error: `{run['error']}`")
-    lines += ["", "| stage | round | status | shards | rows |", "|---|---|---|---|---|"]
+    lines += ["", "| stage | round | status | seconds | shards | rows |",
+              "|---|---|---|---|---|---|"]
     for st in details["stages"]:
         kinds = ", ".join(sorted({s["kind"] for s in st["shards"]}))
         rows = sum(s["rows"] for s in st["shards"])
         name = st["name"] + (" (reused)" if st["reused_from"] else "")
         rnd = "" if st["round"] is None else st["round"]
-        lines.append(f"| {name} | {rnd} | {st['status']} | {kinds} | {rows} |")
+        secs = "" if st.get("seconds") is None else f"{st['seconds']:.1f}"
+        lines.append(f"| {name} | {rnd} | {st['status']} | {secs} | {kinds} | {rows} |")
     if details.get("rejects_by_reason"):
         lines += ["", "Rejected or dropped rows by reason:", ""]
         lines += [f"- {k}: {v}" for k, v in details["rejects_by_reason"].items()]
@@ -131,7 +133,7 @@ def run_report_markdown(details: dict) -> str:
 def stage_rows(details: dict) -> list[dict]:
     """One table row per stage of a run."""
     return [{"stage": st["name"], "round": st["round"], "status": st["status"],
-             "shards": len(st["shards"]), "rows": sum(s["rows"] for s in st["shards"]),
+             "seconds": st.get("seconds"), "shards": len(st["shards"]), "rows": sum(s["rows"] for s in st["shards"]),
              "reused": bool(st["reused_from"])} for st in details["stages"]]
 
 

@@ -22,9 +22,26 @@ def _result(ws: Workspace, run_id: str, name: str, index: int):
     return cls.of(run_id, ws.summary(stage)) if stage else cls(run_id=run_id)
 
 
+# The work of a round whose wall seconds the report shows: the teacher's score on the held-out
+# rows (measured before round 0, or for a round taught by the curriculum's teacher again), then
+# the round's four stages.
+TIMED = ("teacher score", "generate", "curate", "train", "quantize")
+
+
+def round_seconds(ws: Workspace, run_id: str, index: int, scoring: float | None) -> dict:
+    from flows.runinfo import stage_seconds
+
+    seconds = {"teacher score": scoring}
+    for name in TIMED[1:]:
+        seconds[name] = stage_seconds(ws.latest_stage(name, run_id=run_id, round_index=index))
+    return seconds
+
+
 def round_report(ws: Workspace, run_id: str) -> list[dict]:
     metrics = ws.catalog.metrics(run_id=run_id)
     teacher_scores = {m.round_index: m.value for m in metrics if m.name == "teacher_accuracy"}
+    scoring_seconds = {m.round_index: m.value for m in metrics
+                       if m.name == "teacher_score_seconds"}
     levels: dict[int, dict[str, dict[str, float]]] = {}
     for m in metrics:
         if m.name == "level_accuracy":
@@ -69,6 +86,8 @@ def round_report(ws: Workspace, run_id: str) -> list[dict]:
             "candidate": promote, "promoted": promote if r.gate_passed else None,
             "gate_passed": r.gate_passed,
             "gate_reason": r.gate_reason, "status": r.status,
+            # Where the round's time went (stage start to finish, from the catalog).
+            "seconds": round_seconds(ws, run_id, r.index, scoring_seconds.get(r.index)),
         })
         previous_student = promoted.accuracy if (promoted and r.gate_passed) else teacher_acc
     return rows
@@ -78,8 +97,11 @@ def flat_round(r: dict) -> dict:
     """One round as flat columns (a Prefect table artifact shows no nested values): the
     per-level numbers become '<level> teacher', '<level> student', '<level> new/replay/kept'."""
     flat = {k: v for k, v in r.items() if k not in (
-        "quantized", "drops_by_reason", "rows_by_level", "kept_by_level", "level_accuracy")}
+        "quantized", "drops_by_reason", "rows_by_level", "kept_by_level", "level_accuracy",
+        "seconds")}
     flat["drops"] = ", ".join(f"{k}={v}" for k, v in r["drops_by_reason"].items())
+    for name, secs in r.get("seconds", {}).items():
+        flat[f"{name} s"] = secs
     for name, acc in r.get("level_accuracy", {}).items():
         flat[f"{name} teacher"] = acc.get("teacher")
         flat[f"{name} student"] = acc.get("student")
@@ -120,6 +142,12 @@ def _kept_cell(r: dict) -> str:
     if r.get("rows_rehearsed"):
         kept += f" (+{r['rows_rehearsed']} rehearsed)"
     return kept
+
+
+def seconds_cell(r: dict) -> str:
+    """'teacher score 28, generate 141, ...': the round's timed work that ran."""
+    return ", ".join(f"{name} {secs:.0f}" for name, secs in r.get("seconds", {}).items()
+                     if secs is not None)
 
 
 def report_dir(run_id: str) -> Path:
@@ -187,7 +215,8 @@ def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Pa
         f"<td>{_fmt(r['student_accuracy'])}</td>"
         f"<td>{html.escape(_levels_cell(r))}</td>"
         f"<td>{html.escape(str(r['promoted'] or '-'))}</td>"
-        f"<td>{html.escape(r['gate_reason'] or '')}</td></tr>" for r in rounds)
+        f"<td>{html.escape(r['gate_reason'] or '')}</td>"
+        f"<td>{html.escape(seconds_cell(r))}</td></tr>" for r in rounds)
     page = (f"<!doctype html><meta charset=utf-8><title>stairs run {run_id}</title>"
             f"<h1>stairs run {run_id}</h1>"
             f"<img alt='accuracy per round' src='data:image/png;base64,"
@@ -195,7 +224,7 @@ def write_report(ws: Workspace, run_id: str, rounds: list[dict]) -> dict[str, Pa
             "<table border=1 cellpadding=4><tr><th>round</th><th>teacher</th><th>teacher acc"
             "</th><th>generated</th><th>kept</th><th>dropped (why)</th><th>student acc</th>"
             "<th>per level (teacher&gt;student)</th><th>promoted</th>"
-            f"<th>gate</th></tr>{cells}</table>")
+            f"<th>gate</th><th>seconds</th></tr>{cells}</table>")
     page_path = out / "report.html"
     page_path.write_text(page, encoding="utf-8")
     return {"png": png, "html": page_path}
@@ -207,7 +236,7 @@ def rich_table(rounds: list[dict]):
     climbing = bool(level_names(rounds))
     table = Table("round", "teacher", "teacher acc", "generated", "kept", "top drops",
                   "student acc", *(["per level (teacher>student)"] if climbing else []),
-                  "files (MB, acc)", "gate", title="staircase")
+                  "files (MB, acc)", "gate", "seconds", title="staircase")
     for r in rounds:
         drops = ", ".join(f"{k}={v}" for k, v in list(r["drops_by_reason"].items())[:3])
         files = " ".join(f"{q['type']}:{q['bytes'] / 2**20:.0f}MB/{_fmt(q['accuracy'])}"
@@ -217,5 +246,5 @@ def rich_table(rounds: list[dict]):
                       _fmt(r["student_accuracy"]), *([_levels_cell(r)] if climbing else []),
                       files,
                       ("promoted " + r["promoted"]) if r["gate_passed"] else
-                      f"stop: {r['gate_reason'] or r['status']}")
+                      f"stop: {r['gate_reason'] or r['status']}", seconds_cell(r))
     return table

@@ -14,6 +14,14 @@ def _iso(dt) -> str | None:
     return dt.isoformat() if dt else None
 
 
+def stage_seconds(stage) -> float | None:
+    """Wall seconds a stage took (the attempt that is recorded; a reused stage took none in this
+    run), None while it runs."""
+    if stage is None or stage.started_at is None or stage.finished_at is None:
+        return None
+    return round((stage.finished_at - stage.started_at).total_seconds(), 1)
+
+
 def run_row(run: Run) -> dict:
     return {"id": run.id, "curriculum": run.curriculum, "command": run.command,
             "status": run.status, "created_at": _iso(run.created_at),
@@ -44,7 +52,8 @@ def run_details(ws: Workspace, run_id: str) -> dict:
         stages.append({
             "id": st.id, "name": st.name, "round": st.round_index, "status": st.status,
             "reused_from": st.reused_from_id, "started_at": _iso(st.started_at),
-            "finished_at": _iso(st.finished_at), "error": st.error, "summary": summary,
+            "finished_at": _iso(st.finished_at), "seconds": stage_seconds(st),
+            "error": st.error, "summary": summary,
             "shards": [{"id": sh.id, "kind": sh.kind, "rows": sh.rows, "bytes": sh.bytes,
                         "path": str(ws.store.path(sh))} for sh in shards],
         })

@@ -13,6 +13,7 @@ next to the run, and published as Prefect artifacts.
 from __future__ import annotations
 
 import json
+import time
 
 from prefect import flow
 
@@ -58,6 +59,7 @@ def score_teacher(spec: Curriculum, ws: Workspace, run_id: str, teacher: Teacher
 
     q = spec.quantization
     local = teacher.backend in LOCAL_BACKENDS
+    started = time.perf_counter()
     rows, _ = held_out_rows(ws, run_id, q.eval_rows if local else min(
         q.eval_rows, spec.staircase.teacher_eval_rows))
     engine = (curriculum_ref(spec, teacher.model) if local
@@ -87,6 +89,9 @@ def score_teacher(spec: Curriculum, ws: Workspace, run_id: str, teacher: Teacher
             return None
     ws.catalog.log_metric("teacher_accuracy", result.accuracy, run_id=run_id,
                           round_index=round_index, split="eval", meta=meta)
+    # Not a stage of its own, so the report's per-round seconds take it from here.
+    ws.catalog.log_metric("teacher_score_seconds", round(time.perf_counter() - started, 1),
+                          run_id=run_id, round_index=round_index, meta=meta)
     return result.accuracy
 
 

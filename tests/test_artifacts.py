@@ -51,8 +51,12 @@ def test_run_report_from_a_real_run(workspace, tmp_path):
     details = run_details(workspace, run.id)
     text = run_report_markdown(details)
     assert f"# Run `{run.id}`" in text
-    assert "| ingest |  | completed | corpus, eval, rejects | 12 |" in text
+    # The stage's wall seconds, from its start and finish in the catalog.
+    stage = workspace.latest_stage("ingest", run_id=run.id)
+    secs = details["stages"][0]["seconds"]
+    assert secs == round((stage.finished_at - stage.started_at).total_seconds(), 1) >= 0
+    assert f"| ingest |  | completed | {secs:.1f} | corpus, eval, rejects | 12 |" in text
     assert "| accuracy | 0.25 | 0 | eval |" in text
     rows = artifacts.stage_rows(details)
-    assert rows == [{"stage": "ingest", "round": None, "status": "completed", "shards": 3,
-                     "rows": 12, "reused": False}]
+    assert rows == [{"stage": "ingest", "round": None, "status": "completed", "seconds": secs,
+                     "shards": 3, "rows": 12, "reused": False}]

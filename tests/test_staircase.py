@@ -45,7 +45,8 @@ def test_gate_threshold_and_unscored_teacher():
 @pytest.mark.slow
 def test_reduced_staircase_with_the_real_embedded_models(workspace, tmp_path, capsys):
     from flows.models import model_path
-    from flows.report import round_report, write_report
+    from flows.report import flat_rounds, round_report, write_report
+    from flows.runinfo import run_details
     from flows.staircase import staircase
 
     path = tmp_path / "tiny.yaml"
@@ -86,6 +87,26 @@ def test_reduced_staircase_with_the_real_embedded_models(workspace, tmp_path, ca
     paths = write_report(workspace, run_id, report)
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert "tiny-staircase" in paths["html"].read_text() or run_id in paths["html"].read_text()
+
+    # Where each round's time went: each stage's start to finish in the catalog, and the
+    # teacher's scoring before round 0 (round 1's teacher, round 0's file, was scored as a
+    # student), in the report, its HTML, the Prefect table's flat columns and `stairs show`.
+    stages = {(s.name, s.round_index): s for s in workspace.catalog.stages(run_id)}
+    for r in report:
+        secs = r["seconds"]
+        assert list(secs) == ["teacher score", "generate", "curate", "train", "quantize"]
+        for name in ("generate", "curate", "train", "quantize"):
+            st = stages.get((name, r["round"]))  # a round that stopped early lacks the rest
+            assert secs[name] == (None if st is None else
+                                  round((st.finished_at - st.started_at).total_seconds(), 1))
+    first = report[0]["seconds"]
+    assert first["teacher score"] > 0 and first["generate"] > 0 and first["train"] > 0
+    assert first["quantize"] > 0
+    assert report[1]["seconds"]["teacher score"] is None and report[1]["seconds"]["generate"] > 0
+    assert f"train {first['train']:.0f}" in paths["html"].read_text()
+    assert flat_rounds(report)[0]["quantize s"] == first["quantize"]
+    shown = {(s["name"], s["round"]): s["seconds"] for s in run_details(workspace, run_id)["stages"]}
+    assert shown[("train", 0)] == first["train"]
 
     # Resume: running the same run again redoes nothing (every stage is reused in place).
     before = [(s.id, s.status) for s in workspace.catalog.stages(run_id)]
