@@ -133,8 +133,9 @@ def run_report_markdown(details: dict) -> str:
 def stage_rows(details: dict) -> list[dict]:
     """One table row per stage of a run."""
     return [{"stage": st["name"], "round": st["round"], "status": st["status"],
-             "seconds": st.get("seconds"), "shards": len(st["shards"]), "rows": sum(s["rows"] for s in st["shards"]),
-             "reused": bool(st["reused_from"])} for st in details["stages"]]
+             "seconds": st.get("seconds"), "shards": len(st["shards"]),
+             "rows": sum(s["rows"] for s in st["shards"]), "reused": bool(st["reused_from"])}
+            for st in details["stages"]]
 
 
 def publish_run_report(details: dict, *, prefix: str = "stairs") -> list[UUID | None]:

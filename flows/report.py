@@ -29,6 +29,8 @@ TIMED = ("teacher score", "generate", "curate", "train", "quantize")
 
 
 def round_seconds(ws: Workspace, run_id: str, index: int, scoring: float | None) -> dict:
+    """{TIMED name: wall seconds}; None for what did not run (or ran before this was recorded:
+    runs older than the teacher_score_seconds metric have no scoring time)."""
     from flows.runinfo import stage_seconds
 
     seconds = {"teacher score": scoring}
