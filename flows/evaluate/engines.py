@@ -293,6 +293,11 @@ class EndpointEngine:
         self.cache.close()
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+
+
 def open_engine(ref: str, *, catalog=None, threads: int | None = None,
                 batch_size: int = TORCH_BATCH,
                 device: str = "cpu") -> Engine:
