@@ -11,32 +11,18 @@ import json
 from pathlib import Path
 
 from flows.results import RESULTS
+from flows.runinfo import stage_seconds
 from flows.settings import stairs_home
 from flows.workspace import Workspace
 
+# A round's stages, in order; the report shows each one's result and wall seconds.
+ROUND_STAGES = ("generate", "curate", "train", "quantize")
 
-def _result(ws: Workspace, run_id: str, name: str, index: int):
+
+def _result(ws: Workspace, run_id: str, name: str, stage):
     """The typed result of a round's stage (empty when the stage has not finished)."""
     cls = RESULTS[name]
-    stage = ws.latest_stage(name, run_id=run_id, round_index=index)
     return cls.of(run_id, ws.summary(stage)) if stage else cls(run_id=run_id)
-
-
-# The work of a round whose wall seconds the report shows: the teacher's score on the held-out
-# rows (measured before round 0, or for a round taught by the curriculum's teacher again), then
-# the round's four stages.
-TIMED = ("teacher score", "generate", "curate", "train", "quantize")
-
-
-def round_seconds(ws: Workspace, run_id: str, index: int, scoring: float | None) -> dict:
-    """{TIMED name: wall seconds}; None for what did not run (or ran before this was recorded:
-    runs older than the teacher_score_seconds metric have no scoring time)."""
-    from flows.runinfo import stage_seconds
-
-    seconds = {"teacher score": scoring}
-    for name in TIMED[1:]:
-        seconds[name] = stage_seconds(ws.latest_stage(name, run_id=run_id, round_index=index))
-    return seconds
 
 
 def round_report(ws: Workspace, run_id: str) -> list[dict]:
@@ -53,10 +39,10 @@ def round_report(ws: Workspace, run_id: str) -> list[dict]:
     promote = json.loads(ws.catalog.get_run(run_id).spec_json)["staircase"]["promote"]
     rows, previous_student = [], None
     for r in ws.catalog.rounds(run_id):
-        generated = _result(ws, run_id, "generate", r.index)
-        curated = _result(ws, run_id, "curate", r.index)
-        trained = _result(ws, run_id, "train", r.index)
-        quantized = _result(ws, run_id, "quantize", r.index)
+        stages = {name: ws.latest_stage(name, run_id=run_id, round_index=r.index)
+                  for name in ROUND_STAGES}
+        generated, curated, trained, quantized = (_result(ws, run_id, name, stages[name])
+                                                  for name in ROUND_STAGES)
         promoted = quantized.artifact(promote)
         # A promoted student's score is measured once, as a student; it is the next teacher's.
         # A round taught by the curriculum's teacher again (schedule `teacher: curriculum`)
@@ -88,8 +74,11 @@ def round_report(ws: Workspace, run_id: str) -> list[dict]:
             "candidate": promote, "promoted": promote if r.gate_passed else None,
             "gate_passed": r.gate_passed,
             "gate_reason": r.gate_reason, "status": r.status,
-            # Where the round's time went (stage start to finish, from the catalog).
-            "seconds": round_seconds(ws, run_id, r.index, scoring_seconds.get(r.index)),
+            # Where the round's time went: the teacher's scoring on the held-out rows (before
+            # round 0, or a round taught by the curriculum's teacher again; None in runs older
+            # than the teacher_score_seconds metric), then each stage's start to finish.
+            "seconds": {"teacher score": scoring_seconds.get(r.index),
+                        **{name: stage_seconds(stages[name]) for name in ROUND_STAGES}},
         })
         previous_student = promoted.accuracy if (promoted and r.gate_passed) else teacher_acc
     return rows
