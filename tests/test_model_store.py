@@ -139,7 +139,7 @@ def staircase_curriculum(tmp_path: Path, base_url: str, base: Path) -> Path:
         "teacher": {"backend": "openai", "model": "fake", "base_url": base_url,
                     "temperature": 0.0},
         "student": {"base": str(base), "max_steps": 5, "batch_size": 2, "checkpoint_every": 2,
-                    "eval_rows": 2, "eval_max_new_tokens": 4, "evaluate_base": False},
+                    "checkpoint_minutes": 0, "eval_rows": 2, "eval_max_new_tokens": 4, "evaluate_base": False},
         "quantization": {"gguf_types": ["Q8_0"], "int8_absmax": None, "int4_group_size": None,
                          "eval_rows": 3, "max_new_tokens": 4, "speed_tokens": 2,
                          "imatrix_tokens": 0},

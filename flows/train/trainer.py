@@ -21,6 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic  # a name of its own: tests set the checkpoint clock here
 from typing import Callable, NamedTuple
 
 import torch
@@ -442,6 +443,7 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
     precision = "bf16" if device == "cuda" or cpu_bf16(cfg.cpu_bf16) else "fp32"
     autocast = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else None
     tokens, t0 = 0, time.perf_counter()
+    saved = monotonic()  # when the last checkpoint was written (the start counts as one)
     # The bar's own rule decides whether it shows (a terminal, or STAIRS_PROGRESS=1).
     bar = flows.progress.bar(description, steps, start=start,
                              columns=("loss {task.fields[loss]:.4f}",), loss=0.0) \
@@ -481,9 +483,11 @@ def fit(model, groups: list[list[Example]], cfg: TrainConfig, *, pad_id: int,
             # No checkpoint after the last step: the caller saves the model itself right away
             # (the train stage then deletes the checkpoints), and one is 1.6 GB and 9 s here.
             if checkpoint_dir is not None and cfg.checkpoint_every and step + 1 < steps and (
-                    (step + 1) % cfg.checkpoint_every == 0):
+                    (step + 1) % cfg.checkpoint_every == 0) and (
+                    monotonic() - saved >= 60 * cfg.checkpoint_minutes):
                 save_checkpoint(checkpoint_dir, step + 1, model, optimizer, history,
                                 cfg.keep_checkpoints)
+                saved = monotonic()
                 if on_checkpoint is not None:
                     on_checkpoint(checkpoint_dir)
     return FitResult(steps=steps, resumed_from=resumed, losses=history, tokens=tokens,

@@ -79,7 +79,8 @@ def test_train_stage_records_model_lineage_and_metrics(workspace, tok, tmp_path)
         "name": "tiny", "corpus": {"format": "demo"},
         "student": {"base": str(base_dir), "objective": "step_by_step", "max_steps": 3,
                     "batch_size": 2, "learning_rate": 1e-3, "eval_rows": 2,
-                    "eval_max_new_tokens": 4, "checkpoint_every": 2}})
+                    "eval_max_new_tokens": 4, "checkpoint_every": 2,
+                    "checkpoint_minutes": 0}})
     rows = train_rows(6)
     # Eval rows with a rationale get a loss too ("where available").
     evals = _eval_rows()

@@ -125,10 +125,38 @@ class Crash(RuntimeError):
     pass
 
 
+def test_checkpoints_wait_for_the_minutes_floor(tok, tmp_path, monkeypatch):
+    """checkpoint_every steps, but not sooner than checkpoint_minutes after the previous
+    checkpoint or the start: a clock that advances 2 minutes per step with a 5-minute floor
+    saves at steps 4 and 8 of 10 (every 2 steps, but 8 and 4 minutes after), not 2 and 6."""
+    import flows.train.trainer as trainer
+
+    now = [0.0]
+
+    def two_minutes_a_step(step, record):
+        now[0] += 120
+
+    monkeypatch.setattr(trainer, "monotonic", lambda: now[0])
+    saved = []
+    monkeypatch.setattr(trainer, "save_checkpoint",
+                        lambda folder, step, *a, **k: saved.append(step))
+    groups = ex_mod.build(train_rows(10), tok, "cot", 512).groups
+    cfg = TrainConfig(objective="cot", max_steps=10, batch_size=2, checkpoint_every=2,
+                      checkpoint_minutes=5)
+    fit(tiny_llama(tok, seed=1), groups, cfg, pad_id=tok.pad_token_id, checkpoint_dir=tmp_path,
+        progress=False, on_log=two_minutes_a_step, log_every=1)
+    assert saved == [4, 8]
+    saved.clear()
+    fit(tiny_llama(tok, seed=1), groups, cfg.model_copy(update={"checkpoint_minutes": 0}),
+        pad_id=tok.pad_token_id, checkpoint_dir=tmp_path, progress=False,
+        on_log=two_minutes_a_step, log_every=1)
+    assert saved == [2, 4, 6, 8]  # no checkpoint after the last step
+
+
 def test_resume_continues_from_saved_step_with_identical_results(tok, tmp_path):
     groups = ex_mod.build(train_rows(10), tok, "step_by_step", 512).groups
     cfg = TrainConfig(objective="step_by_step", max_steps=6, batch_size=2, learning_rate=3e-3,
-                      checkpoint_every=2, keep_checkpoints=2)
+                      checkpoint_every=2, checkpoint_minutes=0, keep_checkpoints=2)
     straight = tiny_llama(tok, seed=1)
     ref = fit(straight, groups, cfg, pad_id=tok.pad_token_id, checkpoint_dir=tmp_path / "a",
               progress=False)
