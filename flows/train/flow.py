@@ -56,9 +56,15 @@ def train_inputs(ws: Workspace, run_id: str, round_index: int) -> tuple[list[Sha
     return train, ws.stage_shards(run_id, "ingest", "eval")
 
 
+# When checkpoints are written changes nothing the student learns (resuming is exact), so a
+# new interval reuses a finished student instead of training it again.
+CHECKPOINT_KEYS = {"checkpoint_every", "checkpoint_minutes"}
+
+
 def _fingerprint(spec: Curriculum, train: list[Shard], evals: list[Shard],
                  teacher: TeacherSpec, rehearse: float = 0.0) -> str:
-    h = hashlib.sha256(spec.fingerprint("student").encode())
+    student = spec.student.model_dump(mode="json", exclude=CHECKPOINT_KEYS)
+    h = hashlib.sha256(json.dumps(student, sort_keys=True).encode())
     h.update(spec.generate.template.encode())
     if rehearse:  # (0: the hash every run before the key had)
         h.update(f"rehearse={rehearse}".encode())

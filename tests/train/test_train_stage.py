@@ -105,9 +105,15 @@ def test_train_stage_records_model_lineage_and_metrics(workspace, tok, tmp_path)
     ref = f"catalog:{student.id}"
     again = evaluate_model(ref, evals, load_template("rationale"), max_new_tokens=4, catalog=cat)
     assert again.n == 2 and again.format == "hf"
-    # Same inputs: the stage is reused, not retrained.
+    # Same inputs: the stage is reused, not retrained; checkpoint settings are not inputs.
     assert train(spec, workspace, run_id) == summary
+    other_checkpoints = spec.model_copy(update={"student": spec.student.model_copy(
+        update={"checkpoint_every": 1, "checkpoint_minutes": 10})})
+    assert train(other_checkpoints, workspace, run_id) == summary
     assert len([m for m in cat.models() if m.kind == "student"]) == 1
+    fewer_steps = spec.model_copy(update={"student": spec.student.model_copy(
+        update={"max_steps": 2})})
+    assert train(fewer_steps, workspace, run_id).steps == 2  # a real input: trained again
 
 
 def test_train_without_curated_rows_names_the_run(workspace):
