@@ -103,6 +103,19 @@ def counts_table(counts: dict[str, int], *, label: str = "reason") -> list[dict]
     return [{label: k, "rows": v} for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]
 
 
+STAGE_COLUMNS = ("stage", "round", "status", "seconds", "shards", "rows")
+
+
+def stage_cells(st: dict) -> list[str]:
+    """One stage of `run_details` as the text of STAGE_COLUMNS: the row `stairs show` prints
+    and the markdown report writes."""
+    return [st["name"] + (" (reused)" if st["reused_from"] else ""),
+            "" if st["round"] is None else str(st["round"]), st["status"],
+            "" if st.get("seconds") is None else f"{st['seconds']:.1f}",
+            ", ".join(sorted({s["kind"] for s in st["shards"]})),
+            str(sum(s["rows"] for s in st["shards"]))]
+
+
 def run_report_markdown(details: dict) -> str:
     """A run's report from `flows.runinfo.run_details`: what `stairs show` prints, as markdown."""
     run = details["run"]
@@ -111,15 +124,8 @@ def run_report_markdown(details: dict) -> str:
              f"- status: **{run['status']}**"]
     if run.get("error"):
         lines.append(f"- error: `{run['error']}`")
-    lines += ["", "| stage | round | status | seconds | shards | rows |",
-              "|---|---|---|---|---|---|"]
-    for st in details["stages"]:
-        kinds = ", ".join(sorted({s["kind"] for s in st["shards"]}))
-        rows = sum(s["rows"] for s in st["shards"])
-        name = st["name"] + (" (reused)" if st["reused_from"] else "")
-        rnd = "" if st["round"] is None else st["round"]
-        secs = "" if st.get("seconds") is None else f"{st['seconds']:.1f}"
-        lines.append(f"| {name} | {rnd} | {st['status']} | {secs} | {kinds} | {rows} |")
+    lines += ["", "| " + " | ".join(STAGE_COLUMNS) + " |", "|---" * len(STAGE_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(stage_cells(st)) + " |" for st in details["stages"]]
     if details.get("rejects_by_reason"):
         lines += ["", "Rejected or dropped rows by reason:", ""]
         lines += [f"- {k}: {v}" for k, v in details["rejects_by_reason"].items()]

@@ -825,13 +825,11 @@ def _print_details(d: dict) -> None:
     run = d["run"]
     out.print(f"[bold]{run['id']}[/bold]  {run['curriculum']}  {run['status']}"
               + (f"  [red]{run['error']}[/red]" if run["error"] else ""))
-    table = Table("stage", "round", "status", "seconds", "shards", "rows")
+    from flows.artifacts import STAGE_COLUMNS, stage_cells
+
+    table = Table(*STAGE_COLUMNS)
     for st in d["stages"]:
-        table.add_row(st["name"] + (" (reused)" if st["reused_from"] else ""),
-                      "" if st["round"] is None else str(st["round"]), st["status"],
-                      "" if st["seconds"] is None else f"{st['seconds']:.1f}",
-                      ", ".join(sorted({s["kind"] for s in st["shards"]})),
-                      str(sum(s["rows"] for s in st["shards"])))
+        table.add_row(*stage_cells(st))
     out.print(table)
     if d["rejects_by_reason"]:
         out.print("rejects / drops by reason: " + ", ".join(
