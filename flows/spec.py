@@ -465,8 +465,9 @@ class StudentSpec(Strict):
     # the 2-core test machine: every 20 steps it was 19 of a quickstart round's 158 s of
     # training, to protect 2.5 minutes of work. The floor bounds that cost in wall time.
     checkpoint_minutes: float = Field(
-        5.0, ge=0.0, description="...and at least this many minutes after the previous one (or "
-        "the start of training): a short training writes none. 0: every checkpoint_every steps.")
+        5.0, ge=0.0, description="A checkpoint is also at least this many minutes after the "
+        "previous one (or the start of training): a shorter training writes none. 0: one every "
+        "checkpoint_every steps.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_bf16: bool | Literal["auto"] = Field(
         False, description="On CPU, run forward and backward under bfloat16 autocast (weights "
