@@ -128,7 +128,8 @@ class Crash(RuntimeError):
 def test_checkpoints_wait_for_the_minutes_floor(tok, tmp_path, monkeypatch):
     """checkpoint_every steps, but not sooner than checkpoint_minutes after the previous
     checkpoint or the start: a clock that advances 2 minutes per step with a 5-minute floor
-    saves at steps 4 and 8 of 10 (every 2 steps, but 8 and 4 minutes after), not 2 and 6."""
+    saves at steps 4 and 8 of 10 (each 8 minutes after the one before), not at 2 or 6 (only 4
+    minutes after)."""
     import flows.train.trainer as trainer
 
     now = [0.0]
