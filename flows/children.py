@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import subprocess
 
 PR_SET_PDEATHSIG = 1
 
@@ -19,3 +20,18 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass  # not Linux: the owner's close()/atexit still stops the child on a normal exit
+
+
+def stop_child(proc: subprocess.Popen | None, grace_s: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL if it is still there after `grace_s`; its exit code (None: no
+    child). A server that ignores SIGTERM while it loads a model must not hang our exit."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=grace_s)
+    return proc.returncode

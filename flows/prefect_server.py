@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from flows.children import die_with_parent
+from flows.children import die_with_parent, stop_child
 
 
 class PrefectServerError(RuntimeError):
@@ -108,11 +108,4 @@ def stop() -> None:
     """Stop the temporary server (at exit; safe to call twice)."""
     global _process
     proc, _process = _process, None
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+    stop_child(proc)

@@ -24,6 +24,8 @@ from typing import Iterator
 
 import httpx
 
+from flows.children import stop_child
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -50,14 +52,7 @@ class Server:
         return f"http://{self.host}:{self.port}/v1"
 
     def stop(self, grace_s: float = 10.0) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_child(self.process, grace_s)
 
 
 def _log_tail(path: Path, chars: int = 2000) -> str:

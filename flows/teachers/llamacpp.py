@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from flows.children import die_with_parent
+from flows.children import die_with_parent, stop_child
 from flows.llama_cpu import server_command
 from flows.models import file_identity, resolve_model
 from flows.teachers.base import TeacherUnreachable
@@ -100,11 +100,4 @@ class LlamaCppTeacher(OpenAITeacher):
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_child(proc)
