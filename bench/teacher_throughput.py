@@ -103,10 +103,12 @@ def child(curriculum: str) -> None:
         s = generate(spec, ws, run.id, progress_bar=False)
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"wall_s": wall, "teach_s": s.elapsed_s, "loop_cpu_s": s.cpu_s,
                       "sent": s.sent, "rows": s.rows_written, "complete": s.complete,
-                      "cpu_s": (after.ru_utime + after.ru_stime)
-                      - (before.ru_utime + before.ru_stime),
+                      # with the row process's (flows/generate/rowproc.py), waited for
+                      "cpu_s": (after.ru_utime + after.ru_stime + children.ru_utime
+                                + children.ru_stime) - (before.ru_utime + before.ru_stime),
                       "peak_rss_mb": after.ru_maxrss / 1024}))
 
 
@@ -247,7 +249,11 @@ def bench_stairs_and_bare(server: subprocess.Popen, url: str, n: int, concurrenc
                 "resent_rerun": resent_rerun, "resent_edit": resent_edit,
                 "rerun_wall_s": rerun["wall_s"], "edit_wall_s": edited["wall_s"],
                 "reps": [round(r["teach_s"], 3) for r in reps],
-                "loop_cpu_reps": [r["loop_cpu_s"] for r in reps]}]
+                "loop_cpu_reps": [r["loop_cpu_s"] for r in reps],
+                # stairs against the bare loop that ran right after it: the load of the moment
+                # moves both (on a noisy VM the bare loop's own rate varied by 20%)
+                "paired_vs_same": [round(b["teach_s"] / r["teach_s"], 3)
+                                   for r, b in zip(reps, runs[SAME])]}]
     for name in (SAME, ONE_LINE):
         reps = runs[name]
         results.append({"tool": name, "completions_per_s": n / med(reps, "teach_s"),
@@ -357,6 +363,9 @@ def print_regime(doc: dict) -> None:
               f"{100 * c / ceiling[SAME]:.1f}% | {100 * c / ceiling[ONE_LINE]:.1f}% | "
               f"{r['loop_cpu_ms']:.3f} | {server} | {r['cpu_s']:.2f} | {r['peak_rss_mb']:.0f} | "
               f"{r.get('resent_rerun', 'n/a')} | {r.get('resent_edit', 'n/a')} |")
+    paired = next(r["paired_vs_same"] for r in results if r["tool"] == "stairs")
+    print(f"stairs / bare loop (stairs's requests) per repetition: {paired}, median "
+          f"{100 * statistics.median(paired):.1f}%")
     if doc["missing"]:
         print(f"not run (no venv under {PEER_ROOT} or no bench/peers runner): "
               f"{', '.join(doc['missing'])}")
