@@ -55,7 +55,7 @@ def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     from tests.helpers.openai_server import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/helpers/openai_server.py"),
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench/lean_server.py"),
                              "--port", str(port), "--latency", str(latency)])
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(200):
