@@ -24,6 +24,8 @@ from flows.generate.rows import build_rows
 from flows.generate.writer import ShardWriter
 from flows.orchestration import endpoint_slots, step, worker_name
 from flows.teachers.cache import ResponseCacheStore
+from storage.catalog import Catalog
+from storage.shards import ShardStore
 
 
 @dataclass
@@ -82,10 +84,13 @@ class BatchResult:
     worker: str | None = None  # the Dask worker's or Ray node's name, when there is one
     started_at: float = 0.0  # epoch seconds
     seconds: float = 0.0
+    rows_pid: int | None = None  # the row process that built and wrote its rows, if one did
+    rows_cpu_s: float = 0.0  # its CPU seconds
 
     def where(self) -> dict:
         return {"batch": self.index, "requests": self.requests, "rows": self.rows_written,
-                "host": self.host, "pid": self.pid, "worker": self.worker,
+                "host": self.host, "pid": self.pid, "rows_pid": self.rows_pid,
+                "worker": self.worker,
                 "limit": self.limit, "started_at": self.started_at, "seconds": self.seconds}
 
 
@@ -121,6 +126,16 @@ def run_batch(job: BatchJob) -> BatchResult:
                           teacher_name=job.teacher_name, round_index=job.round_index,
                           student=own_student, student_context=job.student_context)
 
+    def rows_elsewhere():
+        """In the row process: this batch's cache and writer, on a catalog connection of its
+        own (the parent's must not be used across a fork)."""
+        catalog = Catalog(ws.catalog.url)
+        own_cache = ResponseCacheStore(catalog, journal=True)
+        return own_cache, ShardWriter(ShardStore(catalog, ws.store.root), job.stage,
+                                      job.parents, batch_rows=job.batch_rows,
+                                      flush_seconds=job.flush_seconds,
+                                      before_write=own_cache.fold)
+
     cancelled = job.cancel.is_set if job.cancel is not None else None
     # A teacher shared by the flow's batches (one after another) keeps counting: this batch
     # reports what it added.
@@ -133,6 +148,11 @@ def run_batch(job: BatchJob) -> BatchResult:
                              progress=job.progress or _Quiet(), budget_spec=job.budget,
                              start_teacher=False, cancelled=cancelled, spent=job.spent)
         else:
+            # An HTTP teacher in the flow's own process, shards on this machine: rows may be
+            # built in a row process (flows/generate/rowproc.py). Not on a cluster worker
+            # (Dask's and Ray's are daemonic processes) nor over object storage (its client
+            # was not tried across a fork).
+            local = job.ws is not None and ws.store.fs is None
             want = teacher.concurrency
             with endpoint_slots(endpoint, slots=job.slots or want, occupy=want) as held:
                 result.limit = held.name if held else None
@@ -141,7 +161,8 @@ def run_batch(job: BatchJob) -> BatchResult:
                 tally = dispatch(requests=job.requests, teacher=teacher, cache=cache,
                                  writer=writer, build_rows=rows_of,
                                  progress=job.progress or _Quiet(), budget_spec=job.budget,
-                                 start_teacher=False, cancelled=cancelled, spent=job.spent)
+                                 start_teacher=False, cancelled=cancelled, spent=job.spent,
+                                 rows_elsewhere=rows_elsewhere if local else None)
     finally:
         # Runs on success, errors and Ctrl-C alike: whatever was answered becomes a shard, and
         # every answer reaches the catalog (or stays in a journal the next lookup folds).
@@ -152,7 +173,9 @@ def run_batch(job: BatchJob) -> BatchResult:
             if job.ws is None:
                 ws.catalog.engine.dispose()
     usage = teacher.usage
-    result.rows_written, result.shards_written = writer.rows_written, writer.shards
+    result.rows_written = writer.rows_written + tally.rows_written_elsewhere
+    result.shards_written = writer.shards + tally.shards_elsewhere
+    result.rows_pid, result.rows_cpu_s = tally.rows_pid, tally.rows_cpu_s
     result.sent = usage.requests - before.requests
     result.retries = usage.retries - before.retries
     errors = Counter(usage.errors)

@@ -9,6 +9,7 @@ import gc
 from collections import Counter
 from dataclasses import dataclass, field
 
+from flows.generate.rowproc import RowProcess, worth_a_row_process
 from flows.generate.rows import check_rows
 from flows.teachers.aio import run_coroutine
 from flows.teachers.base import Reply
@@ -30,6 +31,25 @@ class Tally:
     cached_completion_tokens: int = 0
     errors: Counter = field(default_factory=Counter)  # named row errors
     budget_exhausted: bool = False
+    # Written by a row process (flows/generate/rowproc.py) rather than the caller's writer.
+    rows_written_elsewhere: int = 0
+    shards_elsewhere: int = 0
+    rows_pid: int | None = None  # that process
+    rows_cpu_s: float = 0.0  # and the CPU it used (the caller's process_time() leaves it out)
+
+    def add_rows_process(self, counts: dict) -> None:
+        """What the row process did with the answers it was handed. The tokens it counted
+        replace the running count made for the budget as the answers were handed over (the
+        same answers, as their rows record them)."""
+        self.answered += counts["answered"]
+        self.unanswered += counts["unanswered"]
+        self.prompt_tokens, self.completion_tokens = (counts["prompt_tokens"],
+                                                      counts["completion_tokens"])
+        self.errors.update(counts["errors"])
+        self.rows_written_elsewhere += counts["rows_written"]
+        self.shards_elsewhere += counts["shards"]
+        self.rows_pid = counts["pid"]
+        self.rows_cpu_s += counts["cpu_s"]
 
 
 class Budget:
@@ -53,12 +73,15 @@ class Budget:
 
 def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_spec,
              start_teacher: bool = True, cancelled=None, check_rows=check_rows,
-             spent: tuple[int, int] = (0, 0)) -> Tally:
+             spent: tuple[int, int] = (0, 0), rows_elsewhere=None) -> Tally:
     """start_teacher=False: the caller started the teacher (a generate batch: the flow starts
     it once for all its batches). `cancelled()` True: send nothing new (the flow was stopped);
     what is in flight is still recorded. `check_rows` raises when rows do not fit the writer's
     schema (generated rows by default; the review passes write their own kinds). `spent`:
-    (requests, tokens) the budget already paid for before this call (scoring the teacher)."""
+    (requests, tokens) the budget already paid for before this call (scoring the teacher).
+    `rows_elsewhere`: a function giving a fresh (cache, writer) pair, or None: when given and
+    enough requests must be sent, the teacher's answers become rows in a row process
+    (flows/generate/rowproc.py) instead of in the request loop."""
     tally = Tally()
     answers = cache.lookup([r.key for r in requests])
 
@@ -76,9 +99,72 @@ def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_s
             rows = build_rows(req, reply)
         return rows, (reply if reply.error is None else None)
 
-    def record(batch, *, cached: bool) -> None:
+    recorder = Recorder(rows_for, cache, writer, tally, progress, teacher)
+    misses, hits, unusable = [], [], []
+    for req in requests:
+        if req.key in answers:
+            rows, usable = rows_for(req, answers[req.key])
+            if usable is not None:
+                hits.append((req, answers[req.key], rows))
+                continue
+            unusable.append(req.key)  # an older version cached it unchecked: ask again
+        misses.append(req)
+    cache.evict(unusable)
+    tally.cache_evicted = len(unusable)
+    tally.cache_hits, tally.cache_misses = len(hits), len(misses)
+    recorder.record(hits, cached=True)
+    if misses:
+        budget = Budget(budget_spec.max_requests, budget_spec.max_total_tokens, tally,
+                        teacher.usage, spent)
+        stop = budget.reached if cancelled is None else (
+            lambda: cancelled() or budget.reached())
+
+        def body():
+            if rows_elsewhere is None or not worth_a_row_process(len(misses)):
+                return _send(teacher, misses, recorder.take, stop)
+            writer.wait()  # nothing of this process mid-write when it forks
+            rows = RowProcess(misses, lambda: Recorder(rows_for, *rows_elsewhere(), Tally(),
+                                                       None, teacher))
+            try:
+                _send(teacher, misses, lambda answers: rows.send(answers, tally, progress),
+                      stop)
+            finally:
+                counts = rows.close()  # also after Ctrl-C: it writes what it was handed
+            if counts is not None:
+                tally.add_rows_process(counts)
+
+        with_teacher(teacher, body) if start_teacher else body()
+    return tally
+
+
+class Recorder:
+    """Where answers go once they arrive: their rows are built, the answers are recorded in the
+    response cache, then the rows go to the shard writer, all counted in `tally`."""
+
+    def __init__(self, rows_for, cache, writer, tally: Tally, progress, teacher):
+        self.rows_for, self.cache, self.writer = rows_for, cache, writer
+        self.tally, self.progress, self.teacher = tally, progress, teacher
+
+    def take(self, answers) -> None:
+        """(request, reply) pairs that arrived together from the teacher."""
+        rows_for = self.rows_for
+        built = [(req, reply, *(rows_for(req, reply) if not reply.transient
+                                else ([], None))) for req, reply in answers]
+        # Cache first (what will be written, nothing else): from here on a crash costs
+        # nothing for these answers. In the request loop's process the stream sends nothing
+        # new until this returns, so a kill -9 re-sends at most `concurrency` requests (those
+        # in flight); a row process bounds what it was handed instead (rowproc.WINDOW). There:
+        # handing the batches to a cache thread cost more CPU in GIL hand-offs than the
+        # commits it moved (1.7-1.9 s against 1.4-1.5 s of CPU per 4,000 answers, alternate
+        # runs). A generate batch's cache journals them (one write) instead of committing.
+        self.cache.put(self.teacher.backend, self.teacher.identity,
+                       [(req.key, usable) for req, _, _, usable in built if usable is not None])
+        self.record([(req, reply, rows) for req, reply, rows, _ in built], cached=False)
+
+    def record(self, batch, *, cached: bool) -> None:
         """(request, answer, rows) of a batch of answers, in arrival order, to the shard
         writer; progress moves once per batch (per answer it cost more than the rows)."""
+        tally = self.tally
         for _req, reply, rows in batch:
             if reply.transient:
                 tally.unanswered += 1  # transient failure that outlived its retries: not a row
@@ -94,31 +180,10 @@ def dispatch(*, requests, teacher, cache, writer, build_rows, progress, budget_s
             for row in rows:
                 if row["error"] is not None:
                     tally.errors[row["error"].split(":")[0]] += 1
-            writer.add(rows)
+            self.writer.add(rows)
             tally.answered += 1
-        progress.advance(len(batch))
-
-    misses, hits, unusable = [], [], []
-    for req in requests:
-        if req.key in answers:
-            rows, usable = rows_for(req, answers[req.key])
-            if usable is not None:
-                hits.append((req, answers[req.key], rows))
-                continue
-            unusable.append(req.key)  # an older version cached it unchecked: ask again
-        misses.append(req)
-    cache.evict(unusable)
-    tally.cache_evicted = len(unusable)
-    tally.cache_hits, tally.cache_misses = len(hits), len(misses)
-    record(hits, cached=True)
-    if misses:
-        budget = Budget(budget_spec.max_requests, budget_spec.max_total_tokens, tally,
-                        teacher.usage, spent)
-        stop = budget.reached if cancelled is None else (
-            lambda: cancelled() or budget.reached())
-        body = lambda: _send(teacher, misses, rows_for, record, stop, cache)  # noqa: E731
-        with_teacher(teacher, body) if start_teacher else body()
-    return tally
+        if self.progress is not None:
+            self.progress.advance(len(batch))
 
 
 def with_teacher(teacher, body) -> None:
@@ -128,20 +193,10 @@ def with_teacher(teacher, body) -> None:
         body()
 
 
-def _send(teacher, misses, rows_for, record, stop, cache) -> None:
+def _send(teacher, misses, take, stop) -> None:
     async def loop():
         async for answers in teacher.stream(misses, stop=stop):
-            built = [(req, reply, *(rows_for(req, reply) if not reply.transient
-                                    else ([], None))) for req, reply in answers]
-            # Cache first (what will be written, nothing else): from here on a crash costs
-            # nothing for these answers. The stream sends nothing new until this returns, so a
-            # kill -9 re-sends at most `concurrency` requests (those in flight). On this thread:
-            # handing the batches to a cache thread cost more CPU in GIL hand-offs than the
-            # commits it moved (1.7-1.9 s against 1.4-1.5 s of CPU per 4,000 answers, alternate
-            # runs). A generate batch's cache journals them (one write) instead of committing.
-            cache.put(teacher.backend, teacher.identity,
-                      [(req.key, usable) for req, _, _, usable in built if usable is not None])
-            record([(req, reply, rows) for req, reply, rows, _ in built], cached=False)
+            take(answers)
 
     # The process holds ~180k objects before the first request (Prefect, pydantic, SQLAlchemy,
     # Arrow, the planned requests), and every full garbage collection walks them all: two per

@@ -362,6 +362,8 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
         st.summary.update(elapsed_s=round(time.monotonic() - started, 3),
                           cpu_s=round(time.process_time() - cpu_started, 3))
     t = total(results)
+    # A row process's CPU is this stage's too (process_time() counts this process only).
+    st.summary["cpu_s"] = round(st.summary["cpu_s"] + sum(r.rows_cpu_s for r in results), 3)
     st.summary.update(
         rows_written=t["rows_written"], shards_written=t["shards_written"], sent=t["sent"],
         retries=t["retries"], transient_errors=t["transient_errors"],

@@ -80,6 +80,10 @@ class ShardWriter:
             pending.popleft()
             self.shards += 1
 
+    def wait(self) -> None:
+        """Wait for the writes handed to the writer thread (what is buffered stays buffered)."""
+        self._collect(at_most=0)
+
     def flush(self) -> None:
         """Write what is buffered and wait for every write: after this, all rows are shards."""
         self._submit()

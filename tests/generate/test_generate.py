@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flows import spec as spec_mod
@@ -201,24 +202,33 @@ def test_missing_api_key_variable_is_a_clear_error(tmp_path, monkeypatch):
 
 # batch_rows 1000: no shard is written before the kill, so every answer the resume does not pay
 # for again comes back from the killed batch's answer journal (flows/teachers/journal.py).
+# rows_in: "loop" builds rows in the request loop; "process" in a row process
+# (flows/generate/rowproc.py), which the kill leaves to journal what it was handed and exit.
+@pytest.mark.parametrize("rows_in", ["loop", "process"])
 @pytest.mark.parametrize("batch_rows", [7, 1000])
 def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tmp_path, workspace,
-                                                                  stairs_home, batch_rows):
+                                                                  stairs_home, batch_rows,
+                                                                  rows_in):
     with FakeOpenAI(latency=0.03) as srv:
         path = write_curriculum(tmp_path, srv.base_url, rows=80,
                                 teacher={"concurrency": 4}, generate={"batch_rows": batch_rows})
         code = ("import sys; from flows.generate import generate_flow; "
                 "from flows.params import StageParams; "
                 "generate_flow.fn(StageParams(curriculum=sys.argv[1]))")
-        env = {**os.environ, "STAIRS_HOME": str(stairs_home), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "STAIRS_HOME": str(stairs_home), "PYTHONPATH": str(ROOT),
+               "STAIRS_ROW_PROCESS_MIN": "1" if rows_in == "process" else "0"}
         proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, cwd=ROOT)
         deadline = time.monotonic() + 60
         while sum(srv.answered.values()) < 30:
             assert proc.poll() is None, "generate ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.002)
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == (1 if rows_in == "process" else 0)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        gone, alive = psutil.wait_procs(children, timeout=15)  # it exits on its own
+        assert not alive
         received_at_kill = sum(srv.received.values())
         journals = list((stairs_home / "catalog.db.answers").glob("*.jsonl"))
         assert len(journals) == 1  # the killed batch's, left for the next lookup to fold
@@ -239,21 +249,28 @@ def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tmp_path, worksp
         assert result.resumed_requests == 0 and result.cache_hits >= 30 - 4
 
 
-def test_ctrl_c_keeps_everything_answered(tmp_path, workspace, stairs_home):
+@pytest.mark.parametrize("rows_in", ["loop", "process"])
+def test_ctrl_c_keeps_everything_answered(tmp_path, workspace, stairs_home, rows_in):
     with FakeOpenAI(latency=0.03) as srv:
         path = write_curriculum(tmp_path, srv.base_url, rows=80,
                                 teacher={"concurrency": 4}, generate={"batch_rows": 1000})
         code = ("import sys; from flows.generate import generate_flow; "
                 "from flows.params import StageParams; "
                 "generate_flow.fn(StageParams(curriculum=sys.argv[1]))")
-        env = {**os.environ, "STAIRS_HOME": str(stairs_home), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "STAIRS_HOME": str(stairs_home), "PYTHONPATH": str(ROOT),
+               "STAIRS_ROW_PROCESS_MIN": "1" if rows_in == "process" else "0"}
+        # With a row process, Ctrl-C as a terminal sends it: to the whole process group.
         proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, cwd=ROOT,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, start_new_session=rows_in == "process")
         deadline = time.monotonic() + 60
         while sum(srv.answered.values()) < 20:
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.002)
-        proc.send_signal(signal.SIGINT)
+        if rows_in == "process":
+            assert len(psutil.Process(proc.pid).children()) == 1
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
         assert b"KeyboardInterrupt" in stderr
         run = workspace.catalog.runs()[0]
