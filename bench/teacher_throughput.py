@@ -11,8 +11,9 @@ everyone lands near the ideal rate; "cpu" (20 ms, concurrency 128, 4,000 request
 model on a GPU) is bound by the client's CPU per request. Ideal completions/s = concurrency /
 latency.
 
-The fake OpenAI-compatible server (tests/helpers/openai_server.py) runs in its own process on
-127.0.0.1, so the client's CPU seconds are the client's alone. Each repetition runs the whole
+The endpoint (bench/lean_server.py: OpenAI chat completions for as little CPU per request as
+Python allows) runs in its own process on 127.0.0.1, so the client's CPU seconds are the
+client's alone (with stairs's row process, flows/generate/rowproc.py, counted in them). Each repetition runs the whole
 generate stage (cache lookups, cache writes, row parsing, shard writes) in a fresh subprocess
 with a fresh STAIRS_HOME, then the bare loops, so competitors share the machine's load of the
 moment; we report medians. Then, in the last home: a rerun (must send 0) and a one-row corpus

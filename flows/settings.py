@@ -73,6 +73,22 @@ def cpu_threads() -> int:
     return os.cpu_count() or 1
 
 
+def row_process_min(default: int) -> int:
+    """Requests a generate batch must send before its rows are built in a row process
+    (flows/generate/rowproc.py): STAIRS_ROW_PROCESS_MIN, else `default`; 0 turns it off."""
+    value = os.environ.get("STAIRS_ROW_PROCESS_MIN")
+    if not value:
+        return default
+    try:
+        least = int(value)
+    except ValueError:
+        least = -1
+    if least < 0:
+        raise ValueError(f"STAIRS_ROW_PROCESS_MIN={value!r}: expected a whole number of requests "
+                         ">= 0 (0: never)")
+    return least
+
+
 def configure_prefect() -> None:
     """Defaults that make Prefect work offline with no server, without overriding the user.
 

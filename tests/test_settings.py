@@ -66,3 +66,18 @@ def test_cpu_threads_defaults_to_every_core_and_obeys_stairs_threads(monkeypatch
         monkeypatch.setenv("STAIRS_THREADS", bad)
         with pytest.raises(ValueError, match="STAIRS_THREADS"):
             cpu_threads()
+
+
+def test_row_process_min_defaults_obeys_the_environment_and_names_a_bad_value(monkeypatch):
+    from flows.generate.rowproc import MIN_REQUESTS, worth_a_row_process
+
+    monkeypatch.delenv("STAIRS_ROW_PROCESS_MIN", raising=False)
+    assert not worth_a_row_process(MIN_REQUESTS - 1) and worth_a_row_process(MIN_REQUESTS)
+    monkeypatch.setenv("STAIRS_ROW_PROCESS_MIN", "0")  # off
+    assert not worth_a_row_process(10_000)
+    monkeypatch.setenv("STAIRS_ROW_PROCESS_MIN", "1")
+    assert worth_a_row_process(1)
+    for bad in ("-1", "many"):
+        monkeypatch.setenv("STAIRS_ROW_PROCESS_MIN", bad)
+        with pytest.raises(ValueError, match="STAIRS_ROW_PROCESS_MIN='.*': expected a whole"):
+            worth_a_row_process(100)

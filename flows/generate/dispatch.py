@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from flows.generate.rowproc import RowProcess, worth_a_row_process
@@ -195,8 +196,11 @@ def with_teacher(teacher, body) -> None:
 
 def _send(teacher, misses, take, stop) -> None:
     async def loop():
-        async for answers in teacher.stream(misses, stop=stop):
-            take(answers)
+        # aclosing: when take() raises, the stream's own cleanup (cancel what is in flight,
+        # close the HTTP session) runs now, not at the event loop's shutdown.
+        async with aclosing(teacher.stream(misses, stop=stop)) as stream:
+            async for answers in stream:
+                take(answers)
 
     # The process holds ~180k objects before the first request (Prefect, pydantic, SQLAlchemy,
     # Arrow, the planned requests), and every full garbage collection walks them all: two per

@@ -29,6 +29,7 @@ import time
 import traceback
 from multiprocessing import Pipe
 
+from flows.settings import row_process_min
 from flows.teachers.base import Reply
 
 # Answers handed to the child but not yet journaled, at most; past it the loop waits.
@@ -36,13 +37,13 @@ WINDOW = 256
 # Fewer requests than this to send: rows are built in the loop (a fork, a catalog connection and
 # the first shard's Arrow start-up cost more than they save on a short run).
 MIN_REQUESTS = 512
-ENV_MIN = "STAIRS_ROW_PROCESS_MIN"  # overrides MIN_REQUESTS; 0 turns the row process off
+# STAIRS_ROW_PROCESS_MIN overrides it; 0 turns the row process off (flows/settings.py).
 
 
 def worth_a_row_process(n_requests: int) -> bool:
     if not hasattr(os, "fork"):
         return False
-    least = int(os.environ.get(ENV_MIN, MIN_REQUESTS))
+    least = row_process_min(MIN_REQUESTS)
     return least > 0 and n_requests >= least
 
 
