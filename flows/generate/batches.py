@@ -113,11 +113,14 @@ def run_batch(job: BatchJob) -> BatchResult:
     ws = job.ws or Workspace.attach()
     result = BatchResult(index=job.index, requests=len(job.requests), host=socket.gethostname(),
                          pid=os.getpid(), worker=worker_name(), started_at=started_at)
-    # Answers go to a journal as they arrive and into the catalog a shard at a time
-    # (flows/teachers/journal.py): one commit per arrival was 13% of the loop's samples.
-    cache = ResponseCacheStore(ws.catalog, journal=True)
-    writer = ShardWriter(ws.store, job.stage, job.parents, batch_rows=job.batch_rows,
-                         flush_seconds=job.flush_seconds, before_write=cache.fold)
+    def cache_and_writer(catalog, store) -> tuple[ResponseCacheStore, ShardWriter]:
+        # Answers go to a journal as they arrive and into the catalog a shard at a time
+        # (flows/teachers/journal.py): one commit per arrival was 13% of the loop's samples.
+        cache = ResponseCacheStore(catalog, journal=True)
+        return cache, ShardWriter(store, job.stage, job.parents, batch_rows=job.batch_rows,
+                                  flush_seconds=job.flush_seconds, before_write=cache.fold)
+
+    cache, writer = cache_and_writer(ws.catalog, ws.store)
     teacher = job.teacher
 
     def rows_of(req, reply):
@@ -130,11 +133,7 @@ def run_batch(job: BatchJob) -> BatchResult:
         """In the row process: this batch's cache and writer, on a catalog connection of its
         own (the parent's must not be used across a fork)."""
         catalog = Catalog(ws.catalog.url)
-        own_cache = ResponseCacheStore(catalog, journal=True)
-        return own_cache, ShardWriter(ShardStore(catalog, ws.store.root), job.stage,
-                                      job.parents, batch_rows=job.batch_rows,
-                                      flush_seconds=job.flush_seconds,
-                                      before_write=own_cache.fold)
+        return cache_and_writer(catalog, ShardStore(catalog, ws.store.root))
 
     cancelled = job.cancel.is_set if job.cancel is not None else None
     # A teacher shared by the flow's batches (one after another) keeps counting: this batch

@@ -54,7 +54,8 @@ class RowProcess:
         writer (flows/generate/dispatch.py)."""
         self._index = {id(r): i for i, r in enumerate(requests)}
         parent_end, child_end = Pipe()
-        sys.stdout.flush(), sys.stderr.flush()  # nothing buffered is printed twice
+        sys.stdout.flush()  # nothing buffered is printed twice, by both processes
+        sys.stderr.flush()
         self.pid = os.fork()
         if self.pid == 0:
             parent_end.close()
@@ -62,7 +63,6 @@ class RowProcess:
         child_end.close()
         self._conn = parent_end
         self._handed = self._acked = 0
-        self._result = None
         self._failed = False  # its failure was raised already
 
     def send(self, answers, tally, progress) -> None:
@@ -84,15 +84,12 @@ class RowProcess:
             progress.advance(len(answers))
 
     def _take_acks(self, *, block: bool) -> None:
+        """Count the child's acknowledgements (ints: answers journaled); its counts come only
+        after close() asks for them."""
         conn = self._conn
         while block or conn.poll():
-            message = self._receive()
-            if isinstance(message, int):
-                self._acked += message
-                block = self._handed - self._acked > WINDOW
-            else:
-                self._result = message
-                return
+            self._acked += self._receive()
+            block = self._handed - self._acked > WINDOW
 
     def _receive(self):
         try:
@@ -111,16 +108,13 @@ class RowProcess:
         try:
             if self._failed:
                 return None
-            if self._result is None:
-                try:
-                    self._conn.send(None)
-                except (BrokenPipeError, OSError):
-                    pass  # it is gone; what it said last is still in the pipe
-                while self._result is None:
-                    message = self._receive()
-                    if isinstance(message, tuple):
-                        self._result = message
-            return self._result[1]
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass  # it is gone; what it said last is still in the pipe
+            while not isinstance(message := self._receive(), tuple):
+                pass  # acknowledgements of the last answers
+            return message[1]
         finally:
             self._conn.close()
             os.waitpid(self.pid, 0)
