@@ -158,7 +158,8 @@ class EvalParams(FlowParams):
     model: str = Field(..., description="'smollm2-135m', a model folder, a .gguf file, or "
                                         "catalog:<id> (see `stairs show RUN`).")
     rows: Optional[int] = Field(None, ge=1, description="Score only the first N held-out rows "
-                                                         "(default: student.eval_rows).")
+                                "(default: student.eval_rows, or quantization.eval_rows where "
+                                "student.eval_rows is 0).")
     as_teacher: bool = Field(False, description="Ask as the staircase scores a teacher: with the "
                              "template's worked examples (teacher.few_shot) and "
                              "quantization.max_new_tokens, instead of as a student.")

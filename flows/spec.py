@@ -495,8 +495,11 @@ class StudentSpec(Strict):
     on_policy_cot_weight: float = Field(
         0.0, ge=0.0, le=1.0, description="on_policy: weight w of cross-entropy on the curated "
         "rationales (cot) in (1 - w) * reverse KL + w * CE; 0 is on-policy alone.")
-    eval_rows: int | None = Field(40, ge=1, description="Held-out eval rows scored per model "
-                                  "(greedy generation is the slow part on CPU); null = all.")
+    eval_rows: int | None = Field(40, ge=0, description="Held-out eval rows the train stage "
+                                  "scores its student (and the base) on, in transformers (greedy "
+                                  "generation is the slow part on CPU); null = all; 0 = none, "
+                                  "for when the quantize stage scores the float GGUF file, the "
+                                  "same weights, anyway.")
     eval_max_new_tokens: int = Field(160, ge=1, le=4096)
     evaluate_base: bool = Field(True, description="Also score the untrained base on the same "
                                 "eval rows (the baseline), once per base and eval set.")

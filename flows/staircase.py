@@ -272,8 +272,9 @@ def run_round(spec: Curriculum, ws: Workspace, run_id: str, index: int, teacher:
               f"{curated.rationalized} hinted rows kept")
     trained = train(spec, ws, run_id, round_index=index, teacher=teacher)
     final_loss = trained.final_loss if trained.final_loss is not None else float("nan")
-    print(f"round {index} train: {trained.steps} steps, final loss {final_loss:.4f}, student "
-          f"{_pct(trained.student_accuracy)} on {trained.eval_rows} eval rows")
+    scored = (f", student {_pct(trained.student_accuracy)} on {trained.eval_rows} eval rows"
+              if trained.eval_rows else "")
+    print(f"round {index} train: {trained.steps} steps, final loss {final_loss:.4f}{scored}")
     quantized = quantize(spec, ws, run_id, round_index=index)
     print(f"round {index} quantize: " + ", ".join(
         f"{r.quant} {r.size_mb:.0f} MB {_pct(r.accuracy)}" for r in quantized.table))

@@ -140,7 +140,11 @@ def eval_flow(params: EvalParams) -> ModelEval:
     ws = Workspace.open()
     with ws.run_scope(None, lambda: ws.start_run(spec, "eval").id) as run:
         ingest(spec, ws, run.id)  # reused when this corpus was ingested before
-        rows, eval_ids = held_out_rows(ws, run.id, params.rows or spec.student.eval_rows)
+        # student.eval_rows 0 (the train stage scores nothing) falls back to the quantize
+        # stage's rows, not to all of them.
+        limit = params.rows or (spec.quantization.eval_rows if spec.student.eval_rows == 0
+                                else spec.student.eval_rows)
+        rows, eval_ids = held_out_rows(ws, run.id, limit)
         if not rows:
             raise EvalError(f"curriculum '{spec.name}' has no held-out eval rows")
         row = register_base(ws.catalog, model, run.id)

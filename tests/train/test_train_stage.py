@@ -231,3 +231,25 @@ def test_cpu_bf16_runs_the_steps_in_bfloat16_and_keeps_float32_weights(tok, cpu_
     assert result.precision == ("bf16" if cpu_bf16 else "fp32")
     assert all(math.isfinite(v) for entry in result.losses for k, v in entry.items()
                if k.startswith("loss"))
+
+
+def test_eval_rows_zero_trains_without_scoring(workspace, tok, tmp_path):
+    """student.eval_rows 0: the student is trained and saved, and the train stage scores
+    nothing (the quickstart leaves that to the quantize stage's float file)."""
+    from flows.spec import Curriculum
+    from flows.train import train
+    from storage.tables import Model
+
+    base_dir = tmp_path / "tiny-base"
+    tiny_llama(tok, seed=0).save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    spec = Curriculum.model_validate({
+        "name": "tiny", "corpus": {"format": "demo"},
+        "student": {"base": str(base_dir), "max_steps": 2, "batch_size": 2,
+                    "learning_rate": 1e-3, "eval_rows": 0, "evaluate_base": True}})
+    run_id = _seed_run(workspace, spec, train_rows(4), _eval_rows())
+    summary = train(spec, workspace, run_id)
+    assert summary.steps == 2 and summary.student_accuracy is None and summary.eval_rows == 0
+    assert workspace.catalog.get(Model, summary.student_model_id).kind == "student"
+    names = {m.name for m in workspace.catalog.metrics(run_id=run_id)}
+    assert "train_loss" in names and not names & {"eval_accuracy", "eval_loss"}
