@@ -36,10 +36,17 @@ CurriculumArg = typer.Argument(..., help="Curriculum YAML file (see curricula/).
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 
 
-def _load(path: Path):
-    """The curriculum, parsed and through every pre-flight check, or one red line and exit 2."""
+def _load(path: Path, *, flow: bool = False):
+    """The curriculum, parsed and through every pre-flight check, or one red line and exit 2.
+    `flow`: a stage flow runs next, so its temporary Prefect server is launched first and comes
+    up while the checks and the stage's imports run (flows/prefect_server.py)."""
     from flows.preflight import load_checked
     from flows.spec import SpecError
+
+    if flow:
+        from flows import prefect_server
+
+        prefect_server.launch()
 
     try:
         return load_checked(path)
@@ -177,7 +184,7 @@ def validate(curriculum: Path = CurriculumArg) -> None:
 @app.command()
 def ingest(curriculum: Path = CurriculumArg, as_json: bool = JsonOpt) -> None:
     """Read the curriculum's corpus, hold out the eval split, write corpus/eval/rejects shards."""
-    _load(curriculum)
+    _load(curriculum, flow=True)
     from flows.ingest import ingest_flow
     from flows.params import StageParams
 
@@ -196,7 +203,7 @@ def generate(curriculum: Path = CurriculumArg, run_id: Optional[str] = typer.Opt
         None, "--run", help="Generate inside this run (default: resume the curriculum's "
         "unfinished generate run, else start one)."), as_json: bool = JsonOpt) -> None:
     """Ask the teacher to rewrite the corpus (ingesting first when needed): generated shards."""
-    _load(curriculum)
+    _load(curriculum, flow=True)
     from flows.generate import generate_flow
     from flows.params import StageParams
 
@@ -235,7 +242,7 @@ def curate(curriculum: Path = CurriculumArg,
            round_index: int = typer.Option(0, "--round", help="Staircase round to curate."),
            as_json: bool = JsonOpt) -> None:
     """Filter, dedup, decontaminate and order the latest generated rows: kept/dropped/train shards."""
-    _load(curriculum)
+    _load(curriculum, flow=True)
     from flows.curate import CurateError, curate_flow
     from flows.params import RoundParams
 
@@ -326,7 +333,7 @@ def run(curriculum: Path = CurriculumArg, new: bool = typer.Option(
         False, "--new", help="Start a fresh run instead of resuming an unfinished one."),
         as_json: bool = JsonOpt) -> None:
     """Run the whole staircase the curriculum describes (resumes an unfinished run)."""
-    _load(curriculum)
+    _load(curriculum, flow=True)
     from flows.curate import CurateError
     from flows.evaluate import EvalError
     from flows.params import StaircaseParams
@@ -467,7 +474,7 @@ def train(curriculum: Path = CurriculumArg,
           round_index: int = typer.Option(0, "--round", help="Staircase round."),
           as_json: bool = JsonOpt) -> None:
     """Fine-tune the student on a run's curated rows; score it and its base on held-out rows."""
-    _load(curriculum)
+    _load(curriculum, flow=True)
     from flows.params import RoundParams
     from flows.train import TrainError, train_flow
 
@@ -495,7 +502,7 @@ def eval_(model: str = typer.Argument(..., help="A model folder, a .gguf file, '
                                           "worked examples, as the staircase scores a teacher."),
           as_json: bool = JsonOpt) -> None:
     """Score any model on a curriculum's held-out rows (exact-match accuracy, loss, tokens/s)."""
-    _load(curriculum)
+    _load(curriculum, flow=True)
     from flows.evaluate import EvalError, eval_flow
     from flows.params import EvalParams
 
@@ -517,7 +524,7 @@ def quantize(curriculum: Path = CurriculumArg,
              as_json: bool = JsonOpt) -> None:
     """Quantize the run's student (the base model until one is trained): GGUF + llama.cpp
     k-quants, int8 absmax, int4; measure each on the held-out rows."""
-    _load(curriculum)
+    _load(curriculum, flow=True)
     from flows.params import RoundParams
     from flows.quantize import quantize_flow
 

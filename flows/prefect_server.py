@@ -36,6 +36,7 @@ class PrefectServerError(RuntimeError):
 
 _process: subprocess.Popen | None = None
 _log: Path | None = None
+_port: int | None = None
 
 
 def _free_port() -> int:
@@ -45,13 +46,30 @@ def _free_port() -> int:
 
 
 def start() -> str:
-    """The API URL this process uses, starting the temporary server when the user set none.
-    Call from the main thread, before any flow runs (the parent-death signal follows the
-    thread that starts the child)."""
-    global _process, _log
+    """The API URL this process uses, starting the temporary server when the user set none
+    (or waiting for the one launch() started). Call from the main thread, before any flow runs
+    (the parent-death signal follows the thread that starts the child)."""
     url = os.environ.get("PREFECT_API_URL")
     if url:
         return url
+    if _process is None:
+        launch()
+    url = f"http://127.0.0.1:{_port}/api"
+    _wait_healthy(url)
+    os.environ["PREFECT_API_URL"] = url
+    os.environ.setdefault("PREFECT_UI_URL", "")  # no UI is served: no "View at" links to it
+    _point_prefect_at(url)
+    return url
+
+
+def launch() -> None:
+    """Start the temporary server without waiting for it, so that it comes up while the command
+    imports its stage and checks the curriculum (each took 6-10 s on a 2-core machine, as long
+    as the server's own start); start() then waits for it. Nothing when the user set
+    PREFECT_API_URL or the server is already started. Main thread only (see start())."""
+    global _process, _log, _port
+    if os.environ.get("PREFECT_API_URL") or _process is not None:
+        return
     from flows.settings import stairs_home
 
     port = _free_port()
@@ -68,13 +86,8 @@ def start() -> str:
         _process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=die_with_parent)
+    _port = port
     atexit.register(stop)
-    url = f"http://127.0.0.1:{port}/api"
-    _wait_healthy(url)
-    os.environ["PREFECT_API_URL"] = url
-    os.environ.setdefault("PREFECT_UI_URL", "")  # no UI is served: no "View at" links to it
-    _point_prefect_at(url)
-    return url
 
 
 def _wait_healthy(url: str) -> None:

@@ -81,3 +81,27 @@ def test_row_process_min_defaults_obeys_the_environment_and_names_a_bad_value(mo
         monkeypatch.setenv("STAIRS_ROW_PROCESS_MIN", bad)
         with pytest.raises(ValueError, match="STAIRS_ROW_PROCESS_MIN='.*': expected a whole"):
             worth_a_row_process(100)
+
+
+def test_server_launched_before_the_checks_is_the_one_flows_use(stairs_home):
+    """A flow command launches its temporary Prefect server before it checks the curriculum
+    and imports its stage, so the server comes up meanwhile; start() then waits for that same
+    process instead of starting a second one. In a child process: start() points this
+    process's Prefect settings at the server it stops."""
+    import subprocess
+    import sys
+
+    script = (
+        "import httpx\n"
+        "from flows import prefect_server as ps\n"
+        "ps.launch(); first = ps._process.pid; ps.launch()\n"
+        "assert ps._process.pid == first, 'launched twice'\n"
+        "url = ps.start()\n"
+        "assert ps._process.pid == first and url.endswith(f':{ps._port}/api'), url\n"
+        "assert httpx.get(url + '/health').status_code == 200\n"
+        "ps.stop(); print('one server', first)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["STAIRS_HOME"] = str(stairs_home)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0 and "one server" in done.stdout, done.stderr[-2000:]
