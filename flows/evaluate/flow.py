@@ -30,14 +30,14 @@ class EvalError(RuntimeError):
 
 
 def held_out_rows(ws: Workspace, run_id: str, limit: int | None) -> tuple[list[dict], list[int]]:
-    """The run's held-out rows in a stable order (by id), capped: the same rows for every model
-    scored, and the ids of the shards they came from."""
+    """The run's held-out rows in a stable order (by id), the first `limit` of them (None: all;
+    0: none): the same rows for every model scored, and the ids of the shards they came from."""
     ingest = ws.latest_stage("ingest", run_id=run_id)
     if ingest is None:
         raise EvalError(f"run {run_id} has no completed ingest stage: nothing to evaluate on")
     shards = ws.shards(ingest, "eval")
     rows = sorted(ws.store.table(shards).to_pylist(), key=lambda r: r["id"]) if shards else []
-    return (rows[:limit] if limit else rows), [s.id for s in shards]
+    return (rows if limit is None else rows[:limit]), [s.id for s in shards]
 
 
 def eval_template(spec: Curriculum):

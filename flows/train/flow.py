@@ -126,8 +126,7 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
         base_ref = curriculum_ref(spec, s.base)
         base_row = register_base(ws.catalog, base_ref, run_id)
         model, tokenizer, _ = load(base_ref, catalog=ws.catalog, device=device)
-        scored = eval_shards and s.eval_rows != 0
-        evals, eval_ids = held_out_rows(ws, run_id, s.eval_rows) if scored else ([], [])
+        evals, eval_ids = held_out_rows(ws, run_id, s.eval_rows) if eval_shards else ([], [])
         if s.evaluate_base and evals:
             tmpl_hash = eval_template(spec).content_hash
             if not already_scored(ws.catalog, base_row.id, eval_ids, len(evals), tmpl_hash):
