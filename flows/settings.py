@@ -61,32 +61,29 @@ def cpu_threads() -> int:
     idle 2-core machine (Q8_0 student, 0.58 vs 0.94 s per eval row). On a machine other jobs
     oversubscribe, set STAIRS_THREADS=1: llama.cpp's threads spin-wait on each other, and two of
     them ran 10x slower than one under a load average of 10 (measured on the build machine)."""
-    value = os.environ.get("STAIRS_THREADS")
-    if value:
-        try:
-            threads = int(value)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            raise ValueError(f"STAIRS_THREADS={value!r}: expected a whole number of threads >= 1")
-        return threads
-    return os.cpu_count() or 1
+    return _whole_number("STAIRS_THREADS", os.cpu_count() or 1, least=1, of="threads")
 
 
 def row_process_min(default: int) -> int:
     """Requests a generate batch must send before its rows are built in a row process
     (flows/generate/rowproc.py): STAIRS_ROW_PROCESS_MIN, else `default`; 0 turns it off."""
-    value = os.environ.get("STAIRS_ROW_PROCESS_MIN")
+    return _whole_number("STAIRS_ROW_PROCESS_MIN", default, least=0, of="requests",
+                         note=" (0: never)")
+
+
+def _whole_number(name: str, default: int, *, least: int, of: str, note: str = "") -> int:
+    """The environment variable `name` as a whole number >= `least` (`default` when unset or
+    empty); anything else is one ValueError naming the variable and its value."""
+    value = os.environ.get(name)
     if not value:
         return default
     try:
-        least = int(value)
+        number = int(value)
     except ValueError:
-        least = -1
-    if least < 0:
-        raise ValueError(f"STAIRS_ROW_PROCESS_MIN={value!r}: expected a whole number of requests "
-                         ">= 0 (0: never)")
-    return least
+        number = least - 1
+    if number < least:
+        raise ValueError(f"{name}={value!r}: expected a whole number of {of} >= {least}{note}")
+    return number
 
 
 def configure_prefect() -> None:
