@@ -69,6 +69,9 @@ class GenerateResult(StageResult):
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     cached_completion_tokens: int = 0
+    prompt_tokens_copied: int = Field(0, description="Prompt tokens of a sample copied from the "
+                                      "sample before it (in-process llama.cpp) instead of "
+                                      "evaluated again.")
     cost_usd: float | None = None
     budget_exhausted: bool = False
     complete: bool = False

@@ -52,6 +52,9 @@ class _Sequence:
     finish_reason: str = "stop"  # "length" when max_tokens or the context window ended it
     tag: Any = None  # the caller's handle (a teacher's Request)
     sampler: Any = None  # a seeded sampler chain (sampler_chain); None: greedy
+    # The caller's word that the next sequence asks the same prompt (another sample of it):
+    # keep this one's evaluated prompt for it (BatchedDecoder._first_token).
+    keep_prompt: bool = False
 
     @property
     def position(self) -> int:
@@ -153,9 +156,11 @@ class BatchedDecoder:
         self.width = width
         self.n_ctx_seq = llm.n_ctx()
         params = lc.llama_context_default_params()
-        # One KV stream per slot, and one more holding the shared prefix (prefix_stream).
-        params.n_ctx = (width + 1) * self.n_ctx_seq
-        params.n_seq_max = width + 1
+        # One KV stream per slot, one holding the shared prefix (prefix_stream) and one a
+        # whole prompt kept for its next sample (prompt_stream; 47 MB for the embedded
+        # teacher's 2,048 tokens).
+        params.n_ctx = (width + 2) * self.n_ctx_seq
+        params.n_seq_max = width + 2
         params.kv_unified = False
         params.n_batch = params.n_ubatch = CHUNK  # Llama's defaults
         params.n_threads = params.n_threads_batch = threads
@@ -170,6 +175,10 @@ class BatchedDecoder:
         self.batch = lc.llama_batch_init(params.n_batch, 0, 1)
         self.prefix_stream = width
         self.prefix: list[int] = []  # the tokens the prefix stream holds
+        self.prompt_stream = width + 1
+        self.kept: tuple[list[int], np.ndarray] | None = None  # its prompt, last-token logits
+        self.prompt_tokens_copied = 0  # of prompts not evaluated again
+        self._candidates = None  # a token array for draws from kept logits (_draw)
 
     def generate(self, conversations: list[list[dict]],
                  max_new_tokens: int) -> tuple[list[str], list[int]]:
@@ -217,7 +226,7 @@ class BatchedDecoder:
                         break
                     slot = min(set(range(self.width)) - set(slots))
                     slots[slot] = seq
-                    next_token[slot] = self._pick(seq, self._prefill(slot, seq))
+                    next_token[slot] = self._first_token(slot, seq)
                 if not slots or (closing is not None and closing()):
                     return
                 # Sample results first, then feed the tokens of those still going in one decode.
@@ -243,6 +252,46 @@ class BatchedDecoder:
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
+
+    def _first_token(self, slot: int, seq: _Sequence) -> int:
+        """Evaluate the prompt in its slot and pick the first token. The samples of one prompt
+        arrive one after another (flows/generate/flow.py plan), and each evaluated it again:
+        a 600-token DROP prompt costs the 1.5B teacher seconds, its 4 samples four times that.
+        Now a sequence marked keep_prompt leaves its evaluated prompt in the prompt stream with
+        its last-token logits, and the next sequence with the same prompt copies the stream
+        (bit for bit) and draws from those logits: the same reply as evaluating it again."""
+        if self.kept is not None and seq.prompt == self.kept[0]:
+            lc.llama_memory_seq_cp(self.memory, self.prompt_stream, slot, -1, -1)
+            self.prompt_tokens_copied += len(seq.prompt)
+            return self._draw(seq, self.kept[1])
+        i = self._prefill(slot, seq)
+        if not seq.keep_prompt:
+            return self._pick(seq, i)
+        logits = self._logits(i).copy()  # the next decode overwrites the context's logits
+        # The slot holds exactly the prompt now (its cells as a prefill alone leaves them);
+        # copies between streams apply at the next llama_decode, in the order asked.
+        lc.llama_memory_seq_rm(self.memory, self.prompt_stream, -1, -1)
+        lc.llama_memory_seq_cp(self.memory, slot, self.prompt_stream, -1, -1)
+        self.kept = (seq.prompt, logits)
+        return self._draw(seq, logits)
+
+    def _draw(self, seq: _Sequence, logits: np.ndarray) -> int:
+        """_pick from kept logits: the most likely token, or what llama_sampler_sample draws
+        with the sequence's chain (it applies the chain to every token's logit, takes the
+        selected one and accepts it into the chain)."""
+        if seq.sampler is None:
+            return int(logits.argmax())
+        from llama_cpp._internals import LlamaTokenDataArray
+
+        if self._candidates is None:
+            self._candidates = LlamaTokenDataArray(n_vocab=self.n_vocab)
+        cur = self._candidates
+        cur.copy_logits(logits)
+        cur.candidates.selected = -1
+        lc.llama_sampler_apply(seq.sampler.sampler, ctypes.byref(cur.candidates))
+        token = int(cur.candidates.data[cur.candidates.selected].id)
+        lc.llama_sampler_accept(seq.sampler.sampler, token)
+        return token
 
     def _prefill(self, slot: int, seq: _Sequence) -> int:
         """Evaluate a prompt in its slot; the batch index of its last logits. Its shared prefix
@@ -328,10 +377,13 @@ class BatchedDecoder:
         return self._argmax(i)
 
     def _argmax(self, i: int) -> int:
+        return int(self._logits(i).argmax())
+
+    def _logits(self, i: int) -> np.ndarray:
+        """A view of the context's logits at batch index i (valid until the next decode)."""
         ptr = lc.llama_get_logits_ith(self.ctx, i)
-        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
-                                       shape=(self.n_vocab,))
-        return int(logits.argmax())
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+                                     shape=(self.n_vocab,))
 
     def close(self) -> None:
         if self.ctx:

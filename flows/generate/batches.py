@@ -72,6 +72,7 @@ class BatchResult:
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     cached_completion_tokens: int = 0
+    prompt_tokens_copied: int = 0  # Usage.prompt_tokens_copied
     errors: dict = field(default_factory=dict)
     budget_exhausted: bool = False
     sent: int = 0
@@ -177,6 +178,7 @@ def run_batch(job: BatchJob) -> BatchResult:
     result.rows_pid, result.rows_cpu_s = tally.rows_pid, tally.rows_cpu_s
     result.sent = usage.requests - before.requests
     result.retries = usage.retries - before.retries
+    result.prompt_tokens_copied = usage.prompt_tokens_copied - before.prompt_tokens_copied
     errors = Counter(usage.errors)
     errors.subtract(before.errors)
     result.transient_errors = {k: n for k, n in errors.items() if n}
@@ -196,7 +198,7 @@ def total(results: list[BatchResult]) -> dict:
     for name in ("rows_written", "shards_written", "cache_hits", "cache_misses",
                  "cache_evicted", "answered", "unanswered", "prompt_tokens",
                  "completion_tokens", "cached_prompt_tokens", "cached_completion_tokens",
-                 "sent", "retries"):
+                 "prompt_tokens_copied", "sent", "retries"):
         out[name] = sum(getattr(r, name) for r in results)
     errors, transient = Counter(), Counter()
     for r in results:

@@ -374,6 +374,7 @@ def teach(st, ws, todo, teacher, template, tspec, spec, round_index, parents, pr
         prompt_tokens=t["prompt_tokens"], completion_tokens=t["completion_tokens"],
         cached_prompt_tokens=t["cached_prompt_tokens"],
         cached_completion_tokens=t["cached_completion_tokens"],
+        prompt_tokens_copied=t["prompt_tokens_copied"],
         cost_usd=_cost(tspec, t["prompt_tokens"], t["completion_tokens"]),
         budget_exhausted=t["budget_exhausted"],
         complete=not t["budget_exhausted"] and t["unanswered"] == 0

@@ -116,6 +116,9 @@ class Usage:
     concurrency_min: int | None = None
     concurrency_final: int | None = None
     replicas: dict = field(default_factory=dict)  # replica URL -> {"sent", "failures"}
+    # Prompt tokens an in-process llama.cpp teacher copied from the sample before instead of
+    # evaluating them again (flows/evaluate/batched.py, BatchedDecoder._first_token).
+    prompt_tokens_copied: int = 0
 
 
 def messages_json(messages: list[dict]) -> str:

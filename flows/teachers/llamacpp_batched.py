@@ -86,12 +86,13 @@ class BatchedLlamaTeacher:
         loop = asyncio.get_running_loop()
         finished: asyncio.Queue = asyncio.Queue()
         source = iter(requests)
+        ahead: list[Request] = []  # the next request, looked at before its slot is free
         closing = threading.Event()
         rejected: list[tuple[Request, Reply]] = []
 
         def take():
             while not closing.is_set() and not (stop is not None and stop()):
-                req = next(source, None)
+                req = ahead.pop() if ahead else next(source, None)
                 if req is None:
                     return None
                 self.usage.requests += 1
@@ -104,10 +105,17 @@ class BatchedLlamaTeacher:
                     rejected.append((req, Reply(error=f"request_failed: {e}")))
                     continue
                 seq.tag = req
+                # Samples of one prompt come one after another: the next one copies this
+                # one's evaluated prompt instead of evaluating it again.
+                following = next(source, None)
+                if following is not None:
+                    ahead.append(following)
+                    seq.keep_prompt = following.messages == req.messages
                 return seq
             return None
 
         def work():
+            copied = self.decoder.prompt_tokens_copied
             try:
                 for seq in self.decoder.replies(take, closing.is_set):
                     reply = Reply(text=seq.reply, finish_reason=seq.finish_reason,
@@ -120,6 +128,8 @@ class BatchedLlamaTeacher:
                 loop.call_soon_threadsafe(finished.put_nowait, None)
             except BaseException as e:  # re-raised in the caller's task below
                 loop.call_soon_threadsafe(finished.put_nowait, e)
+            finally:
+                self.usage.prompt_tokens_copied += self.decoder.prompt_tokens_copied - copied
 
         worker = threading.Thread(target=work, name="stairs-llamacpp-batched", daemon=True)
         worker.start()

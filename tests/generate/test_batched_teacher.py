@@ -117,7 +117,8 @@ def test_a_prompt_longer_than_the_context_is_a_row_with_the_reason(tiny_gguf):
 
 def test_sampled_rows_hold_each_requests_seeded_reply_alone(workspace, tiny_gguf):
     """Two samples per problem at temperature 1: each row is create_chat_completion's reply to
-    its messages with its own seed (seed + sample index) and the server's sampler defaults."""
+    its messages with its own seed (seed + sample index) and the server's sampler defaults,
+    though the second sample's prompt was copied from the first, not evaluated again."""
     import json
 
     import polars as pl
@@ -147,6 +148,10 @@ def test_sampled_rows_hold_each_requests_seeded_reply_alone(workspace, tiny_gguf
     finally:
         alone.close()
     assert df["response"].to_list() == expected
+    # Each problem's second sample copied the first one's evaluated prompt instead of
+    # evaluating it again (BatchedDecoder._first_token), and its reply is still the one alone.
+    second = df.filter(pl.col("sample_index") == 1)
+    assert summary.prompt_tokens_copied == second["prompt_tokens"].sum() > 0
     # Sampling is in effect: a problem's two samples differ.
     replies = df.group_by("source_id").agg(pl.col("response"))["response"].to_list()
     assert len(replies) == 6 and all(len(set(r)) == 2 for r in replies)
