@@ -43,16 +43,10 @@ def rows_of(name: str, n: int) -> tuple[list[dict], str]:
 
 
 def answer(teacher, requests) -> tuple[dict, float]:
-    from flows.teachers.aio import run_coroutine
-
-    got = {}
-
-    async def ask():
-        async for batch in teacher.stream(requests):
-            got.update({req.key: reply for req, reply in batch})
+    from bench.teacher_paths import replies
 
     start = time.perf_counter()
-    run_coroutine(ask())
+    got = replies(teacher, requests)
     return got, time.perf_counter() - start
 
 

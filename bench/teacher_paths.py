@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def answers(teacher, requests) -> tuple[list, float]:
-    from flows.teachers import running
+def replies(teacher, requests) -> dict:
+    """{request key: reply} from a started teacher (bench/sample_prefill.py uses it too)."""
     from flows.teachers.aio import run_coroutine
 
     got = {}
@@ -30,9 +30,16 @@ def answers(teacher, requests) -> tuple[list, float]:
         async for batch in teacher.stream(requests):
             got.update({req.key: reply for req, reply in batch})
 
+    run_coroutine(ask())
+    return got
+
+
+def answers(teacher, requests) -> tuple[list, float]:
+    from flows.teachers import running
+
     start = time.perf_counter()
     with running(teacher):
-        run_coroutine(ask())
+        got = replies(teacher, requests)
     return [got[r.key] for r in requests], time.perf_counter() - start
 
 
