@@ -68,7 +68,9 @@ class _Sequence:
 # general.file_type of files with 16-bit float weights (llama.cpp's LLAMA_FTYPE_MOSTLY_F16 and
 # _BF16): their matrix products take another CPU kernel for several rows than for one, and a
 # tiny F16 model's batched reply differed from its reply alone (1 of 11; F32, Q8_0, Q4_1 and
-# Q4_K_M files gave the same replies at every width).
+# Q4_K_M files of the tiny model gave the same replies at every width). Not a proof for other
+# files: the 1.5B Qwen Q4_K_M teacher's long replies differed batched on an AVX2 CPU (12 of 16;
+# docs/benchmarks.md, "The quickstart before and after issue 17 on the AVX2 machine").
 HALF_FLOAT_FILE_TYPES = {"1", "32"}
 
 
