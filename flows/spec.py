@@ -275,7 +275,9 @@ class JudgeSpec(Strict):
     teacher: TeacherSpec | None = Field(None, description="The judge; default: the writer.")
 
 
-class GenerateSpec(Strict):
+class GenerateSpec(Additive):
+    ADDED: ClassVar[tuple[str, ...]] = ("rationalize", "rationalize_samples")
+
     template: str = Field("rationale", description="Prompt template name in prompts/.")
     prompts_dir: Path | None = Field(
         None, description="Folder of prompt templates (<name>.yaml); default: the project's "
@@ -300,6 +302,13 @@ class GenerateSpec(Strict):
     verify: VerifySpec | None = Field(None, description="Re-answer teacher-written questions "
                                       "(no gold answer) and keep the majority-agreeing ones.")
     judge: JudgeSpec | None = Field(None, description="Grade every generated row with a judge.")
+    rationalize: bool = Field(
+        False, description="STaR's rationalization: ask the teacher again, with the gold answer "
+        "as a hint (prompts/rationalize.yaml), about each problem none of its samples solved; "
+        "rows that reach the answer are trained without the hint. With staircase.schedule, "
+        "each round's entry says this instead.")
+    rationalize_samples: int = Field(1, ge=1, le=64, description="Hinted samples per unsolved "
+                                     "problem (at the teacher's temperature).")
 
 
 # -- curation -----------------------------------------------------------------------------------
@@ -731,6 +740,10 @@ class Curriculum(Strict):
                 f"section (it makes {', '.join(made)}); add it to quantization.gguf_types or "
                 "promote one of those")
         self._schedule_fits()
+        if self.staircase.schedule and self.generate.rationalize:
+            raise ValueError("generate.rationalize: with staircase.schedule each round says "
+                             "whether it rationalizes (schedule[i].rationalize); remove this "
+                             "one")
         ggufs = [self.quantization.gguf_float, *self.quantization.gguf_types]
         if self.staircase.max_kl is not None and self.staircase.promote not in ggufs:
             raise ValueError("staircase.max_kl: fidelity is measured for GGUF files "

@@ -11,9 +11,9 @@ flight. Bad teacher output becomes a row with a named error; failures that outli
 are left for the next run. The stage summary counts cache hits/misses, tokens, cost and errors.
 
 In a round of a curriculum across rounds (staircase.schedule) the stage asks about the round's
-problems (flows/climb.py) and, with `rationalize`, asks again (`rationalize_samples` times)
-about each problem none of its samples solved, with the gold answer as a hint (STaR's
-rationalization, counted as rationalize_*).
+problems (flows/climb.py). With `rationalize` (generate.rationalize, or the round's schedule
+entry) it asks again (`rationalize_samples` times) about each problem none of its samples
+solved, with the gold answer as a hint (STaR's rationalization, counted as rationalize_*).
 """
 
 from __future__ import annotations
@@ -169,14 +169,19 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
     else:
         # A curriculum across rounds: this round's levels, new and replayed (flows/climb.py).
         sources, by_level = round_sources(spec, sources, round_index)
-        if entry.rationalize:
-            rationalizer = load_template(RATIONALIZE_TEMPLATE, prompts_dir_of(spec))
-            ws.catalog.save_template_text(rationalizer.name, rationalizer.content_hash,
-                                          rationalizer.source)
-        scheduled = {"sources": ids_digest(sources),
-                     "rationalize": rationalizer.content_hash if rationalizer else None}
-        if rationalizer is not None and entry.rationalize_samples != 1:
-            scheduled["rationalize_samples"] = entry.rationalize_samples
+    hints = spec.generate if entry is None else entry  # who says whether to rationalize
+    if hints.rationalize:
+        rationalizer = load_template(RATIONALIZE_TEMPLATE, prompts_dir_of(spec))
+        ws.catalog.save_template_text(rationalizer.name, rationalizer.content_hash,
+                                      rationalizer.source)
+    if entry is not None or rationalizer is not None:
+        # Keys only a schedule or rationalization adds, so other curricula keep their
+        # fingerprints.
+        scheduled = {"rationalize": rationalizer.content_hash if rationalizer else None}
+        if entry is not None:
+            scheduled["sources"] = ids_digest(sources)
+        if rationalizer is not None and hints.rationalize_samples != 1:
+            scheduled["rationalize_samples"] = hints.rationalize_samples
     fp = fingerprint(ingest_stage, template, teacher, spec, tspec, student, passes, also,
                      scheduled)
     done = _reusable(ws, run_id, round_index, fp)
@@ -208,7 +213,7 @@ def generate(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int =
               student, template_of)
         if rationalizer is not None and st.summary["complete"]:
             rationalize(st, ws, sources, answered, teacher, rationalizer, tspec, spec,
-                        round_index, shards, progress_bar, entry.rationalize_samples)
+                        round_index, shards, progress_bar, hints.rationalize_samples)
         if passes:
             review(st, ws, passes, attempts, spec, progress_bar)
     return GenerateResult.of(run_id, st.summary)

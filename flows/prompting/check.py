@@ -37,13 +37,15 @@ def check_generate_template(spec: Curriculum) -> list[str]:
             return [f"staircase.rounds: template '{template.name}' trains students on "
                     f"'{template.student}', so a promoted student cannot answer "
                     f"'{template.name}' requests in the next round; use rounds: 1"]
-    if any(entry.rationalize for entry in spec.staircase.schedule or ()):
+    asking = ("generate.rationalize" if spec.generate.rationalize else "staircase.schedule"
+              if any(entry.rationalize for entry in spec.staircase.schedule or ()) else None)
+    if asking is not None:
         from flows.prompting.hints import RATIONALIZE_TEMPLATE
 
         try:
             load_template(RATIONALIZE_TEMPLATE, prompts_dir_of(spec))
         except TemplateError as e:
-            return [f"staircase.schedule: rationalize asks with template "
+            return [f"{asking}: rationalize asks with template "
                     f"'{RATIONALIZE_TEMPLATE}': {e}"]
     if spec.corpus.path is not None and not spec.resolve(spec.corpus.path).exists():
         return []  # the missing corpus is reported by the corpus check; nothing to render

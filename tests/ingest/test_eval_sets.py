@@ -242,3 +242,87 @@ def test_your_own_copies_through_the_file_readers(tmp_path, workspace):
     rows, _ = ingested({"format": "hf", "path": "drop-saved", "columns": {
         "answer": "answers_spans", "answer_format": "drop_spans"}})
     assert [r["answer"] for r in rows] == [d["answers"][0][0] for d in drop]
+
+
+def test_drop_with_rationalize_asks_again_with_the_gold_answer_and_trains_without_it(
+        cache, tmp_path, workspace):
+    """generate.rationalize on a curriculum without a schedule (curricula/drop.yaml): the
+    training questions the teacher got wrong are asked once more with DROP's gold answer as a
+    hint; the rationales that reach it are kept and trained on the hint-free prompt, and a
+    rerun of the stage sends nothing."""
+    from transformers import AutoTokenizer
+
+    from flows.curate import curate
+    from flows.generate import generate
+    from flows.train import train
+    from flows.train.examples import row_examples
+    from tests.helpers.openai_server import solve
+    from tests.helpers.tiny_student import save_tiny_base
+
+    docs = drop_docs(24, seed=5)
+    write_wheel(cache, drop=docs, gsm8k=gsm8k_docs(1))
+    base = save_tiny_base(tmp_path / "tiny-base")
+    hard = {docs[i]["passage"] for i in range(0, 24, 3)}  # wrong on these unless shown the answer
+    hinted_asks = []
+
+    def teacher(messages):
+        text = messages[-1]["content"]
+        if "(Correct answer:" in text:
+            hinted_asks.append(text)
+            return solve(text.split("(Correct answer:")[0])
+        if any(p in text for p in hard):
+            return "Let me guess.\nAnswer: 999"
+        return solve(text)
+
+    with FakeOpenAI(responder=teacher) as srv:
+        path = tmp_path / "drop.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "drop-rationalize",
+            "corpus": {"format": "eval_set", "eval_set": {"name": "drop", "numeric_only": True},
+                       "eval_fraction": 0.25},
+            "teacher": {"backend": "openai", "model": "fake", "base_url": srv.base_url},
+            "generate": {"rationalize": True},
+            "student": {"base": str(base), "max_steps": 2, "batch_size": 2, "eval_rows": 2,
+                        "eval_max_new_tokens": 4, "evaluate_base": False}}))
+        spec = load_checked(path)
+        run_id = workspace.start_run(spec, "run").id
+        gen = generate(spec, workspace, run_id, progress_bar=False)
+        cur = curate(spec, workspace, run_id)
+        trained = train(spec, workspace, run_id)
+        again = generate(spec, workspace, workspace.start_run(spec, "again").id,
+                         progress_bar=False)
+
+    def rows(stage, kind):
+        return workspace.store.scan(workspace.stage_shards(run_id, stage, kind)).collect()
+
+    corpus = rows("ingest", "corpus")
+    wrong = hard & set(corpus["passage"])
+    assert wrong and gen.rationalize_requests == len(wrong) == len(hinted_asks)
+    assert gen.rationalize_sent == len(wrong) and gen.sent == corpus.height
+    # Every training question is now kept once: its own right answer, or the hinted one.
+    kept = rows("curate", "train").to_dicts()
+    assert cur.kept == trained.rows == corpus.height and cur.rationalized_kept == len(wrong)
+    hinted = [r for r in kept if r["template"] == "rationalize"]
+    assert {r["passage"] for r in hinted} == wrong
+    tok = AutoTokenizer.from_pretrained(base)
+    for row in hinted:
+        (example,) = row_examples(row, tok, "cot", 512)
+        text = tok.decode(example.input_ids)
+        assert "Correct answer" not in text and row["question"] in text
+        assert row["rationale"].strip() in text
+    # Identical finished work is reused: nothing asked twice.
+    assert again.reused_stage and len(hinted_asks) == len(wrong)
+
+
+def test_rationalize_is_said_once_per_round(tmp_path):
+    """A schedule's rounds say whether they rationalize; generate.rationalize beside one is
+    refused, and left at its default it is not stored (older fingerprints hold)."""
+    from flows.spec import Curriculum, GenerateSpec
+    from tests.helpers.climb import climb_doc
+
+    assert "rationalize" not in GenerateSpec().model_dump()
+    assert GenerateSpec(rationalize=True).model_dump()["rationalize"] is True
+    doc = climb_doc("http://127.0.0.1:9/v1", "x")
+    doc["generate"]["rationalize"] = True
+    with pytest.raises(ValueError, match="generate.rationalize: with staircase.schedule"):
+        Curriculum.model_validate(doc)
