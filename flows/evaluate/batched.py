@@ -17,8 +17,10 @@ paths evaluating a prompt in the same pieces (see prompt_tokens); and flash atte
 in llama-cpp-python's Llama. With it on, a sequence decoded beside others past 256 cached
 tokens moved its logits by up to 1.05 against decoding it alone on 2 threads (not on one: the
 kernel splits a lone query's cache across threads); with it off, decode steps of 2 to 8
-sequences gave the same logits, bit for bit, as one. Files with 16-bit float weights are the
-exception (see HALF_FLOAT_FILE_TYPES).
+sequences gave the same logits, bit for bit, as one on the embedded teacher. Not on every file
+and CPU: the matrix products of one row and of several rows are different kernels, so
+exact_width probes each file when it is opened, and GGUFEngine decodes no more sequences per
+step than give the logits of a step alone.
 """
 
 from __future__ import annotations
@@ -65,17 +67,33 @@ class _Sequence:
         return self.text.decode("utf-8", errors="ignore")
 
 
-# general.file_type of files with 16-bit float weights (llama.cpp's LLAMA_FTYPE_MOSTLY_F16 and
-# _BF16): their matrix products take another CPU kernel for several rows than for one, and a
-# tiny F16 model's batched reply differed from its reply alone (1 of 11; F32, Q8_0, Q4_1 and
-# Q4_K_M files of the tiny model gave the same replies at every width). Not a proof for other
-# files: the 1.5B Qwen Q4_K_M teacher's long replies differed batched on an AVX2 CPU (12 of 16;
-# docs/benchmarks.md, "The quickstart before and after issue 17 on the AVX2 machine").
-HALF_FLOAT_FILE_TYPES = {"1", "32"}
+# general.file_type of files with float weights (llama.cpp's LLAMA_FTYPE_ALL_F32, _MOSTLY_F16,
+# _MOSTLY_BF16): decoded one at a time, without a probe. Their several-row matrix products take
+# another kernel than one row, whose difference shows on some inputs only: a tiny F16 file gave
+# another reply beside others for 1 of 11 conversations where exact_width passed 2 rows at once,
+# and the quickstart's F32 student failed the probe at 2.
+FLOAT_FILE_TYPES = {"0", "1", "32"}
 
 
-def decodes_exactly_batched(llm) -> bool:
-    return str(llm.metadata.get("general.file_type")) not in HALF_FLOAT_FILE_TYPES
+def has_float_weights(llm) -> bool:
+    return str(llm.metadata.get("general.file_type")) in FLOAT_FILE_TYPES
+
+
+# What BatchedDecoder.exact_width evaluates to probe a file (probe_prompts).
+PROBE_TEXT = ("Vorla has 3 red lanterns and 5 blue lanterns. Kazen has 7 green marbles and 2 "
+              "white marbles. How many lanterns does Vorla have in total?")
+
+
+def probe_prompts(llm, n: int) -> list[list[int]]:
+    """n token lists for exact_width, each its own text and length: PROBE_TEXT's words turned
+    by i places, the last i % 5 dropped (about 20 tokens each)."""
+    words = PROBE_TEXT.split()
+    out = []
+    for i in range(n):
+        turned = words[i % len(words):] + words[:i % len(words)]
+        text = " ".join(turned[:len(turned) - i % 5])
+        out.append(llm.tokenize(text.encode(), add_bos=True, special=False))
+    return out
 
 
 # llama-cpp-python's server defaults for what stairs does not send (server/types.py); stairs
@@ -181,6 +199,45 @@ class BatchedDecoder:
         self.kept: tuple[list[int], np.ndarray] | None = None  # its prompt, last-token logits
         self.prompt_tokens_copied = 0  # of prompts not evaluated again
         self._candidates = None  # a token array for draws from kept logits (_draw)
+
+    def exact_width(self, prompts: list[list[int]]) -> int:
+        """The most sequences per decode step, up to `width`, that give every one of them the
+        logits of its step alone, bit for bit. That depends on the file's tensor types and on
+        the CPU's kernels: llama.cpp multiplies one row and several rows with different code
+        (a tiny F16 file: some rows of a step moved; the 1.5B Qwen Q4_K_M on an AVX2 CPU:
+        every step of 4 or more; docs/benchmarks.md), and a reply decoded beside others would
+        then differ from its reply alone and depend on which rows shared its steps.
+
+        The probe: one prompt per slot (probe_prompts: different texts and lengths, as real
+        rows are; the same text at shifted positions hid the F16 file's difference), all
+        evaluated together up to their last tokens (how does not matter: both sides of the
+        comparison start from the same cache, and one call is one pass over the weights);
+        each slot's step alone, feeding its last token, then one step of the first k slots
+        for k = 2 .. width. A probe, not a proof: kernels that differ only on inputs it does
+        not try go unseen."""
+        prompts = prompts[:self.width]
+        ends = [len(p) - 1 for p in prompts]
+        items = [(tok, pos, slot, False) for slot, p in enumerate(prompts)
+                 for pos, tok in enumerate(p[:-1])]
+        for c in range(0, len(items), CHUNK):
+            self._decode(items[c:c + CHUNK])
+
+        def step(slots: range) -> list[np.ndarray]:
+            asked = self._decode([(prompts[s][-1], ends[s], s, True) for s in slots])
+            logits = [self._logits(i).copy() for i in asked]
+            for s in slots:  # back to where it stood, for the next probe
+                lc.llama_memory_seq_rm(self.memory, s, ends[s], -1)
+            return logits
+
+        alone = [step(range(s, s + 1))[0] for s in range(self.width)]
+        exact = 1
+        for k in range(2, self.width + 1):
+            if not all(np.array_equal(a, b) for a, b in zip(step(range(k)), alone)):
+                break
+            exact = k
+        for slot in range(self.width):
+            lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
+        return exact
 
     def generate(self, conversations: list[list[dict]],
                  max_new_tokens: int) -> tuple[list[str], list[int]]:

@@ -35,16 +35,17 @@ class Engine(Protocol):
 
 
 class GGUFEngine:
-    """A GGUF file in llama.cpp. Replies are decoded `width` conversations at a time
-    (flows/evaluate/batched.py), each the same text as create_chat_completion gives it alone;
-    width 1, a chat format that is not the file's own template, or 16-bit float weights ask
-    one at a time."""
+    """A GGUF file in llama.cpp. Replies are decoded up to `width` conversations at a time
+    (flows/evaluate/batched.py), each the same text as create_chat_completion gives it alone:
+    as many as decode exactly as alone on this file and CPU (BatchedDecoder.exact_width). Width
+    1, a chat format that is not the file's own template, float weights, or a file whose
+    several-row steps are not exact ask one at a time."""
 
     name = "llama.cpp"
 
     def __init__(self, path: Path, threads: int | None = None, n_ctx: int = 2048,
                  width: int = BATCH_WIDTH):
-        from flows.evaluate.batched import chat_formatter, decodes_exactly_batched
+        from flows.evaluate.batched import chat_formatter
         from flows.llama_cpu import open_llama
         from flows.settings import cpu_threads
 
@@ -55,7 +56,6 @@ class GGUFEngine:
         self.llm = open_llama(self.path, seed=0, **self._kw)
         self.width = width
         self.formatter = chat_formatter(self.llm)  # None: a named chat format, one at a time
-        self.batchable = self.formatter is not None and decodes_exactly_batched(self.llm)
         self._batched = None
         self._scorer = None
 
@@ -70,21 +70,27 @@ class GGUFEngine:
         return self._scorer
 
     def generate(self, conversations, max_new_tokens):
-        if self.width > 1 and len(conversations) > 1 and self.batchable:
-            texts, counts = self.batched_decoder().generate(conversations, max_new_tokens)
-            return texts, sum(counts)
+        if self.width > 1 and len(conversations) > 1 and self.formatter is not None:
+            decoder = self.batched_decoder()
+            if decoder.width > 1:
+                texts, counts = decoder.generate(conversations, max_new_tokens)
+                return texts, sum(counts)
         return self.generate_one_at_a_time(conversations, max_new_tokens)
 
     def batched_decoder(self):
-        """The BatchedDecoder on this file (opened once): `width` sequences per step, one for
-        16-bit float weights (exact only alone); None for a named chat format."""
+        """The BatchedDecoder on this file (opened once and probed): up to `width` sequences
+        per step, as many as give each the logits of its step alone; None for a named chat
+        format."""
         if self.formatter is None:
             return None
         if self._batched is None:
-            from flows.evaluate.batched import BatchedDecoder
+            from flows.evaluate.batched import BatchedDecoder, has_float_weights, probe_prompts
 
-            self._batched = BatchedDecoder(self.llm, self.formatter,
-                                           self.width if self.batchable else 1, self.threads)
+            width = 1 if has_float_weights(self.llm) else self.width
+            decoder = BatchedDecoder(self.llm, self.formatter, width, self.threads)
+            if width > 1:
+                decoder.width = decoder.exact_width(probe_prompts(self.llm, width))
+            self._batched = decoder
         return self._batched
 
     def generate_one_at_a_time(self, conversations, max_new_tokens):

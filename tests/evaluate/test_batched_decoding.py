@@ -63,17 +63,53 @@ def test_batched_replies_are_create_chat_completions_token_for_token(tiny_gguf, 
         batched.close()
 
 
-def test_16_bit_float_files_are_decoded_one_at_a_time(tiny_f16, tiny_gguf):
-    # Their several-row matrix products sum in another order (a batched reply differed).
+def test_float_files_are_decoded_one_at_a_time(tiny_f16, tiny_gguf):
+    # Their several-row products sum in another order on some inputs only (a tiny F16 reply
+    # differed beside others where the probe passed two rows), so they are not probed.
+    convs = conversations(5)
     f16 = GGUFEngine(tiny_f16, threads=1, width=4)
     q8 = GGUFEngine(tiny_gguf, threads=1, width=4)
     try:
-        assert not f16.batchable and q8.batchable
-        f16.generate(conversations(3), 4)
-        assert f16._batched is None
+        assert f16.batched_decoder().width == 1 and q8.batched_decoder().width == 4
+        assert f16.generate(convs, 8) == f16.generate_one_at_a_time(convs, 8)
     finally:
         f16.close()
         q8.close()
+
+
+def test_the_probe_keeps_only_the_widths_whose_steps_match_steps_alone(tiny_gguf, monkeypatch):
+    """A file whose steps of 3 or more rows move one logit by one ulp (as the 1.5B Qwen's
+    Q4_K_M steps of 4 or more did on an AVX2 CPU) is decoded 2 at a time, and its replies are
+    still the replies alone: the probe leaves nothing behind in the slots."""
+    import numpy as np
+
+    from flows.evaluate.batched import BatchedDecoder
+
+    decode, logits = BatchedDecoder._decode, BatchedDecoder._logits
+    rows = []
+
+    def counting_decode(self, items):
+        rows.append(len({seq for _, _, seq, _ in items}))  # sequences in this call
+        return decode(self, items)
+
+    def moved_logits(self, i):
+        out = logits(self, i)
+        if rows[-1] >= 3 and i == 0:
+            out = out.copy()
+            out[0] = np.nextafter(out[0], np.inf)
+        return out
+
+    monkeypatch.setattr(BatchedDecoder, "_decode", counting_decode)
+    monkeypatch.setattr(BatchedDecoder, "_logits", moved_logits)
+    convs = conversations(7)
+    engine = GGUFEngine(tiny_gguf, threads=1, width=6)
+    try:
+        assert engine.batched_decoder().width == 2
+        probe_steps = len(rows)
+        assert engine.generate(convs, 12) == engine.generate_one_at_a_time(convs, 12)
+        assert max(rows[probe_steps:]) == 2  # no call of the replies took more than 2 rows
+    finally:
+        engine.close()
 
 
 def test_a_prompt_longer_than_the_context_is_named(tiny_gguf):
