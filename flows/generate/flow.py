@@ -89,11 +89,14 @@ def fingerprint(ingest_stage, template, teacher, spec: Curriculum,
                 tspec: TeacherSpec | None = None, student=None, passes=(), also=(),
                 scheduled: dict | None = None) -> str:
     """What the stage's rows depend on: corpus, template text (and its student template),
-    teacher identity and sampling, row limit, the review passes, and with a schedule the round's
-    problems and its rationalization template. Not concurrency or rate limits, which change
+    teacher identity and sampling, row limit, the review passes, with a schedule the round's
+    problems, and with rationalization its template. Not concurrency or rate limits, which change
     speed, not answers."""
     t = tspec or spec.teacher
-    blob = json.dumps({**({"scheduled": scheduled} if scheduled else {}),"corpus": ingest_stage.fingerprint, "template": template.content_hash,
+    # "scheduled" only when set, so curricula without a schedule or rationalization keep the
+    # fingerprints they had before those existed.
+    blob = json.dumps({**({"scheduled": scheduled} if scheduled else {}),
+                       "corpus": ingest_stage.fingerprint, "template": template.content_hash,
                        "teacher": teacher.identity, "samples": t.samples,
                        "few_shot": t.few_shot,
                        "sampling": sampling_for(t, template).as_dict(),
