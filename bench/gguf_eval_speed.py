@@ -5,10 +5,14 @@ a time, both as stairs called it before batching (each call reusing whatever pre
 row left cached) and as GGUFEngine(width=1) calls it now (the prefix every row shares evaluated
 first). Zero-shot (how students are scored) and with the template's worked examples (how a base
 teacher is scored), side by side in one process, alternated, medians of --repeats; `identical`
-says whether every reply equals width 1's, text for text.
+says whether every reply equals width 1's, text for text. A `batched W` path decodes as many rows
+a step as the file's probe passes (BatchedDecoder.exact_width, at most W; the table names it);
+`--unprobed` adds `unprobed W` paths that decode W rows a step regardless, as stairs did before
+the probe, to show what exactness costs.
 
     PYTHONPATH=. python bench/gguf_eval_speed.py                    # the embedded 135M teacher
     PYTHONPATH=. python bench/gguf_eval_speed.py --gguf FILE.gguf   # e.g. a student's Q8_0
+    PYTHONPATH=. python bench/gguf_eval_speed.py --gguf FILE.gguf --widths 8 --unprobed
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ def reused_prefix(engine: GGUFEngine, conversations, max_new_tokens):
     return texts, n
 
 
+def counted(decoder):
+    """A BatchedDecoder called as GGUFEngine.generate is: texts and the total token count."""
+    def call(conversations, max_new_tokens):
+        texts, counts = decoder.generate(conversations, max_new_tokens)
+        return texts, sum(counts)
+    return call
+
+
 def timed(fn, conversations, max_new_tokens):
     t0 = time.perf_counter()
     texts, tokens = [], 0
@@ -58,6 +70,8 @@ def main() -> None:
     ap.add_argument("--widths", default="4,8,16")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--unprobed", action="store_true",
+                    help="also decode each width unprobed (W rows a step whatever the probe says)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     path = args.gguf or embedded_gguf()
@@ -71,7 +85,16 @@ def main() -> None:
                **{f"batched {w}": GGUFEngine(path, threads=threads, width=w) for w in widths}}
     calls = {"before": lambda c, m: reused_prefix(engines["before"], c, m),
              "one at a time": engines["one at a time"].generate_one_at_a_time,
-             **{f"batched {w}": engines[f"batched {w}"].generate for w in widths}}
+             **{f"batched {w} (probed: {engines[f'batched {w}'].batched_decoder().width})":
+                engines[f"batched {w}"].generate for w in widths}}
+    unprobed = {}
+    if args.unprobed:
+        from flows.evaluate.batched import BatchedDecoder
+
+        one = engines["one at a time"]
+        for w in widths:
+            unprobed[w] = BatchedDecoder(one.llm, one.formatter, w, threads)
+            calls[f"unprobed {w}"] = counted(unprobed[w])
     results = []
     for few_shot in (False, True):
         conversations = [template.render(r, few_shot=few_shot) for r in rows]
@@ -90,6 +113,8 @@ def main() -> None:
                    "identical": all(texts == reference for _, texts, _ in got)}
             results.append(row)
             print(json.dumps(row), flush=True)
+    for decoder in unprobed.values():
+        decoder.close()
     for engine in engines.values():
         engine.close()
     print(f"{path.name}, {threads} thread(s), {len(rows)} rows, {args.max_new_tokens} new tokens "
