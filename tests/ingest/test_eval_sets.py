@@ -77,6 +77,20 @@ def test_the_spec_keeps_eval_set_sources_apart(tmp_path):
         load_spec(path)
 
 
+def tiny_drop(tmp_path, base_url: str, base, **sections):
+    """curricula/drop.yaml at test size: DROP numeric rows, the fake teacher, a tiny student."""
+    path = tmp_path / "drop.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "drop-tiny",
+        "corpus": {"format": "eval_set", "eval_set": {"name": "drop", "numeric_only": True},
+                   "eval_fraction": 0.25},
+        "teacher": {"backend": "openai", "model": "fake", "base_url": base_url},
+        "student": {"base": str(base), "max_steps": 2, "batch_size": 2, "eval_rows": 2,
+                    "eval_max_new_tokens": 4, "evaluate_base": False},
+        **sections}))
+    return path
+
+
 def test_a_drop_curriculum_runs_through_the_stages(cache, tmp_path, workspace):
     """DROP-format rows (numeric only) -> ingest holds out an eval split the teacher never sees
     -> the teacher's rationales -> curation against DROP's gold answers -> a student trained on
@@ -92,15 +106,7 @@ def test_a_drop_curriculum_runs_through_the_stages(cache, tmp_path, workspace):
     with FakeOpenAI() as srv:
         # Wrong on two training questions: curation must drop exactly those.
         srv.script = {docs[i]["passage"]: ("Let me guess.\nAnswer: 999", "stop") for i in (1, 2)}
-        path = tmp_path / "drop.yaml"
-        path.write_text(yaml.safe_dump({
-            "name": "drop-tiny",
-            "corpus": {"format": "eval_set", "eval_set": {"name": "drop", "numeric_only": True},
-                       "eval_fraction": 0.25},
-            "teacher": {"backend": "openai", "model": "fake", "base_url": srv.base_url},
-            "student": {"base": str(base), "max_steps": 2, "batch_size": 2, "eval_rows": 2,
-                        "eval_max_new_tokens": 4, "evaluate_base": False}}))
-        spec = load_checked(path)
+        spec = load_checked(tiny_drop(tmp_path, srv.base_url, base))
         run_id = workspace.start_run(spec, "run").id
         gen = generate(spec, workspace, run_id, progress_bar=False)
         cur = curate(spec, workspace, run_id)
@@ -275,16 +281,8 @@ def test_drop_with_rationalize_asks_again_with_the_gold_answer_and_trains_withou
         return solve(text)
 
     with FakeOpenAI(responder=teacher) as srv:
-        path = tmp_path / "drop.yaml"
-        path.write_text(yaml.safe_dump({
-            "name": "drop-rationalize",
-            "corpus": {"format": "eval_set", "eval_set": {"name": "drop", "numeric_only": True},
-                       "eval_fraction": 0.25},
-            "teacher": {"backend": "openai", "model": "fake", "base_url": srv.base_url},
-            "generate": {"rationalize": True},
-            "student": {"base": str(base), "max_steps": 2, "batch_size": 2, "eval_rows": 2,
-                        "eval_max_new_tokens": 4, "evaluate_base": False}}))
-        spec = load_checked(path)
+        spec = load_checked(tiny_drop(tmp_path, srv.base_url, base,
+                                      generate={"rationalize": True}))
         run_id = workspace.start_run(spec, "run").id
         gen = generate(spec, workspace, run_id, progress_bar=False)
         cur = curate(spec, workspace, run_id)
