@@ -68,23 +68,28 @@ def test_float_files_are_decoded_one_at_a_time(tiny_f16, tiny_gguf):
     # differed beside others where the probe passed two rows), so they are not probed.
     convs = conversations(5)
     f16 = GGUFEngine(tiny_f16, threads=1, width=4)
-    q8 = GGUFEngine(tiny_gguf, threads=1, width=4)
     try:
-        assert f16.batched_decoder().width == 1 and q8.batched_decoder().width == 4
+        assert f16.batched_decoder().width == 1
         assert f16.generate(convs, 8) == f16.generate_one_at_a_time(convs, 8)
     finally:
         f16.close()
-        q8.close()
 
 
 def test_the_probe_keeps_only_the_widths_whose_steps_match_steps_alone(tiny_gguf, monkeypatch):
     """A file whose steps of 3 or more rows move one logit by one ulp (as the 1.5B Qwen's
-    Q4_K_M steps of 4 or more did on an AVX2 CPU) is decoded 2 at a time, and its replies are
-    still the replies alone: the probe leaves nothing behind in the slots."""
+    Q4_K_M steps of 4 or more did on an AVX2 CPU) is decoded 2 at a time (fewer if this CPU's
+    own steps allow fewer), and its replies are still the replies alone: the probe leaves
+    nothing behind in the slots."""
     import numpy as np
 
     from flows.evaluate.batched import BatchedDecoder
 
+    # What this CPU's kernels allow unpatched (8 on the machines measured; less elsewhere).
+    unpatched = GGUFEngine(tiny_gguf, threads=1, width=6)
+    try:
+        expected = min(2, unpatched.batched_decoder().width)
+    finally:
+        unpatched.close()
     decode, logits = BatchedDecoder._decode, BatchedDecoder._logits
     rows = []
 
@@ -104,10 +109,11 @@ def test_the_probe_keeps_only_the_widths_whose_steps_match_steps_alone(tiny_gguf
     convs = conversations(7)
     engine = GGUFEngine(tiny_gguf, threads=1, width=6)
     try:
-        assert engine.batched_decoder().width == 2
+        assert engine.batched_decoder().width == expected
         probe_steps = len(rows)
         assert engine.generate(convs, 12) == engine.generate_one_at_a_time(convs, 12)
-        assert max(rows[probe_steps:]) == 2  # no call of the replies took more than 2 rows
+        # No call of the replies took more rows than the probe passed.
+        assert max(rows[probe_steps:], default=1) == expected
     finally:
         engine.close()
 

@@ -74,13 +74,20 @@ def test_teacher_and_quantized_student_are_scored_by_one_function(workspace, tmp
     # Same function, same file, same rows: the same number.
     assert teacher_acc == result.artifact("Q8_0").accuracy
 
-    # Both were decoded in batches, and each reply is the one create_chat_completion gives alone.
+    # Both were decoded in batches (where this CPU's steps of several rows are exact, as on
+    # every machine measured; else one at a time), and each reply is the one
+    # create_chat_completion gives alone.
     from flows.evaluate.engines import GGUFEngine
 
-    q8_batches = [b for b in batched if b[0] == q8_file]
-    assert len(q8_batches) == 2 and all(len(b[1]) == 4 for b in q8_batches)
     alone = GGUFEngine(q8_file, width=1)
+    probed = GGUFEngine(q8_file)
     try:
-        assert alone.generate_one_at_a_time(q8_batches[0][1], 5)[0] == q8_batches[0][2]
+        q8_batches = [b for b in batched if b[0] == q8_file]
+        if probed.batched_decoder().width > 1:
+            assert len(q8_batches) == 2 and all(len(b[1]) == 4 for b in q8_batches)
+            assert alone.generate_one_at_a_time(q8_batches[0][1], 5)[0] == q8_batches[0][2]
+        else:
+            assert q8_batches == []
     finally:
         alone.close()
+        probed.close()

@@ -17,6 +17,7 @@ from flows.spec import Curriculum, TeacherSpec
 from flows.teachers import make_teacher
 from flows.teachers.llamacpp import LlamaCppTeacher
 from flows.teachers.llamacpp_batched import BatchedLlamaTeacher
+from tests.helpers.probed import probed_width
 from tests.helpers.tiny_llama import tiny_llama, tiny_tokenizer
 
 
@@ -65,7 +66,8 @@ def test_generate_rows_hold_each_prompts_reply_alone(workspace, tiny_gguf):
     summary = generate(spec, workspace, run_id, progress_bar=False)
     df = _rows(workspace, run_id)
     assert summary.complete and summary.sent == 11 == df.height
-    assert summary.concurrency_min == 8  # decoded 8 sequences per step, not one request a time
+    # Decoded as many sequences per step as the probe passed, not one request at a time.
+    assert summary.concurrency_min == probed_width(tiny_gguf)
     alone = GGUFEngine(tiny_gguf, width=1)
     try:
         expected, _ = alone.generate_one_at_a_time(
@@ -130,7 +132,7 @@ def test_sampled_rows_hold_each_requests_seeded_reply_alone(workspace, tiny_gguf
     summary = generate(spec, workspace, run_id, progress_bar=False)
     df = _rows(workspace, run_id).sort("request_hash")
     assert summary.complete and summary.sent == 12 == df.height
-    assert summary.concurrency_min == 8
+    assert summary.concurrency_min == probed_width(tiny_gguf)
     alone = GGUFEngine(tiny_gguf, width=1)
     llm = alone.llm
     expected = []

@@ -101,7 +101,11 @@ def test_the_embedded_teacher_answers_in_process_as_its_server_does(workspace, s
     summary = generate(spec, workspace, run_id, progress_bar=False)
     stage = workspace.latest_stage("generate", run_id=run_id, round_index=0)
     df = workspace.store.scan(workspace.shards(stage, "generated")).collect()
-    assert summary.complete and df.height == 10 and summary.concurrency_min == 8
+    from flows.embedded import embedded_gguf
+    from tests.helpers.probed import probed_width
+
+    assert summary.complete and df.height == 10
+    assert summary.concurrency_min == probed_width(embedded_gguf())
     # All first samples, then all second ones: the server keeps the previous request's cache,
     # and after another sample of the same prompt it evaluates only the prompt's last token
     # again, which moves its logits and so some sampled tokens (docs/teachers.md).
