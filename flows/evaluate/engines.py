@@ -45,7 +45,7 @@ class GGUFEngine:
 
     def __init__(self, path: Path, threads: int | None = None, n_ctx: int = 2048,
                  width: int = BATCH_WIDTH):
-        from flows.evaluate.batched import chat_formatter
+        from flows.evaluate.batched import chat_formatter, has_float_weights
         from flows.llama_cpu import open_llama
         from flows.settings import cpu_threads
 
@@ -54,7 +54,9 @@ class GGUFEngine:
         self._kw = dict(n_ctx=n_ctx, n_threads=self.threads, n_threads_batch=self.threads,
                         verbose=False)
         self.llm = open_llama(self.path, seed=0, **self._kw)
-        self.width = width
+        # Float weights decode one at a time (batched.FLOAT_FILE_TYPES), without a probe and
+        # without opening a batched context.
+        self.width = 1 if has_float_weights(self.llm) else width
         self.formatter = chat_formatter(self.llm)  # None: a named chat format, one at a time
         self._batched = None
         self._scorer = None
@@ -84,12 +86,11 @@ class GGUFEngine:
         if self.formatter is None:
             return None
         if self._batched is None:
-            from flows.evaluate.batched import BatchedDecoder, has_float_weights, probe_prompts
+            from flows.evaluate.batched import BatchedDecoder, probe_prompts
 
-            width = 1 if has_float_weights(self.llm) else self.width
-            decoder = BatchedDecoder(self.llm, self.formatter, width, self.threads)
-            if width > 1:
-                decoder.width = decoder.exact_width(probe_prompts(self.llm, width))
+            decoder = BatchedDecoder(self.llm, self.formatter, self.width, self.threads)
+            if self.width > 1:
+                decoder.width = decoder.exact_width(probe_prompts(self.llm, self.width))
             self._batched = decoder
         return self._batched
 

@@ -37,8 +37,11 @@ def check_generate_template(spec: Curriculum) -> list[str]:
             return [f"staircase.rounds: template '{template.name}' trains students on "
                     f"'{template.student}', so a promoted student cannot answer "
                     f"'{template.name}' requests in the next round; use rounds: 1"]
-    asking = ("generate.rationalize" if spec.generate.rationalize else "staircase.schedule"
-              if any(entry.rationalize for entry in spec.staircase.schedule or ()) else None)
+    asking = None  # the key that asks for rationalization, named in the error
+    if spec.generate.rationalize:
+        asking = "generate.rationalize"
+    elif any(entry.rationalize for entry in spec.staircase.schedule or ()):
+        asking = "staircase.schedule"
     if asking is not None:
         from flows.prompting.hints import RATIONALIZE_TEMPLATE
 

@@ -83,13 +83,10 @@ def test_the_probe_keeps_only_the_widths_whose_steps_match_steps_alone(tiny_gguf
     import numpy as np
 
     from flows.evaluate.batched import BatchedDecoder
+    from tests.helpers.probed import probed_width
 
     # What this CPU's kernels allow unpatched (8 on the machines measured; less elsewhere).
-    unpatched = GGUFEngine(tiny_gguf, threads=1, width=6)
-    try:
-        expected = min(2, unpatched.batched_decoder().width)
-    finally:
-        unpatched.close()
+    expected = min(2, probed_width(tiny_gguf, width=6, threads=1))
     decode, logits = BatchedDecoder._decode, BatchedDecoder._logits
     rows = []
 

@@ -5,10 +5,10 @@ expect instead of a number that holds only where llama.cpp's kernels allow it.""
 from __future__ import annotations
 
 
-def probed_width(gguf, width: int = 8) -> int:
+def probed_width(gguf, width: int = 8, threads: int | None = None) -> int:
     from flows.evaluate.engines import GGUFEngine
 
-    engine = GGUFEngine(gguf, width=width)
+    engine = GGUFEngine(gguf, threads=threads, width=width)
     try:
         return engine.batched_decoder().width
     finally:
