@@ -2,7 +2,9 @@
 `Trainer`, same model, rows, batch size, steps, optimizer (AdamW, linear schedule), precision
 and length-grouped batching, side by side in one run. A third row is our loop with the
 vocabulary projection at every position (`ours-full-logits`), as it ran before it kept only the
-positions a loss reads (trainer.keep_target_logits).
+positions a loss reads (trainer.keep_target_logits). A fourth, `ours-lora`, is our loop training
+LoRA adapters (r 16, alpha 32, every linear layer: the quickstart's student.method) instead of
+every weight.
 
 Each measurement runs in its own subprocess (so peak memory is that trainer's alone) and the two
 trainers alternate (ours, Trainer, ours, Trainer, ...) so background load hits both alike; the
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import time
 
-TRAINERS = ("ours", "ours-full-logits", "hf-trainer")
+TRAINERS = ("ours", "ours-full-logits", "hf-trainer", "ours-lora")
 
 
 def demo_rows(n: int) -> list[dict]:
@@ -63,7 +65,8 @@ def measure(which: str, args) -> dict:
     bf16 = device == "cuda" or cpu_bf16({"auto": "auto", "on": True, "off": False}[args.cpu_bf16])
     cfg = TrainConfig(objective="cot", max_steps=args.steps, batch_size=args.batch_size,
                       learning_rate=5e-5, warmup_ratio=0.0, max_length=args.max_length, seed=0,
-                      cpu_bf16=bf16)
+                      cpu_bf16=bf16, method="lora" if which == "ours-lora" else "full",
+                      lora_r=16, lora_alpha=32)
     groups = examples.build(demo_rows(args.rows), tok, "cot", cfg.max_length).groups
     if which.startswith("ours"):
         if which == "ours-full-logits":
@@ -153,11 +156,11 @@ def main() -> None:
     print(f"model {args.model}, device {r['device']} ({r['threads']} torch threads), "
           f"{r['precision']}, "
           f"{args.steps} steps x batch {args.batch_size}, {args.rows} demo rows, cot, full "
-          f"fine-tune, medians of {args.repeats}")
+          f"fine-tune unless named, medians of {args.repeats}")
     print("| trainer | tokens/s | peak memory (MiB) |\n|---|---|---|")
     for k, v in med.items():
         print(f"| {k} | {v['tokens_per_s']:.1f} | {v['peak_mb']:.0f} |")
-    for other in ("hf-trainer", "ours-full-logits"):
+    for other in ("hf-trainer", "ours-full-logits", "ours-lora"):
         print(f"| ratio ours / {other} | "
               f"{med['ours']['tokens_per_s'] / med[other]['tokens_per_s']:.2f}x"
               f" | {med['ours']['peak_mb'] / med[other]['peak_mb']:.2f}x |")

@@ -525,8 +525,9 @@ class QuantizationSpec(Strict):
         "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1", "Q3_K_M",
         "Q3_K_S", "Q3_K_L", "Q2_K", "IQ4_NL", "IQ4_XS")
 
-    gguf_float: Literal["F16", "F32"] = Field(
-        "F16", description="Float type of the exported GGUF that llama.cpp then quantizes.")
+    gguf_float: Literal["F16", "BF16", "F32"] = Field(
+        "F16", description="Float type of the exported GGUF that llama.cpp then quantizes: F32 "
+        "is the student's own weights, F16 and BF16 round them to half the bytes.")
     gguf_types: list[str] = Field(
         default_factory=lambda: ["Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K"],
         description="llama.cpp quantization types made from the float GGUF (empty: none).")

@@ -300,7 +300,7 @@ def _rounded(x: float | None, digits: int) -> float | None:
 def _imatrix_for(art: dict, imatrix: Imatrix | None) -> Imatrix | None:
     """The importance matrix this artifact is quantized with: none for the float export and
     for types whose quantizer ignores it (their files would otherwise claim one)."""
-    used = art["format"] == "gguf" and art["quant"] not in (*IMATRIX_IGNORED, "F16", "F32")
+    used = art["format"] == "gguf" and art["quant"] not in (*IMATRIX_IGNORED, "F16", "BF16", "F32")
     return imatrix if used else None
 
 

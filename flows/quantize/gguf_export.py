@@ -8,7 +8,7 @@ Facts this follows (from the GGUF spec and llama.cpp's docs; no conversion code 
   output); a tied output head is simply not written, llama.cpp then reuses token_embd;
 - llama.cpp applies RoPE to adjacent pairs of each head's dims, Hugging Face to the two halves, so
   the Q and K projection rows are interleaved per head (for K: per key/value head) on export;
-- norms stay F32 (llama.cpp expects them so), matrices are F16 or F32;
+- norms stay F32 (llama.cpp expects them so), matrices are F16, BF16 or F32;
 - the tokenizer is a byte-level BPE ("gpt2" model): every token by id, its type (control for
   special added tokens), the merges, the special ids, whether BOS is added, the chat template.
 """
@@ -26,7 +26,8 @@ import torch
 
 from flows.quantize.imatrix import Imatrix, imatrix_array, metadata_overrides
 
-FloatType = Literal["F16", "F32"]
+FloatType = Literal["F16", "BF16", "F32"]
+FILE_TYPES = {"F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "F32": "ALL_F32"}
 
 
 class ExportError(ValueError):
@@ -139,8 +140,7 @@ def export_gguf(model, tokenizer, out_path: Path, *, float_type: FloatType = "F1
     w.add_rope_freq_base(_rope_theta(config))
     w.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     w.add_vocab_size(config.vocab_size)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if float_type == "F16"
-                    else gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[float_type]))
 
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre_tokenizer or guess_pre_tokenizer(fields))
@@ -169,8 +169,14 @@ def export_gguf(model, tokenizer, out_path: Path, *, float_type: FloatType = "F1
             data = interleave_rope_rows(data, n_head)
         elif hf_name.endswith("k_proj.weight"):
             data = interleave_rope_rows(data, n_kv)
-        dtype = np.float16 if float_type == "F16" and data.ndim == 2 else np.float32
-        w.add_tensor(gguf_name, np.ascontiguousarray(data.astype(dtype)))
+        if data.ndim == 2 and float_type == "BF16":
+            # numpy has no bfloat16: gguf's own rounding (to nearest even) gives the raw bytes.
+            bf16 = gguf.GGMLQuantizationType.BF16
+            w.add_tensor(gguf_name, gguf.quants.quantize(np.ascontiguousarray(data), bf16),
+                         raw_dtype=bf16)
+        else:
+            dtype = np.float16 if float_type == "F16" and data.ndim == 2 else np.float32
+            w.add_tensor(gguf_name, np.ascontiguousarray(data.astype(dtype)))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

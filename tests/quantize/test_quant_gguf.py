@@ -124,6 +124,23 @@ def test_export_metadata_and_untied_head(tmp_path):
     assert np.abs(got - want).max() < 0.05  # F16 weights: a looser bound than F32
 
 
+def test_bf16_export_rounds_the_matrices_to_bfloat16_and_matches_their_logits(tiny, tmp_path):
+    from gguf import GGUFReader
+
+    model, tok = tiny
+    path = export_gguf(model, tok, tmp_path / "tiny-BF16.gguf", float_type="BF16")
+    reader = GGUFReader(str(path))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["token_embd.weight"] == "BF16" and types["blk.0.ffn_up.weight"] == "BF16"
+    assert types["blk.0.attn_norm.weight"] == "F32"
+    assert reader.fields["general.file_type"].contents() == 32  # LLAMA_FTYPE_MOSTLY_BF16
+    # llama.cpp's CPU kernel for BF16 weights rounds the activations to bfloat16 too (its
+    # vec_dot type), so the logits move more than F16's: measured 0.058 on logits of size ~3.
+    got, want, _ = _both_logits(model, tok, path)
+    assert np.abs(got - want).max() < 0.15
+    assert np.abs(got - want).max() > LOGIT_TOLERANCE  # rounded, not the F32 weights
+
+
 def test_llama_cpp_quantizer_makes_q8_0(tiny, tmp_path):
     model, tok = tiny
     f16 = export_gguf(model, tok, tmp_path / "tiny-F16.gguf")
