@@ -14,9 +14,13 @@ from typing import Protocol
 
 import numpy as np
 
-# Conversations decoded together by GGUFEngine: in bench/gguf_eval_speed.py on 2 cores 8 was as
-# fast as 16 (prefill, alone per prompt, is a large share of evaluation) with half the KV memory.
-BATCH_WIDTH = 8
+# Conversations decoded together by GGUFEngine (and the generate stage's llama.cpp teacher), at
+# most: the probe (BatchedDecoder.exact_width) keeps fewer where wider steps would change a
+# reply. 16, not 8: on the Intel Xeon machine the quickstart's generate stages took 138.6 and
+# 96.9 s against 148.6 and 116.3 s at 8 (its quantize stages 4-7 s longer: wider probes), the
+# whole run 762 against 780 s; on the AMD EPYC machine 8 and 16 were within noise. The KV
+# cache is (width + 2) x n_ctx cells: +0.3 GiB peak for the quickstart (docs/benchmarks.md).
+BATCH_WIDTH = 16
 # Rows per batch in TorchEngine: score.CHUNK, so an evaluation of up to 32 rows is one batch. On
 # a 135M student 20 rows took 12.5 s in one batch against 21 s in batches of 8, same replies.
 TORCH_BATCH = 32
