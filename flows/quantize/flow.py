@@ -34,7 +34,7 @@ from flows.models import (
 from flows.orchestration import in_flow_run, step, task_runner
 from flows.params import RoundParams
 from flows.quantize import absmax
-from flows.quantize.gguf_export import export_gguf, llama_quantize
+from flows.quantize.gguf_export import FLOAT_TYPES, export_gguf, llama_quantize
 from flows.quantize.imatrix import Imatrix, compute_imatrix
 from flows.results import QuantizeResult
 from flows.spec import Curriculum
@@ -300,7 +300,7 @@ def _rounded(x: float | None, digits: int) -> float | None:
 def _imatrix_for(art: dict, imatrix: Imatrix | None) -> Imatrix | None:
     """The importance matrix this artifact is quantized with: none for the float export and
     for types whose quantizer ignores it (their files would otherwise claim one)."""
-    used = art["format"] == "gguf" and art["quant"] not in (*IMATRIX_IGNORED, "F16", "BF16", "F32")
+    used = art["format"] == "gguf" and art["quant"] not in (*IMATRIX_IGNORED, *FLOAT_TYPES)
     return imatrix if used else None
 
 

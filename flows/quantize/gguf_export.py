@@ -19,7 +19,7 @@ import ctypes
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ import torch
 from flows.quantize.imatrix import Imatrix, imatrix_array, metadata_overrides
 
 FloatType = Literal["F16", "BF16", "F32"]
+FLOAT_TYPES: tuple[str, ...] = get_args(FloatType)
 FILE_TYPES = {"F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "F32": "ALL_F32"}
 
 
