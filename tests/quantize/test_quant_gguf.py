@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from flows.quantize.gguf_export import (
+    FLOAT_TYPES,
     ExportError,
     export_gguf,
     gguf_weight_stats,
@@ -26,6 +27,15 @@ LOGIT_TOLERANCE = 1e-3
 def tiny():
     tok = tiny_tokenizer()
     return tiny_llama(tok), tok
+
+
+def test_the_spec_accepts_exactly_the_float_types_the_exporter_writes():
+    # spec.py spells the Literal out rather than importing it (the exporter pulls in torch).
+    from typing import get_args
+
+    from flows.spec import QuantizationSpec
+
+    assert get_args(QuantizationSpec.model_fields["gguf_float"].annotation) == FLOAT_TYPES
 
 
 def _llama(path, **kw):
