@@ -8,7 +8,8 @@ curated rows), which every objective here can use. Then the train stage runs onc
 with the curriculum's student settings (same base, seed, steps, batch, learning rate) changed
 only by the variant's keys, and each student is scored on the same held-out rows as the
 staircase table (the first `quantization.eval_rows` of the eval split; nothing is tuned on them).
-A step_by_step student is also asked its label task (the "[label] " prefix, the paper's way).
+A step_by_step student is also asked its label task (the "[label] " prefix, the paper's way):
+with --quantize every quantized file of it, else the float student.
 
 Teacher tokens are what the teacher processed for a student: the generate stage's prompt and
 completion tokens (paid or from the cache) for the objectives that learn from generated rows,
@@ -178,7 +179,21 @@ def experiment(args, held: ExitStack) -> None:
                 results.append({"model": f"{name}, {art.quant}", "accuracy": art.accuracy,
                                 "size_mb": art.size_mb, "eval_rows": q.eval_rows})
                 print(results[-1], flush=True)
+                if name.startswith("step_by_step"):
+                    label_task(f"{name}, {art.quant}", art.model_id)
+        elif name.startswith("step_by_step"):
+            label_task(name, s.student_model_id)
         return trained
+
+    def label_task(name: str, model_id: int) -> None:
+        """The paper's inference: the step_by_step student asked for the answer alone."""
+        rows, _ = held_out_rows(ws, run_id, n_eval)
+        scored = evaluate_model(f"catalog:{model_id}", rows, LabelTask(eval_template(spec)),
+                                catalog=ws.catalog,
+                                max_new_tokens=spec.student.eval_max_new_tokens)
+        results.append({"model": f"{name}, asked its label task", "accuracy": scored.accuracy,
+                        "eval_rows": scored.n})
+        print(results[-1], flush=True)
 
     for i, name in enumerate(args.objectives.split(",")):
         variant = dict(VARIANTS[name])
@@ -192,14 +207,6 @@ def experiment(args, held: ExitStack) -> None:
                 # echoed token (flows/train/onpolicy.py: GGUFScorer); same numbers, same tokens.
                 variant["on_policy_scorer"] = "in_process"
         result = run(name, variant, run_id, i == 0, gen_tokens)
-        if name.startswith("step_by_step"):
-            rows, _ = held_out_rows(ws, run_id, n_eval)
-            label = evaluate_model(f"catalog:{result['student_model_id']}", rows,
-                                   LabelTask(eval_template(spec)), catalog=ws.catalog,
-                                   max_new_tokens=spec.student.eval_max_new_tokens)
-            results.append({"model": f"{name}, asked its label task",
-                            "accuracy": label.accuracy})
-            print(results[-1], flush=True)
         if name == "on_policy" and args.equal_tokens:
             budget = result["teacher_tokens"]
             m = requests_within(ws, run_id, budget)
