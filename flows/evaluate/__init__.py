@@ -5,7 +5,7 @@ transformers folders), scoring on held-out rows, and the `stairs eval` flow.
 """
 
 _FLOW_NAMES = ("EvalError", "eval_flow", "eval_template", "evaluate_and_record", "evaluate_model",
-               "held_out_rows", "record", "already_scored")
+               "held_out_rows", "record", "earlier_accuracy")
 
 
 def __getattr__(name):

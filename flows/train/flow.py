@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.evaluate import already_scored, eval_template, evaluate_and_record, held_out_rows
+from flows.evaluate import earlier_accuracy, eval_template, evaluate_and_record, held_out_rows
 from flows.evaluate.engines import TorchEngine
 from flows.models import STAIRS_META, curriculum_ref, load, publish_model, register_base
 from flows.orchestration import in_flow_run, task_runner
@@ -129,11 +129,14 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
         evals, eval_ids = held_out_rows(ws, run_id, s.eval_rows) if eval_shards else ([], [])
         if s.evaluate_base and evals:
             tmpl_hash = eval_template(spec).content_hash
-            if not already_scored(ws.catalog, base_row.id, eval_ids, len(evals), tmpl_hash):
-                base_result = evaluate_and_record(
+            # The base is scored once per eval rows and template; a later run reports that score.
+            base_accuracy = earlier_accuracy(ws.catalog, base_row.id, eval_ids, len(evals),
+                                             tmpl_hash)
+            if base_accuracy is None:
+                base_accuracy = evaluate_and_record(
                     ws, TorchEngine(model, tokenizer), base_row.id, evals, spec, run_id=run_id,
-                    stage_id=st.id, round_index=round_index, eval_ids=eval_ids)
-                st.summary["base_accuracy"] = base_result.accuracy
+                    stage_id=st.id, round_index=round_index, eval_ids=eval_ids).accuracy
+            st.summary["base_accuracy"] = base_accuracy
         if s.keep_layers:
             model = keep_layers(model, s.keep_layers)
         rows = ws.store.table(train_shards).to_pylist()

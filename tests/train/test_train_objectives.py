@@ -124,6 +124,24 @@ def test_sft_objectives_teach_their_targets_with_their_loss_terms(workspace, tok
         assert result.final_loss == pytest.approx(0.5 * label + 0.5 * rationale, rel=1e-4)
 
 
+def test_the_base_is_scored_once_and_every_later_train_stage_reports_that_score(
+        workspace, tok, base):
+    """evaluate_base on the same held-out rows twice (two objectives of one run, as
+    bench/student_objectives.py trains them): the second stage reports the first one's recorded
+    base score instead of scoring the base again, or reporting none."""
+    with FakeOpenAI() as server:
+        spec = spec_of(base, server, {"objective": "cot", "max_steps": 1, "evaluate_base": True})
+        run_id = curated_run(workspace, spec, server)
+    first = train(spec, workspace, run_id)
+    spec.student.objective = "label"
+    second = train(spec, workspace, run_id)
+    assert second.student_model_id != first.student_model_id
+    assert first.base_accuracy is not None and second.base_accuracy == first.base_accuracy
+    scores = [m for m in workspace.catalog.metrics(model_id=first.base_model_id)
+              if m.name == "eval_accuracy"]
+    assert len(scores) == 1 and scores[0].value == first.base_accuracy
+
+
 def test_logit_kd_from_a_local_teacher_into_a_cut_student(workspace, tok, base, tmp_path):
     """student.kd_teacher (same tokenizer) through the train stage: a 4-layer base cut to 2 layers
     (student.keep_layers) learns the teacher's full next-token distributions; the KD term is
