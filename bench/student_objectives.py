@@ -28,6 +28,7 @@ corpus order) as fit in on_policy's teacher tokens, so the two are compared at e
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from contextlib import ExitStack
@@ -56,7 +57,12 @@ class LabelTask:
     """The generate template with the label-task prefix on the request (as in training)."""
 
     def __init__(self, template):
-        self.template, self.name, self.content_hash = template, template.name + "+label", None
+        from flows.train.examples import LABEL_PREFIX
+
+        self.template, self.name = template, template.name + "+label"
+        # Its own hash, so the catalog never takes a label-task score for the template's.
+        self.content_hash = hashlib.sha256(
+            f"{template.content_hash}{LABEL_PREFIX}".encode()).hexdigest()
 
     def render(self, row, few_shot=False):
         from flows.train.examples import LABEL_PREFIX, with_prefix
