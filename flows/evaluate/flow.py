@@ -100,13 +100,15 @@ def record(catalog, result: ModelEval, *, model_id: int, run_id: str | None = No
     return rows
 
 
-def earlier_accuracy(catalog, model_id: int, eval_ids: list[int], n: int,
-                     template_hash) -> float | None:
-    """The model's recorded accuracy on these eval rows with this template, if it was scored."""
+def earlier_accuracy(catalog, model_id: int, eval_ids: list[int], n: int, template_hash,
+                     format: str) -> float | None:
+    """The model's recorded accuracy on these eval rows with this template through an engine of
+    this format ("hf": torch, "gguf": llama.cpp, whose replies can differ), if it was scored."""
     for m in catalog.metrics(model_id=model_id):
         meta = json.loads(m.meta_json)
         if (m.name == "eval_accuracy" and meta.get("eval_shards") == eval_ids
-                and meta.get("n") == n and meta.get("template_hash") == template_hash):
+                and meta.get("n") == n and meta.get("template_hash") == template_hash
+                and meta.get("format") == format):
             return m.value
     return None
 
