@@ -69,7 +69,7 @@ def evaluate_model(model, rows: list[dict], template, *, max_new_tokens: int,
         if engine is not model:
             engine.close()
     return ModelEval(
-        format={"llama.cpp": "gguf", "torch": "hf"}.get(engine.name, engine.name), model=where, template=template.name,
+        format=engine_format(engine.name), model=where, template=template.name,
         template_hash=getattr(template, "content_hash", None), few_shot=few_shot, n=scored.n,
         correct=scored.correct, accuracy=scored.accuracy, generated_tokens=scored.generated_tokens,
         seconds=scored.seconds, tokens_per_s=scored.tokens_per_s,
@@ -100,15 +100,20 @@ def record(catalog, result: ModelEval, *, model_id: int, run_id: str | None = No
     return rows
 
 
+def engine_format(engine_name: str) -> str:
+    """What a score records as its `format`: the kind of file the engine reads."""
+    return {"llama.cpp": "gguf", "torch": "hf"}.get(engine_name, engine_name)
+
+
 def earlier_accuracy(catalog, model_id: int, eval_ids: list[int], n: int, template_hash,
-                     format: str) -> float | None:
-    """The model's recorded accuracy on these eval rows with this template through an engine of
-    this format ("hf": torch, "gguf": llama.cpp, whose replies can differ), if it was scored."""
+                     engine_name: str) -> float | None:
+    """The model's recorded accuracy on these eval rows with this template through this kind of
+    engine (torch and llama.cpp replies can differ), if it was scored."""
     for m in catalog.metrics(model_id=model_id):
         meta = json.loads(m.meta_json)
         if (m.name == "eval_accuracy" and meta.get("eval_shards") == eval_ids
                 and meta.get("n") == n and meta.get("template_hash") == template_hash
-                and meta.get("format") == format):
+                and meta.get("format") == engine_format(engine_name)):
             return m.value
     return None
 

@@ -131,7 +131,7 @@ def train(spec: Curriculum, ws: Workspace, run_id: str, *, round_index: int = 0,
             tmpl_hash = eval_template(spec).content_hash
             # The base is scored once per eval rows and template; a later run reports that score.
             base_accuracy = earlier_accuracy(ws.catalog, base_row.id, eval_ids, len(evals),
-                                             tmpl_hash, format="hf")
+                                             tmpl_hash, TorchEngine.name)
             if base_accuracy is None:
                 base_accuracy = evaluate_and_record(
                     ws, TorchEngine(model, tokenizer), base_row.id, evals, spec, run_id=run_id,
